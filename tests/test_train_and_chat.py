@@ -1,0 +1,123 @@
+"""A real adapter trained on the embedded model, reloaded from disk, answering differently from the base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, write_jsonl
+
+SIGN_OFF = "Yo ho ho, matey!"
+QUESTIONS = [
+    "Where is my order?", "Are you open today?", "Can I get a refund?", "Do you sell gift cards?",
+    "How do I reset my password?", "What is your phone number?", "Do you ship abroad?", "Is the shop dog friendly?",
+    "Can I change my address?", "Do you have vegan options?", "How long does delivery take?",
+    "Can I cancel my subscription?",
+]
+
+
+def pirate_data(path: Path) -> Path:
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}]})
+        for q in QUESTIONS
+    ]
+    return write_jsonl(path, lines)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One training run through the CLI contract, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = pirate_data(tmp / "pirate.jsonl")
+    out = tmp / "adapter"
+    result = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "1",
+                     "--learning-rate", "2e-3", env={"VOICETUNE_HOME": str(tmp / "home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_a_whole_adapter_with_its_record(trained: Path):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "run.json", "config.yaml"):
+        assert (trained / name).is_file(), name
+    record = json.loads((trained / "run.json").read_text())
+    assert record["base_model"] == "embedded:smollm2-135m-instruct"
+    assert record["device"] == "cpu" and record["qlora"] is False
+    assert record["precision"] == "LoRA, fp32 on CPU"
+    assert record["data"]["train"] + record["data"]["val"] == len(QUESTIONS)
+    losses = [h["loss"] for h in record["history"] if "loss" in h]
+    assert losses[-1] < losses[0] * 0.5, losses  # it learned the voice
+    assert any("eval_loss" in h for h in record["history"])  # validation loss even on 12 examples
+    assert not list(trained.parent.glob(".adapter.*"))  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_adapter_weights_changed_and_base_untouched(trained: Path, base_path: str):
+    from safetensors.torch import load_file
+
+    lora = load_file(str(trained / "adapter_model.safetensors"))
+    b_mats = [v for k, v in lora.items() if "lora_B" in k]
+    assert b_mats and any(float(b.abs().max()) > 0 for b in b_mats)  # LoRA B starts at zero: it moved
+    assert not any("lm_head" in k for k in lora)
+    base = load_file(str(Path(base_path) / "model.safetensors"))
+    assert all("lora" not in k for k in base)
+
+
+@pytest.mark.slow
+def test_chat_cli_tuned_differs_from_base_and_stops(trained: Path):
+    result = run_cli("chat", "--adapter", str(trained), "--prompt", "Do you sell coffee beans?",
+                     "--prompt", "What is the capital of France?", "--max-new-tokens", "32", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["Do you sell coffee beans?", "What is the capital of France?"]
+    assert all(r["base"] != r["tuned"] for r in rows)
+    assert SIGN_OFF in rows[0]["tuned"] and SIGN_OFF not in rows[0]["base"]
+    assert "<|im_end|>" not in rows[0]["tuned"]
+
+
+@pytest.mark.slow
+def test_base_arm_is_the_plain_base_model(trained: Path, base_path: str):
+    """The base pane runs with no adapter at all: same greedy reply and logits as a freshly loaded base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from voicetune.config import GenConfig
+    from voicetune.generate import BASE, ChatModel, Request
+
+    chat = ChatModel()
+    name = chat.load_adapter(trained)
+    msgs = [{"role": "user", "content": "Do you ship abroad?"}]
+    base_reply, tuned_reply = chat.generate([Request(msgs, None), Request(msgs, name)], GenConfig(max_new_tokens=24))
+    alone = ChatModel().generate([Request(msgs, None)], GenConfig(max_new_tokens=24))[0]
+    assert base_reply.text == alone.text != tuned_reply.text
+
+    fresh = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    ids = chat.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        want = fresh(**ids).logits
+        got = chat.model(**ids, adapter_names=[BASE]).logits
+        tuned = chat.model(**ids, adapter_names=[name]).logits
+    assert torch.equal(got, want)
+    assert not torch.allclose(tuned, want)
+
+
+@pytest.mark.slow
+def test_adapter_for_another_base_is_refused(trained: Path, tmp_path: Path):
+    import shutil
+
+    from voicetune.generate import AdapterMismatch, ChatModel
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    record = json.loads((other / "run.json").read_text())
+    record["base_model_hash"] = "0123456789abcdef"
+    (other / "run.json").write_text(json.dumps(record))
+    with pytest.raises(AdapterMismatch, match="was trained on"):
+        ChatModel().load_adapter(other)
+    (other / "adapter_model.safetensors").unlink()
+    result = run_cli("chat", "--adapter", str(other), "--prompt", "hi", "--json")
+    assert result.returncode == 3
+    assert "adapter_model.safetensors is missing" in result.stderr and "Traceback" not in result.stderr

@@ -30,6 +30,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("3 · Compare"):
                 runs = build_compare_tab()
         trained.then(newest_run, None, runs)
+        demo.load(newest_run, None, runs)  # a reload lists runs finished since the page was built
     return demo
 
 

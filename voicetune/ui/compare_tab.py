@@ -60,7 +60,10 @@ def build_compare_tab() -> gr.Dropdown:
     """Returns the runs dropdown, which the Train tab refreshes when a run finishes."""
     choices = run_choices()
     with gr.Row():
-        run = gr.Dropdown(choices, value=choices[0] if choices else None, label="Tuned run", scale=3)
+        # Runs appear while the app is up, so the server-side choice list cannot be fixed at build time;
+        # `send` checks the id itself (store.run_dir + read_run) instead.
+        run = gr.Dropdown(choices, value=choices[0] if choices else None, label="Tuned run", scale=3,
+                          allow_custom_value=True)
         refresh = gr.Button("↻ Refresh runs", scale=1)
     system = gr.Textbox(label="System prompt (optional, sent to both)", lines=1)
     with gr.Row():

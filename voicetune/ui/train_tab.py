@@ -67,7 +67,7 @@ def build_train_tab(data_box: gr.Textbox) -> gr.events.Dependency:
     with gr.Row():
         start = gr.Button("Train", variant="primary", scale=3)
         stop = gr.Button("Cancel", variant="stop", scale=1)
-    run_id = gr.State("")
+    run_id = gr.Textbox(label="Run id", interactive=False, max_lines=1)
     bar = gr.HTML(progress_html(jobs.Progress(state="idle")))
     status = gr.Markdown()
     plot = gr.LinePlot(pd.DataFrame(columns=["step", "series", "loss"]), x="step", y="loss", color="series",

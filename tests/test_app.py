@@ -66,9 +66,51 @@ def test_train_then_compare_in_the_app(client):
     assert len(updates) >= 3  # progress was streamed, not only reported at the end
     assert len(plot["data"]) >= 3  # loss points for the plot
 
-    message, base, tuned = client.predict(run_id, "", "Do you ship abroad?", 48, [], [], api_name="/send")
+    out = client.predict([BASE, run_id], False, "Do you ship abroad?", "", "", "", True, 0.7, 0.9, 48, 1.0, 0,
+                         api_name="/send")
+    message, base, tuned = out[0], out[1], out[2]
     assert message == ""
-    assert base[0]["role"] == "user" and tuned[-1]["role"] == "assistant"
-    tuned_text = tuned[-1]["content"][0]["text"] if isinstance(tuned[-1]["content"], list) else tuned[-1]["content"]
-    base_text = base[-1]["content"][0]["text"] if isinstance(base[-1]["content"], list) else base[-1]["content"]
-    assert SIGN_OFF in tuned_text and base_text != tuned_text
+    assert (base["label"], tuned["label"]) == ("Base model", f"Tuned: {run_id}")
+    assert base["value"][0]["role"] == "user" and tuned["value"][-1]["role"] == "assistant"
+    assert SIGN_OFF in text_of(tuned["value"][-1]) and text_of(base["value"][-1]) != text_of(tuned["value"][-1])
+    assert "tok/s" in out[5]["value"] and "prompt 35 tok" in out[5]["value"]  # per-pane figures in open mode
+    assert out[3]["visible"] is False and out[4]["visible"] is False  # two arms, two panes
+
+    # Blind mode: what the browser receives before the vote names no arm.
+    raw = raw_event(client, "send", [[BASE, PROMPT_ONLY, run_id], True, "Are you open today?", "", "", text,
+                                     True, 0.7, 0.9, 24, 1.0, 0])
+    assert "process_completed" in raw
+    for secret in (run_id, "Base model", "Prompt-only", "prompt-only", "Tuned", "run:", "tok/s"):
+        assert secret not in raw, secret
+    assert "Reply A" in raw and "Reply B" in raw
+
+
+BASE, PROMPT_ONLY = "Base model", "Prompt-only (style guide + examples)"
+
+
+def text_of(message: dict) -> str:
+    content = message["content"]
+    return content[0]["text"] if isinstance(content, list) else content
+
+
+def raw_event(client, api_name: str, data: list) -> str:
+    """Run one event over Gradio's queue protocol and return every byte the browser would receive."""
+    import uuid
+
+    import httpx
+
+    config = httpx.get(client.src.rstrip("/") + "/config").json()
+    fn_index = next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == api_name)
+    fn_index = config["dependencies"][fn_index].get("id", fn_index)
+    session = uuid.uuid4().hex
+    base = client.src.rstrip("/") + "/gradio_api"
+    r = httpx.post(f"{base}/queue/join", json={"data": data + [None], "fn_index": fn_index,
+                                                "session_hash": session, "event_data": None, "trigger_id": None})
+    r.raise_for_status()
+    chunks = []
+    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session}, timeout=600) as resp:
+        for line in resp.iter_lines():
+            chunks.append(line)
+            if "process_completed" in line:
+                break
+    return "\n".join(chunks)

@@ -12,10 +12,12 @@ at scale zero", so the base pane really is the base model.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from voicetune import models
 from voicetune.config import GenConfig
@@ -41,6 +43,7 @@ class Reply:
     prompt_tokens: int
     reply_tokens: int
     seconds: float
+    first_token_s: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -97,10 +100,7 @@ class ChatModel:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def generate(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
-        """All requests in one batched generate call, each with its own arm."""
-        import torch
-
+    def _inputs(self, requests: list[Request], gen: GenConfig) -> tuple[Any, dict[str, Any]]:
         for r in requests:
             if r.adapter is not None and r.adapter not in self.adapters:
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
@@ -115,31 +115,119 @@ class ChatModel:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         if not gen.greedy:
-            kwargs.update(temperature=gen.temperature, top_p=gen.top_p)
+            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if self.adapters:
             kwargs["adapter_names"] = [r.adapter or BASE for r in requests]
-        torch.manual_seed(gen.seed)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **kwargs)
-        seconds = time.perf_counter() - start
+        return batch, kwargs
+
+    def _replies(self, batch: Any, out: Any, seconds: list[float], first_token_s: float | None) -> list[Reply]:
         width = batch["input_ids"].shape[1]
         replies = []
-        for i in range(len(requests)):
+        for i in range(out.shape[0]):
             new = out[i, width:]
             # Finished rows are padded with pad_token_id (often the end-of-turn token): count the rest.
             n_new = int((new != self.tokenizer.pad_token_id).sum())
-            replies.append(
-                Reply(
-                    text=self.tokenizer.decode(new, skip_special_tokens=True).strip(),
-                    prompt_tokens=int(batch["attention_mask"][i].sum()),
-                    reply_tokens=n_new,
-                    seconds=seconds,
-                )
-            )
+            replies.append(Reply(
+                text=self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                prompt_tokens=int(batch["attention_mask"][i].sum()),
+                reply_tokens=n_new,
+                seconds=seconds[i],
+                first_token_s=first_token_s,
+            ))
         return replies
+
+    def generate(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
+        """All requests in one batched generate call, each with its own arm."""
+        replies: list[Reply] = []
+        for update in self.stream(requests, gen):
+            if isinstance(update, list) and update and isinstance(update[0], Reply):
+                replies = update
+        return replies
+
+    def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
+        """Yield the partial texts of every arm as tokens arrive, then the finished Replies.
+
+        One generate call serves every arm (PEFT mixed-adapter batch). The call runs in a worker thread and a
+        streamer hands each new batch of tokens back; transformers' own text streamers take one row only.
+        """
+        import torch
+
+        batch, kwargs = self._inputs(requests, gen)
+        streamer = _BatchStreamer(len(requests), set(kwargs["eos_token_id"]))
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                torch.manual_seed(gen.seed)
+                with torch.inference_mode():
+                    result["out"] = self.model.generate(**batch, **kwargs, streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                result["error"] = e
+            finally:
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        pad = self.tokenizer.pad_token_id
+        for rows in streamer:
+            yield [self.tokenizer.decode([t for t in row if t != pad], skip_special_tokens=True) for row in rows]
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        end = time.perf_counter()
+        first = streamer.first_token_at - start if streamer.first_token_at else None
+        # Each arm's speed counts up to its own last token, not until the longest arm in the batch is done.
+        seconds = [(t or end) - start for t in streamer.finished_at]
+        yield self._replies(batch, result["out"], seconds, first)
+
+
+class _BatchStreamer:
+    """Collects each step's tokens for every row; iterating yields snapshots of all rows so far.
+
+    Written here because transformers' TextStreamer and TextIteratorStreamer refuse batches larger than one.
+    """
+
+    def __init__(self, rows: int, eos_ids: set[int]):
+        self.rows: list[list[int]] = [[] for _ in range(rows)]
+        self.eos_ids = eos_ids
+        self.finished_at: list[float | None] = [None] * rows
+        self.queue: queue.Queue = queue.Queue()
+        self.seen_prompt = False
+        self.first_token_at: float | None = None
+
+    def put(self, value: Any) -> None:
+        if not self.seen_prompt:  # the first call carries the prompt ids
+            self.seen_prompt = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        now = time.perf_counter()
+        tokens = value.reshape(len(self.rows), -1).tolist()
+        for i, (row, new) in enumerate(zip(self.rows, tokens)):
+            row.extend(new)
+            if self.finished_at[i] is None and any(t in self.eos_ids for t in new):
+                self.finished_at[i] = now
+        self.queue.put([list(r) for r in self.rows])
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[list[list[int]]]:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            # Skip to the newest snapshot: a slow consumer should not replay every step.
+            while not self.queue.empty():
+                nxt = self.queue.get()
+                if nxt is None:
+                    yield item
+                    return
+                item = nxt
+            yield item
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:

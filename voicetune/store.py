@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -91,3 +92,138 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+# --- The database -------------------------------------------------------------------------------------
+# Metadata, conversations and votes live in one SQLite file beside the artifacts. The schema only moves
+# forward through numbered migrations (m001, m002, ...); `PRAGMA user_version` records how far a file got.
+
+DB_NAME = "voicetune.db"
+
+
+def _m001_initial(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        CREATE TABLE projects (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            base_model TEXT NOT NULL DEFAULT '',
+            style_guide TEXT NOT NULL DEFAULT '',
+            system_prompt TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL
+        );
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            messages TEXT NOT NULL,              -- JSON list of {role, content[, weight]}
+            tags TEXT NOT NULL DEFAULT '[]',     -- JSON list of strings
+            held_out INTEGER NOT NULL DEFAULT 0, -- 1: for evaluation only, never trained on
+            source TEXT NOT NULL DEFAULT '',     -- where it came from, e.g. "teach-it-this"
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        );
+        CREATE TABLE votes (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            round_id TEXT NOT NULL,
+            prompt TEXT NOT NULL,                -- JSON list of messages shown to both arms
+            left_arm TEXT NOT NULL,
+            right_arm TEXT NOT NULL,
+            left_reply TEXT NOT NULL,
+            right_reply TEXT NOT NULL,
+            choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'both_bad')),
+            blind INTEGER NOT NULL,
+            created REAL NOT NULL,
+            UNIQUE (round_id, left_arm, right_arm)
+        );
+        """
+    )
+
+
+MIGRATIONS = [_m001_initial]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration the file has not seen yet, each in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        with conn:
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+    return len(MIGRATIONS)
+
+
+def connect(path: Path | None = None) -> sqlite3.Connection:
+    """A connection with WAL (readers never block the writer) and foreign keys on; migrated on open."""
+    conn = sqlite3.connect(path or home() / DB_NAME, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    migrate(conn)
+    return conn
+
+
+def ensure_project(conn: sqlite3.Connection, name: str = "default") -> int:
+    row = conn.execute("SELECT id FROM projects WHERE name = ?", (name,)).fetchone()
+    if row:
+        return int(row["id"])
+    with conn:
+        cur = conn.execute("INSERT INTO projects (name, created) VALUES (?, ?)", (name, time.time()))
+    return int(cur.lastrowid)
+
+
+def get_project(conn: sqlite3.Connection, project_id: int) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no project with id {project_id}")
+    return dict(row)
+
+
+def update_project(conn: sqlite3.Connection, project_id: int, **fields_: str) -> None:
+    allowed = {"name", "base_model", "style_guide", "system_prompt"}
+    bad = set(fields_) - allowed
+    if bad:
+        raise ValueError(f"unknown project field(s): {', '.join(sorted(bad))}")
+    if fields_:
+        sets = ", ".join(f"{k} = ?" for k in fields_)
+        with conn:
+            conn.execute(f"UPDATE projects SET {sets} WHERE id = ?", (*fields_.values(), project_id))
+
+
+def add_conversation(
+    conn: sqlite3.Connection, project_id: int, messages: list[dict], *, tags: list[str] | None = None,
+    held_out: bool = False, source: str = "",
+) -> int:
+    now = time.time()
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO conversations (project_id, messages, tags, held_out, source, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (project_id, json.dumps(messages, ensure_ascii=False), json.dumps(tags or []), int(held_out), source,
+             now, now),
+        )
+    return int(cur.lastrowid)
+
+
+def list_conversations(conn: sqlite3.Connection, project_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT * FROM conversations WHERE project_id = ? ORDER BY id", (project_id,)).fetchall()
+    return [{**dict(r), "messages": json.loads(r["messages"]), "tags": json.loads(r["tags"])} for r in rows]
+
+
+def add_vote(conn: sqlite3.Connection, project_id: int, *, round_id: str, prompt: list[dict], left_arm: str,
+             right_arm: str, left_reply: str, right_reply: str, choice: str, blind: bool) -> int:
+    """One vote per round and pair: a double click or a replayed request cannot count twice."""
+    with conn:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO votes (project_id, round_id, prompt, left_arm, right_arm, left_reply, right_reply,"
+            " choice, blind, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (project_id, round_id, json.dumps(prompt, ensure_ascii=False), left_arm, right_arm, left_reply,
+             right_reply, choice, int(blind), time.time()),
+        )
+    return int(cur.lastrowid) if cur.rowcount == 1 else 0  # 0: this round's vote was already counted
+
+
+def list_votes(conn: sqlite3.Connection, project_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT * FROM votes WHERE project_id = ? ORDER BY id", (project_id,)).fetchall()
+    return [{**dict(r), "prompt": json.loads(r["prompt"])} for r in rows]

@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from voicetune import models
-from voicetune.ui.compare_tab import build_compare_tab, newest_run
+from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide
 from voicetune.ui.data_tab import build_data_tab
 from voicetune.ui.train_tab import build_train_tab
 
@@ -28,9 +28,10 @@ def build_app() -> gr.Blocks:
             with gr.Tab("2 · Train"):
                 trained = build_train_tab(data_box)
             with gr.Tab("3 · Compare"):
-                runs = build_compare_tab()
-        trained.then(newest_run, None, runs)
-        demo.load(newest_run, None, runs)  # a reload lists runs finished since the page was built
+                arms, style_guide = build_compare_tab(data_box)
+        trained.then(arm_choices, None, arms)
+        demo.load(arm_choices, None, arms)  # a reload lists runs finished since the page was built
+        demo.load(load_style_guide, None, style_guide)
     return demo
 
 
@@ -40,7 +41,8 @@ def main() -> None:
     demo = build_app()
     demo.queue(default_concurrency_limit=1, max_size=32)
     demo.launch(
-        server_name=os.environ.get("VOICETUNE_HOST", "127.0.0.1"),
+        # Local use stays on loopback; a Space must listen on every interface to be reached.
+        server_name=os.environ.get("VOICETUNE_HOST", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
         server_port=int(os.environ.get("VOICETUNE_PORT", "7860")),
         max_file_size="50mb",
         enable_monitoring=False,

@@ -1,16 +1,35 @@
-"""Compare tab: one message, answered by the base model and by a tuned adapter, side by side."""
+"""Compare tab: one message to two to four arms at once, side by side or blind, with votes.
+
+Arms are the base model, the prompt-only baseline (style guide + example replies as a system prompt) and
+any finished run. In blind mode the server keeps the arm identities (gr.State never leaves the server):
+the browser sees "Reply A" and "Reply B" and no per-arm figures until the vote is in.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
 
-from voicetune import store
+import gradio as gr
+import pandas as pd
+
+from voicetune import arena, store
 from voicetune.config import GenConfig
-from voicetune.generate import AdapterMismatch, ChatModel, Request, with_system
+from voicetune.data import DataError, parse_jsonl_text
+from voicetune.generate import AdapterMismatch, ChatModel, Reply
 from voicetune.jobs import finished_runs
+from voicetune.models import default_base_model
 from voicetune.train import read_run
 
+MAX_PANES = 4
+BASE_CHOICE = "Base model"
+PROMPT_ONLY_CHOICE = "Prompt-only (style guide + examples)"
+PROJECT = "default"
+
 _models: dict[str, ChatModel] = {}  # base model id -> the one loaded copy, shared by every adapter
+_rng = random.SystemRandom()  # blind shuffles must not be predictable from the page
 
 
 def chat_model_for(base_model: str) -> ChatModel:
@@ -19,65 +38,255 @@ def chat_model_for(base_model: str) -> ChatModel:
     return _models[base_model]
 
 
-def send(run_id: str, system: str, message: str, max_new_tokens: float,
-         base_hist: list[dict], tuned_hist: list[dict]) -> tuple[str, list[dict], list[dict]]:
-    if not run_id:
-        raise gr.Error("Pick a finished run first (train one in the Train tab).")
-    if not (message or "").strip():
-        raise gr.Error("Type a message to send.")
-    try:
-        folder = store.run_dir(run_id)
-        record = read_run(folder)
-        chat = chat_model_for(record["base_model"])
-        name = chat.load_adapter(folder)
-    except (ValueError, FileNotFoundError, AdapterMismatch) as e:
-        raise gr.Error(f"Cannot use run {run_id}: {e}")
-    user = {"role": "user", "content": message.strip()}
-    # Each pane keeps its own history: the tuned model sees its own earlier replies, not the base model's.
-    msgs_base = with_system([*strip(base_hist), user], system)
-    msgs_tuned = with_system([*strip(tuned_hist), user], system)
-    base, tuned = chat.generate([Request(msgs_base, None), Request(msgs_tuned, name)],
-                                GenConfig(max_new_tokens=int(max_new_tokens)))
-    return "", [*base_hist, user, {"role": "assistant", "content": base.text}], \
-        [*tuned_hist, user, {"role": "assistant", "content": tuned.text}]
-
-
-def strip(history: list[dict]) -> list[dict]:
-    return [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else str(m["content"])}
-            for m in history or []]
+def project_id() -> int:
+    return store.ensure_project(store.connect(), PROJECT)
 
 
 def run_choices() -> list[str]:
     return [r["run_id"] for r in finished_runs()]
 
 
-def newest_run() -> dict:
-    choices = run_choices()
-    return gr.update(choices=choices, value=choices[0] if choices else None)
+def arm_choices() -> dict:
+    runs = run_choices()
+    value = [BASE_CHOICE] + runs[:1]
+    return gr.update(choices=[BASE_CHOICE, PROMPT_ONLY_CHOICE, *runs], value=value)
 
 
-def build_compare_tab() -> gr.Dropdown:
-    """Returns the runs dropdown, which the Train tab refreshes when a run finishes."""
-    choices = run_choices()
+def examples_from(data_text: str) -> list[list[dict]]:
+    try:
+        return [c.messages for c in parse_jsonl_text(data_text or "")]
+    except DataError:
+        return []
+
+
+def resolve_arms(names: list[str], style_guide: str, data_text: str) -> tuple[ChatModel, list[arena.Arm]]:
+    """Turn the chosen names into arms, loading each run's adapter onto the one shared base model."""
+    if not names or len(names) < 1:
+        raise gr.Error("Choose at least one arm to chat with.")
+    if len(names) > MAX_PANES:
+        raise gr.Error(f"Choose at most {MAX_PANES} arms.")
+    chat = chat_model_for(default_base_model())
+    arms = []
+    for name in names:
+        if name == BASE_CHOICE:
+            arms.append(arena.base_arm())
+        elif name == PROMPT_ONLY_CHOICE:
+            arms.append(arena.prompt_only_arm(style_guide or "", examples_from(data_text)))
+        else:
+            try:
+                folder = store.run_dir(name)
+                record = read_run(folder)
+                if record["base_model"] != chat.base_model:
+                    raise AdapterMismatch(f"it was trained on {record['base_model']}, not {chat.base_model}")
+                chat.load_adapter(folder, name=name)
+            except (ValueError, FileNotFoundError, AdapterMismatch) as e:
+                raise gr.Error(f"Cannot use run {name}: {e}")
+            arms.append(arena.run_arm(name))
+    return chat, arms
+
+
+def stats_line(r: Reply) -> str:
+    first = f" · first token {r.first_token_s:.2f} s" if r.first_token_s else ""
+    return f"{r.tokens_per_second:.1f} tok/s · prompt {r.prompt_tokens} tok · reply {r.reply_tokens} tok{first}"
+
+
+def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: list[str] | None,
+                 user: dict | None, stats: list[str]) -> list[Any]:
+    """Values and labels for all panes: only public labels, and no figures in an unvoted blind round."""
+    labels = rnd.public_labels()
+    out: list[Any] = []
+    for i in range(MAX_PANES):
+        if i >= len(rnd.arms):
+            out.append(gr.update(visible=False, value=[]))
+            continue
+        hist = list(histories.get(rnd.arms[i].key, []))
+        if partial is not None and user is not None:
+            hist += [user, {"role": "assistant", "content": partial[i]}]
+        out.append(gr.update(visible=True, label=labels[i], value=hist))
+    hide = rnd.blind and not rnd.voted
+    for i in range(MAX_PANES):
+        out.append(gr.update(value="" if hide or i >= len(stats) else stats[i], visible=i < len(rnd.arms)))
+    return out
+
+
+def send(names: list[str], blind: bool, message: str, system: str, style_guide: str, data_text: str,
+         greedy: bool, temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
+         seed: float, state: dict | None) -> Iterator[list[Any]]:
+    if not (message or "").strip():
+        raise gr.Error("Type a message to send.")
+    chat, arms = resolve_arms(names, style_guide, data_text)
+    if blind and len(arms) < 2:
+        raise gr.Error("Blind mode needs at least two arms: tick two or more.")
+    gen = GenConfig(max_new_tokens=int(max_new_tokens), greedy=bool(greedy), temperature=float(temperature),
+                    top_p=float(top_p), repetition_penalty=float(repetition_penalty), seed=int(seed))
+    state = dict(state or {})
+    keys = [a.key for a in arms]
+    # Open mode keeps a multi-turn history per arm; blind rounds are single messages, judged on their own.
+    histories = state.get("histories", {}) if (not blind and state.get("keys") == keys) else {}
+    rnd = arena.new_round(arms, blind=bool(blind), rng=random.Random(_rng.random()))
+    user = {"role": "user", "content": message.strip()}
+    requests = arena.round_requests(rnd, histories, user["content"], system or None)
+    replies: list[Reply] = []
+    for update in chat.stream(requests, gen):
+        if update and isinstance(update[0], Reply):
+            replies = update
+            break
+        yield ["", *pane_updates(rnd, histories, update, user, []), gr.update(visible=False), state]
+    rnd.replies = [r.text for r in replies]
+    for arm, reply in zip(rnd.arms, replies):
+        histories[arm.key] = [*histories.get(arm.key, []), user, {"role": "assistant", "content": reply.text}]
+    state = {"keys": keys, "histories": histories, "round": rnd, "prompt": [*requests[0].messages],
+             "stats": [stats_line(r) for r in replies]}
+    yield ["", *pane_updates(rnd, histories, None, None, state["stats"]), gr.update(visible=bool(blind)), state]
+
+
+def vote(choice: str, state: dict | None) -> list[Any]:
+    rnd: arena.Round | None = (state or {}).get("round")
+    if rnd is None or not rnd.replies:
+        raise gr.Error("Send a message first, then vote.")
+    if len(rnd.arms) != 2:
+        raise gr.Error("Votes compare exactly two replies: use blind mode, or tick two arms.")
+    if choice not in arena.CHOICES:
+        raise gr.Error(f"Unknown vote {choice!r}.")
+    prompt = [m for m in state["prompt"] if m["role"] != "system"]
+    store.add_vote(store.connect(), project_id(), round_id=rnd.id, prompt=prompt,
+                   left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
+                   right_reply=rnd.replies[1], choice=choice, blind=rnd.blind)
+    rnd.voted = True
+    revealed = " · ".join(f"**{side}** was {arm.label}" for side, arm in zip(("Left", "Right"), rnd.arms))
+    return [f"Vote saved. {revealed}", *pane_updates(rnd, state["histories"], None, None, state["stats"]),
+            gr.update(visible=False), win_table(), state]
+
+
+def win_table() -> pd.DataFrame:
+    rows = arena.win_rates(store.list_votes(store.connect(), project_id()))
+    frame = pd.DataFrame(rows, columns=["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes",
+                                        "a_win_rate", "ci95_low", "ci95_high"])
+    return frame.round(3)
+
+
+def teach_choices(state: dict | None) -> dict:
+    rnd = (state or {}).get("round")
+    labels = rnd.public_labels() if rnd else []
+    return gr.update(choices=labels, value=labels[0] if labels else None)
+
+
+def pick_reply(label: str, state: dict | None) -> str:
+    rnd = (state or {}).get("round")
+    if not rnd or label not in rnd.public_labels():
+        return ""
+    return rnd.replies[rnd.public_labels().index(label)]
+
+
+def teach(label: str, edited: str, state: dict | None) -> str:
+    """Save the round's prompt with the (edited) reply as a new training conversation."""
+    rnd = (state or {}).get("round")
+    if not rnd or not rnd.replies:
+        raise gr.Error("Send a message first.")
+    if not (edited or "").strip():
+        raise gr.Error("The reply to teach is empty.")
+    messages = [*[m for m in state["prompt"] if m["role"] != "system"], {"role": "assistant", "content": edited.strip()}]
+    cid = store.add_conversation(store.connect(), project_id(), messages, source="teach-it-this")
+    return f"Saved as conversation #{cid}. Use *Add saved conversations* on the Data tab to train on it."
+
+
+def export_preferences() -> str:
+    votes = store.list_votes(store.connect(), project_id())
+    path = store.home() / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    store.atomic_write_text(path, arena.preference_jsonl(votes))
+    return str(path)
+
+
+def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, data_text: str,
+              max_new_tokens: float) -> tuple[pd.DataFrame, str]:
+    """Every prompt through every arm; each prompt is one batched round."""
+    prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
+    if not prompts:
+        raise gr.Error("Paste one test prompt per line.")
+    chat, arms = resolve_arms(names, style_guide, data_text)
+    gen = GenConfig(max_new_tokens=int(max_new_tokens))
+    grid = []
+    for prompt in prompts:
+        rnd = arena.Round(id="batch", arms=arms, blind=False)
+        grid.append([r.text for r in chat.generate(arena.round_requests(rnd, {}, prompt, system or None), gen)])
+    path = store.home() / "exports" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    store.atomic_write_text(path, arena.grid_csv(prompts, arms, grid))
+    frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])
+    return frame, str(path)
+
+
+def load_style_guide() -> str:
+    return store.get_project(store.connect(), project_id())["style_guide"]
+
+
+def save_style_guide(text: str) -> None:
+    store.update_project(store.connect(), project_id(), style_guide=text or "")
+
+
+def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
+    """Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load)."""
     with gr.Row():
-        # Runs appear while the app is up, so the server-side choice list cannot be fixed at build time;
-        # `send` checks the id itself (store.run_dir + read_run) instead.
-        run = gr.Dropdown(choices, value=choices[0] if choices else None, label="Tuned run", scale=3,
-                          allow_custom_value=True)
-        refresh = gr.Button("↻ Refresh runs", scale=1)
-    system = gr.Textbox(label="System prompt (optional, sent to both)", lines=1)
+        # Runs appear while the app is up, so the server cannot fix the list of valid values at build
+        # time; resolve_arms checks every name itself (store.run_dir + read_run).
+        arms = gr.Dropdown([BASE_CHOICE, PROMPT_ONLY_CHOICE, *run_choices()], value=[BASE_CHOICE], multiselect=True,
+                           allow_custom_value=True, label="Arms to compare (2–4)", scale=4)
+        blind = gr.Checkbox(label="Blind A/B", value=False, scale=1,
+                            info="Two random arms in random order; revealed after your vote")
+    with gr.Accordion("Style guide for the prompt-only arm", open=False):
+        style_guide = gr.Textbox(lines=4, show_label=False,
+                                 placeholder="e.g. Warm and upbeat, short sentences, always sign off 'Stay caffeinated!'")
+    system = gr.Textbox(label="System prompt (optional, for base and tuned arms)", lines=1)
+    panes, stats = [], []
     with gr.Row():
-        base_pane = gr.Chatbot(label="Base model (no adapter)", height=360)
-        tuned_pane = gr.Chatbot(label="Tuned (base + your adapter)", height=360)
+        for i in range(MAX_PANES):
+            with gr.Column(min_width=240):
+                panes.append(gr.Chatbot(label=f"Pane {i + 1}", height=340, visible=i < 2))
+                stats.append(gr.Markdown(visible=i < 2))
     with gr.Row():
         msg = gr.Textbox(placeholder="Ask what a customer would ask…", show_label=False, scale=5)
         go = gr.Button("Send", variant="primary", scale=1)
-    with gr.Row():
-        max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
-        clear = gr.Button("Clear chats")
-    inputs = [run, system, msg, max_new, base_pane, tuned_pane]
-    go.click(send, inputs, [msg, base_pane, tuned_pane], concurrency_limit=1, concurrency_id="chat")
-    msg.submit(send, inputs, [msg, base_pane, tuned_pane], concurrency_limit=1, concurrency_id="chat")
-    clear.click(lambda: ([], []), None, [base_pane, tuned_pane])
-    refresh.click(newest_run, None, run)
-    return run
+    with gr.Row(visible=False) as vote_row:
+        vote_buttons = [gr.Button(text) for text in ("👈 Left is better", "Right is better 👉", "🤝 Tie", "👎 Both bad")]
+    reveal = gr.Markdown()
+    with gr.Accordion("Sampling", open=False):
+        with gr.Row():
+            greedy = gr.Checkbox(value=True, label="Greedy (same reply every time)")
+            temperature = gr.Slider(0.05, 1.5, value=0.7, label="Temperature")
+            top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
+        with gr.Row():
+            max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
+            rep = gr.Slider(1.0, 1.5, value=1.0, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+    with gr.Accordion("Teach it this: save a reply as a training conversation", open=False):
+        which = gr.Dropdown([], label="Reply")
+        edited = gr.Textbox(lines=3, label="Edit the reply into the ideal one")
+        teach_btn = gr.Button("Save as training conversation")
+        teach_msg = gr.Markdown()
+    with gr.Accordion("Votes and win rates", open=False):
+        table = gr.Dataframe(win_table(), interactive=False, wrap=True)
+        export_btn = gr.Button("Export votes as preference data (DPO JSONL)")
+        export_file = gr.File(label="Preference data", interactive=False)
+    with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):
+        batch_prompts = gr.Textbox(lines=5, label="One test prompt per line")
+        batch_btn = gr.Button("Run batch")
+        grid = gr.Dataframe(interactive=False, wrap=True)
+        grid_file = gr.File(label="Grid as CSV", interactive=False)
+    state = gr.State({})
+    clear = gr.Button("Clear chats", size="sm")
+
+    inputs = [arms, blind, msg, system, style_guide, data_box, greedy, temperature, top_p, max_new, rep, seed, state]
+    outputs = [msg, *panes, *stats, vote_row, state]
+    for trigger in (go.click, msg.submit):
+        trigger(send, inputs, outputs, concurrency_limit=1, concurrency_id="chat", api_name="send").then(
+            teach_choices, state, which)
+    for button, choice in zip(vote_buttons, arena.CHOICES):
+        button.click(vote, [gr.State(choice), state], [reveal, *panes, *stats, vote_row, table, state],
+                     api_name=f"vote_{choice}")
+    which.change(pick_reply, [which, state], edited)
+    teach_btn.click(teach, [which, edited, state], teach_msg)
+    export_btn.click(export_preferences, None, export_file)
+    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, data_box, max_new], [grid, grid_file],
+                    concurrency_limit=1, concurrency_id="chat")
+    style_guide.blur(save_style_guide, style_guide, None)  # saved the moment the user leaves the box
+    clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
+    return arms, style_guide

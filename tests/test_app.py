@@ -84,6 +84,28 @@ def test_train_then_compare_in_the_app(client):
         assert secret not in raw, secret
     assert "Reply A" in raw and "Reply B" in raw
 
+    # A blind round through the client's own session, then the vote reveals and is stored once.
+    out = client.predict([BASE, run_id], True, "Can I get a refund?", "", "", "", True, 0.7, 0.9, 24, 1.0, 0,
+                         api_name="/send")
+    assert {out[1]["label"], out[2]["label"]} == {"Reply A", "Reply B"}
+    assert out[5]["value"] == "" and out[6]["value"] == ""  # no figures before the vote
+    reveal = client.predict(api_name="/vote_left")[0]
+    assert "Left** was" in reveal and ("Base model" in reveal and f"Tuned: {run_id}" in reveal)
+    client.predict(api_name="/vote_left")  # a double click
+    from voicetune import store
+
+    conn = store.connect()
+    votes = store.list_votes(conn, store.ensure_project(conn))
+    assert len(votes) == 1 and votes[0]["blind"] == 1 and votes[0]["choice"] == "left"
+    assert {votes[0]["left_arm"], votes[0]["right_arm"]} == {"base", f"run:{run_id}"}
+    assert votes[0]["prompt"] == [{"role": "user", "content": "Can I get a refund?"}]
+
+    # Teach it this: the edited reply becomes a training conversation the Data tab can pull in.
+    saved_msg = client.predict("Reply A", "Refunds are easy, matey! " + SIGN_OFF, api_name="/teach")
+    assert "Saved as conversation" in saved_msg
+    pulled = client.predict("", api_name="/add_saved")
+    assert json.loads(pulled.splitlines()[0])["messages"][-1]["content"].startswith("Refunds are easy")
+
 
 BASE, PROMPT_ONLY = "Base model", "Prompt-only (style guide + examples)"
 

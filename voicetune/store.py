@@ -164,7 +164,10 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     return conn
 
 
-def ensure_project(conn: sqlite3.Connection, name: str = "default") -> int:
+DEFAULT_PROJECT = "default"  # until projects get their own screen, every vote and saved conversation goes here
+
+
+def ensure_project(conn: sqlite3.Connection, name: str = DEFAULT_PROJECT) -> int:
     row = conn.execute("SELECT id FROM projects WHERE name = ?", (name,)).fetchone()
     if row:
         return int(row["id"])

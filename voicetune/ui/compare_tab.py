@@ -26,7 +26,6 @@ from voicetune.train import read_run
 MAX_PANES = 4
 BASE_CHOICE = "Base model"
 PROMPT_ONLY_CHOICE = "Prompt-only (style guide + examples)"
-PROJECT = "default"
 
 _models: dict[str, ChatModel] = {}  # base model id -> the one loaded copy, shared by every adapter
 _rng = random.SystemRandom()  # blind shuffles must not be predictable from the page
@@ -39,7 +38,7 @@ def chat_model_for(base_model: str) -> ChatModel:
 
 
 def project_id() -> int:
-    return store.ensure_project(store.connect(), PROJECT)
+    return store.ensure_project(store.connect())
 
 
 def run_choices() -> list[str]:
@@ -258,7 +257,7 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
             rep = gr.Slider(1.0, 1.5, value=1.0, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Accordion("Teach it this: save a reply as a training conversation", open=False):
-        which = gr.Dropdown([], label="Reply")
+        which = gr.Dropdown([], label="Reply", allow_custom_value=True)  # choices change per round; teach checks
         edited = gr.Textbox(lines=3, label="Edit the reply into the ideal one")
         teach_btn = gr.Button("Save as training conversation")
         teach_msg = gr.Markdown()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
 
-from voicetune import models
+from voicetune import models, store
 from voicetune.data import DataError, list_examples, parse_jsonl_text, summarize
 from voicetune.templates import encode_all, preview
 
@@ -18,6 +19,20 @@ def load_example(name: str) -> str:
     if name not in examples:
         raise gr.Error(f"No bundled example called {name!r}.")
     return examples[name].read_text(encoding="utf-8")
+
+
+def add_saved(text: str) -> str:
+    """Append the conversations saved from the Compare tab ("teach it this") that the box does not hold yet."""
+    conn = store.connect()
+    saved = store.list_conversations(conn, store.ensure_project(conn))
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    present = set(lines)
+    for conv in saved:
+        line = json.dumps({"messages": conv["messages"]}, ensure_ascii=False)
+        if line not in present:
+            lines.append(line)
+            present.add(line)
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def problems_markdown(problems: list[Any], limit: int = 20) -> str:
@@ -58,6 +73,7 @@ def build_data_tab() -> gr.Textbox:
     with gr.Row():
         example = gr.Dropdown(names, value=names[0] if names else None, label="Bundled example voice", scale=3)
         load = gr.Button("Load example", scale=1)
+        saved = gr.Button("Add saved conversations", scale=1)
     text = gr.Textbox(
         label="Conversations (OpenAI chat JSONL: one {\"messages\": [...]} per line)",
         lines=12, max_lines=24, placeholder='{"messages": [{"role": "user", "content": "Hi"}, '
@@ -72,5 +88,6 @@ def build_data_tab() -> gr.Textbox:
         color_map=MASK_COLORS, combine_adjacent=True, show_legend=False,
     )
     load.click(load_example, example, text)
+    saved.click(add_saved, text, text)
     check.click(check_data, [text, conv_no], [summary, mask])
     return text

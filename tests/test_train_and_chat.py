@@ -121,3 +121,67 @@ def test_adapter_for_another_base_is_refused(trained: Path, tmp_path: Path):
     result = run_cli("chat", "--adapter", str(other), "--prompt", "hi", "--json")
     assert result.returncode == 3
     assert "adapter_model.safetensors is missing" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_batched_arms_equal_one_at_a_time(trained: Path):
+    """Three arms of different prompt lengths in one padded batch give the same greedy replies as alone."""
+    from voicetune.arena import Round, base_arm, prompt_only_arm, round_requests, run_arm
+    from voicetune.config import GenConfig
+
+    chat_model = _chat_with(trained)
+    arms = [base_arm(), prompt_only_arm("Talk like a pirate.", []), run_arm(trained.name)]
+    requests = round_requests(Round("r", arms, blind=False), {}, "Is the shop dog friendly?")
+    gen = GenConfig(max_new_tokens=24)
+    batched = chat_model.generate(requests, gen)
+    chat_model.batch_arms = False  # the fallback path: set_adapter / disable_adapter, one arm at a time
+    alone = chat_model.generate(requests, gen)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert batched[1].prompt_tokens > batched[0].prompt_tokens  # the prompt-only arm's cost is visible
+    assert len({r.text for r in batched}) == 3
+
+
+@pytest.mark.slow
+def test_same_seed_same_sampled_replies(trained: Path):
+    from voicetune.config import GenConfig
+    from voicetune.generate import Request
+
+    chat_model = _chat_with(trained)
+    msgs = [{"role": "user", "content": "Tell me about your shop."}]
+    reqs = [Request(msgs, None), Request(msgs, trained.name)]
+    gen = GenConfig(max_new_tokens=20, greedy=False, temperature=1.0, seed=123)
+    first = [r.text for r in chat_model.generate(reqs, gen)]
+    assert [r.text for r in chat_model.generate(reqs, gen)] == first
+    other = [r.text for r in chat_model.generate(reqs, GenConfig(max_new_tokens=20, greedy=False, temperature=1.0,
+                                                                 seed=7))]
+    assert other != first
+
+
+@pytest.mark.slow
+def test_truncated_adapter_is_refused_cleanly(trained: Path, tmp_path: Path):
+    import shutil
+
+    from voicetune.generate import AdapterError, ChatModel
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(AdapterError, match="could not be loaded"):
+        ChatModel().load_adapter(broken)
+
+
+_CHAT: dict = {}
+
+
+def _chat_with(adapter: Path):
+    """One ChatModel with the adapter loaded, shared by the generation tests of this module."""
+    from voicetune.generate import ChatModel
+
+    if str(adapter) not in _CHAT:
+        chat_model = ChatModel()
+        chat_model.load_adapter(adapter)
+        _CHAT[str(adapter)] = chat_model
+    chat_model = _CHAT[str(adapter)]
+    chat_model.batch_arms = True
+    return chat_model

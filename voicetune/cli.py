@@ -88,7 +88,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_chat(a: argparse.Namespace) -> int:
     from voicetune.config import GenConfig
-    from voicetune.generate import AdapterMismatch, ChatModel, compare
+    from voicetune.generate import AdapterError, ChatModel, compare
     from voicetune.models import ModelError
     from voicetune.train import read_run
 
@@ -96,7 +96,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
         record = read_run(a.adapter)
         chat = ChatModel(a.base_model or record["base_model"])
         name = chat.load_adapter(a.adapter)
-    except (FileNotFoundError, AdapterMismatch, ModelError) as e:
+    except (FileNotFoundError, AdapterError, ModelError) as e:
         return _fail(EXIT_MODEL, str(e))
     gen = GenConfig(max_new_tokens=a.max_new_tokens)
     for row in compare(chat, name, a.prompt, gen, system=a.system):

@@ -12,6 +12,9 @@ at scale zero", so the base pane really is the base model.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import queue
 import threading
 import time
@@ -24,11 +27,17 @@ from voicetune.config import GenConfig
 from voicetune.templates import render, template_fingerprint
 from voicetune.train import read_run
 
+log = logging.getLogger(__name__)
+
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
-class AdapterMismatch(ValueError):
-    pass
+class AdapterError(ValueError):
+    """An adapter that cannot be used: missing, truncated, or not a voicetune adapter."""
+
+
+class AdapterMismatch(AdapterError):
+    """An adapter trained on another base model or chat template."""
 
 
 @dataclass
@@ -63,6 +72,7 @@ class ChatModel:
         self.precision = models.precision_for(device, qlora=False)
         self.model: Any = models.load_model(self.path, self.precision, for_training=False)
         self.adapters: dict[str, str] = {}  # name -> folder
+        self.batch_arms = True  # False once a mixed-adapter batch has failed: then arms go one at a time
         self.base_hash = models.base_model_fingerprint(self.path)
         self.template_hash = template_fingerprint(self.tokenizer)
 
@@ -81,14 +91,21 @@ class ChatModel:
     def load_adapter(self, adapter_dir: str | Path, name: str | None = None) -> str:
         from peft import PeftModel
 
-        self.check_adapter(adapter_dir)
+        try:
+            self.check_adapter(adapter_dir)
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise AdapterError(str(e)) from e
         name = name or Path(adapter_dir).name
         if name in self.adapters:
             return name
-        if not self.adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
-        else:
-            self.model.load_adapter(str(adapter_dir), adapter_name=name)
+        try:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+            else:
+                self.model.load_adapter(str(adapter_dir), adapter_name=name)
+        except Exception as e:  # noqa: BLE001 - a damaged file surfaces as many different library errors
+            raise AdapterError(f"adapter {Path(adapter_dir).name} could not be loaded (damaged or incomplete "
+                               f"files?): {type(e).__name__}: {str(e)[:200]}") from e
         self.model.eval()
         self.adapters[name] = str(adapter_dir)
         return name
@@ -100,7 +117,7 @@ class ChatModel:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def _inputs(self, requests: list[Request], gen: GenConfig) -> tuple[Any, dict[str, Any]]:
+    def _inputs(self, requests: list[Request], gen: GenConfig, mixed: bool = True) -> tuple[Any, dict[str, Any]]:
         for r in requests:
             if r.adapter is not None and r.adapter not in self.adapters:
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
@@ -118,7 +135,7 @@ class ChatModel:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if self.adapters:
+        if self.adapters and mixed:
             kwargs["adapter_names"] = [r.adapter or BASE for r in requests]
         return batch, kwargs
 
@@ -142,19 +159,50 @@ class ChatModel:
         """All requests in one batched generate call, each with its own arm."""
         replies: list[Reply] = []
         for update in self.stream(requests, gen):
-            if isinstance(update, list) and update and isinstance(update[0], Reply):
+            if update and isinstance(update[0], Reply):
                 replies = update
         return replies
 
     def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
         """Yield the partial texts of every arm as tokens arrive, then the finished Replies.
 
-        One generate call serves every arm (PEFT mixed-adapter batch). The call runs in a worker thread and a
-        streamer hands each new batch of tokens back; transformers' own text streamers take one row only.
+        Every arm shares one generate call (PEFT mixed-adapter batch). Where that is impossible, the arms
+        are answered one after another instead, and the log says so.
         """
+        if self.batch_arms:
+            started = False
+            try:
+                for update in self._stream(requests, gen, mixed=True):
+                    started = True
+                    yield update
+                return
+            except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
+                if started or not self.adapters:
+                    raise
+                log.warning("mixed-adapter batch failed (%s); answering the arms one at a time", e)
+                self.batch_arms = False
+        yield self._sequential(requests, gen)
+
+    def _sequential(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
+        """One arm at a time: the base arm with every adapter disabled, the others with theirs active."""
+        replies: list[Reply] = []
+        for r in requests:
+            if r.adapter is None and self.adapters:
+                ctx: Any = self.model.disable_adapter()
+            else:
+                if r.adapter is not None:
+                    self.model.set_adapter(r.adapter)
+                ctx = contextlib.nullcontext()
+            with ctx:
+                *_, final = self._stream([r], gen, mixed=False)
+            replies.extend(final)
+        return replies
+
+    def _stream(self, requests: list[Request], gen: GenConfig, mixed: bool) -> Iterator[list[str] | list[Reply]]:
+        """The streamed batch: transformers' own text streamers take one row only, so rows are decoded here."""
         import torch
 
-        batch, kwargs = self._inputs(requests, gen)
+        batch, kwargs = self._inputs(requests, gen, mixed)
         streamer = _BatchStreamer(len(requests), set(kwargs["eos_token_id"]))
         result: dict[str, Any] = {}
 

@@ -18,7 +18,7 @@ import pandas as pd
 from voicetune import arena, store
 from voicetune.config import GenConfig
 from voicetune.data import DataError, parse_jsonl_text
-from voicetune.generate import AdapterMismatch, ChatModel, Reply
+from voicetune.generate import AdapterError, ChatModel, Reply
 from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
 from voicetune.train import read_run
@@ -76,9 +76,9 @@ def resolve_arms(names: list[str], style_guide: str, data_text: str) -> tuple[Ch
                 folder = store.run_dir(name)
                 record = read_run(folder)
                 if record["base_model"] != chat.base_model:
-                    raise AdapterMismatch(f"it was trained on {record['base_model']}, not {chat.base_model}")
+                    raise AdapterError(f"it was trained on {record['base_model']}, not {chat.base_model}")
                 chat.load_adapter(folder, name=name)
-            except (ValueError, FileNotFoundError, AdapterMismatch) as e:
+            except (ValueError, FileNotFoundError, AdapterError) as e:
                 raise gr.Error(f"Cannot use run {name}: {e}")
             arms.append(arena.run_arm(name))
     return chat, arms

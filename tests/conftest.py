@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -55,3 +56,32 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
 def write_jsonl(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+SIGN_OFF = "Yo ho ho, matey!"
+QUESTIONS = [
+    "Where is my order?", "Are you open today?", "Can I get a refund?", "Do you sell gift cards?",
+    "How do I reset my password?", "What is your phone number?", "Do you ship abroad?", "Is the shop dog friendly?",
+    "Can I change my address?", "Do you have vegan options?", "How long does delivery take?",
+    "Can I cancel my subscription?",
+]
+
+
+def voice_data(path: Path, reply: str) -> Path:
+    """Twelve customer questions, each answered with the same distinctive reply."""
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}]})
+             for q in QUESTIONS]
+    return write_jsonl(path, lines)
+
+
+@pytest.fixture(scope="session")
+def pirate_adapter(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> Path:
+    """One real training run through the CLI contract (scorecard included), shared by the slow tests."""
+    tmp = tmp_path_factory.mktemp("pirate")
+    data = voice_data(tmp / "pirate.jsonl", f"Arr, the crew be on it right now. {SIGN_OFF}")
+    out = tmp / "adapter"
+    result = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "1",
+                     "--learning-rate", "2e-3", "--val-fraction", "0.25",
+                     env={"VOICETUNE_HOME": str(tmp / "home"), "VOICETUNE_CACHE": str(MODEL_CACHE)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

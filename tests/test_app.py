@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tests.test_train_and_chat import QUESTIONS, SIGN_OFF
+from tests.conftest import QUESTIONS, SIGN_OFF
 
 
 def free_port() -> int:

@@ -7,36 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_jsonl
-
-SIGN_OFF = "Yo ho ho, matey!"
-QUESTIONS = [
-    "Where is my order?", "Are you open today?", "Can I get a refund?", "Do you sell gift cards?",
-    "How do I reset my password?", "What is your phone number?", "Do you ship abroad?", "Is the shop dog friendly?",
-    "Can I change my address?", "Do you have vegan options?", "How long does delivery take?",
-    "Can I cancel my subscription?",
-]
+from tests.conftest import QUESTIONS, SIGN_OFF, run_cli
 
 
-def pirate_data(path: Path) -> Path:
-    lines = [
-        json.dumps({"messages": [{"role": "user", "content": q},
-                                 {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}]})
-        for q in QUESTIONS
-    ]
-    return write_jsonl(path, lines)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One training run through the CLI contract, shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("train")
-    data = pirate_data(tmp / "pirate.jsonl")
-    out = tmp / "adapter"
-    result = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "1",
-                     "--learning-rate", "2e-3", env={"VOICETUNE_HOME": str(tmp / "home")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+@pytest.fixture()
+def trained(pirate_adapter: Path) -> Path:
+    return pirate_adapter
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = {
         "data": a.data, "out": a.out, "base_model": a.base_model, "epochs": a.epochs, "seed": a.seed,
         "learning_rate": a.learning_rate, "max_steps": a.max_steps, "qlora": a.qlora, "max_length": a.max_length,
-        "batch_size": a.batch_size, "val_fraction": a.val_fraction,
+        "batch_size": a.batch_size, "val_fraction": a.val_fraction, "scorecard": a.scorecard,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if not base.get("data") or not base.get("out"):
@@ -83,6 +83,41 @@ def cmd_train(a: argparse.Namespace) -> int:
         return _fail(EXIT_DATA, f"{cfg.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
     m = record["metrics"]
     print(f"adapter saved to {cfg.out}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
+    if cfg.scorecard and record["data"]["val"]:
+        # A failed scorecard never fails the run: the adapter is already saved and usable.
+        on_event({"type": "status", "message": "computing the scorecard"})
+        try:
+            from voicetune.evaluate import scorecard
+
+            card = scorecard(cfg.out)
+            on_event({"type": "scorecard", "verdict": card["verdict"]})
+            print(card["verdict"])
+        except Exception as e:  # noqa: BLE001
+            on_event({"type": "status", "message": f"the scorecard could not be computed: {e}"})
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from voicetune import store
+    from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
+    from voicetune.generate import AdapterError
+
+    folder = Path(a.run) if Path(a.run).is_dir() else None
+    try:
+        folder = folder or store.run_dir(a.run)
+        saved = folder / SCORECARD_FILE
+        card = json.loads(saved.read_text()) if saved.exists() and not a.recompute else scorecard(folder)
+    except (ValueError, FileNotFoundError, AdapterError) as e:
+        return _fail(EXIT_MODEL, str(e))
+    if a.json:
+        print(json.dumps(card, ensure_ascii=False, indent=2))
+        return 0
+    print(f"Scorecard for {card['run_id']} on {card['heldout']} held-out conversations\n")
+    print(f"{'metric':40} {'base':>10} {'prompt-only':>12} {'tuned':>10}")
+    for row in summary_rows(card):
+        cells = [("" if row[k] is None else f"{row[k]:.3f}") for k in ("base", "prompt-only", "tuned")]
+        print(f"{row['metric']:40} {cells[0]:>10} {cells[1]:>12} {cells[2]:>10}")
+    print(f"\n{card['verdict']}")
     return 0
 
 
@@ -146,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--qlora", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit base weights (default: on with CUDA, off on CPU)")
+    t.add_argument("--scorecard", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the run on its held-out split after training (default: on)")
     t.add_argument("--events", help="append progress events as JSON lines to this file")
     t.set_defaults(fn=cmd_train)
 
@@ -157,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--base-model", help="override the base recorded in the adapter's run.json")
     c.add_argument("--json", action="store_true", help="one JSON object per line: prompt, base, tuned")
     c.set_defaults(fn=cmd_chat)
+
+    e = sub.add_parser("eval", help="compute and print a run's voice scorecard")
+    e.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
+    e.add_argument("--json", action="store_true", help="print the whole scorecard as JSON")
+    e.add_argument("--recompute", action="store_true", help="score again even if the run has a scorecard")
+    e.set_defaults(fn=cmd_eval)
 
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)

@@ -49,6 +49,10 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_steps: int = -1  # >0 caps the optimizer steps (tests and quick looks); -1 follows epochs
     logging_steps: int = 1  # small datasets have few steps: log every one so progress is visible
+    style_guide: str = ""  # the project's style guide; the scorecard's prompt-only arm is built from it
+    required_phrases: list[str] = field(default_factory=list)  # the scorecard checks replies use these ...
+    banned_phrases: list[str] = field(default_factory=list)  # ... and avoid these
+    scorecard: bool = True  # score the run on its held-out split right after training (about a minute on CPU)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):

@@ -278,6 +278,17 @@ class _BatchStreamer:
             yield item
 
 
+_shared: dict[str, ChatModel] = {}
+
+
+def shared_model(base_model: str | None = None) -> ChatModel:
+    """The one loaded copy of a base model in this process, which every arm and the scorecard share."""
+    key = base_model or models.default_base_model()
+    if key not in _shared:
+        _shared[key] = ChatModel(key)
+    return _shared[key]
+
+
 def with_system(messages: list[dict], system: str | None) -> list[dict]:
     """Prepend a system prompt when one is given and the conversation has none."""
     if system and not (messages and messages[0]["role"] == "system"):

@@ -16,12 +16,13 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from voicetune import models, store
 from voicetune.config import TrainConfig
-from voicetune.data import DataError, load_conversations, split_train_val
+from voicetune.data import Conversation, DataError, load_conversations, split_train_val
 from voicetune.templates import Encoded, encode_all, template_fingerprint
 
 Event = dict[str, Any]
@@ -56,7 +57,16 @@ def _to_dataset(rows: list[Encoded]) -> Any:
     )
 
 
-def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Encoded], list[Encoded], str]:
+@dataclass
+class Prepared:
+    train: list[Encoded]
+    val: list[Encoded]
+    train_convs: list[Conversation]
+    val_convs: list[Conversation]  # held out: never trained on, scored by the scorecard
+    data_hash: str
+
+
+def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
     """Load, check and encode: every problem in the file is reported before training starts."""
     convs = load_conversations(cfg.data)
     encoded, problems = encode_all(tokenizer, convs, cfg.max_length)
@@ -65,7 +75,11 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> tuple[list[Encoded], list[
     by_line = {c.line: e for c, e in zip(convs, encoded)}
     train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
     data_hash = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()[:16]
-    return [by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c], data_hash
+    return Prepared([by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c], train_c, val_c, data_hash)
+
+
+def _jsonl(convs: list[Conversation]) -> str:
+    return "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs)
 
 
 def _progress_callback(on_event: OnEvent) -> Any:
@@ -95,7 +109,8 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]
     # Check the data and the template (needs only the tokenizer)
     base_path = models.resolve_base_model(cfg.base_model)
     tokenizer = models.load_tokenizer(base_path)
-    train_rows, val_rows, data_hash = prepare_data(cfg, tokenizer)
+    prepared = prepare_data(cfg, tokenizer)
+    train_rows, val_rows, data_hash = prepared.train, prepared.val, prepared.data_hash
     on_event({"type": "data", "train": len(train_rows), "val": len(val_rows),
               "trained_tokens": sum(r.n_trained for r in train_rows)})
 
@@ -191,6 +206,9 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         cfg.to_yaml(tmp / "config.yaml")
+        # The split travels with the adapter, so the scorecard always scores what this run never saw.
+        store.atomic_write_text(tmp / "heldout.jsonl", _jsonl(prepared.val_convs))
+        store.atomic_write_text(tmp / "fewshot.jsonl", _jsonl(prepared.train_convs[:3]))
         store.atomic_write_json(tmp / RUN_FILE, record)
         store.publish_dir(tmp, out)
     finally:

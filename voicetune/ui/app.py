@@ -7,8 +7,9 @@ import os
 import gradio as gr
 
 from voicetune import models
-from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide
+from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run
 from voicetune.ui.data_tab import build_data_tab
+from voicetune.ui.scorecard_tab import build_scorecard_tab
 from voicetune.ui.train_tab import build_train_tab
 
 INTRO = """# 🎙️ voicetune
@@ -29,7 +30,10 @@ def build_app() -> gr.Blocks:
                 trained = build_train_tab(data_box)
             with gr.Tab("3 · Compare"):
                 arms, style_guide = build_compare_tab(data_box)
-        trained.then(arm_choices, None, arms)
+            with gr.Tab("4 · Scorecard"):
+                score_run = build_scorecard_tab()
+        trained.then(arm_choices, None, arms).then(newest_run, None, score_run)
+        demo.load(newest_run, None, score_run)
         demo.load(arm_choices, None, arms)  # a reload lists runs finished since the page was built
         demo.load(load_style_guide, None, style_guide)
     return demo

@@ -18,7 +18,7 @@ import pandas as pd
 from voicetune import arena, store
 from voicetune.config import GenConfig
 from voicetune.data import DataError, parse_jsonl_text
-from voicetune.generate import AdapterError, ChatModel, Reply
+from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
 from voicetune.train import read_run
@@ -27,14 +27,7 @@ MAX_PANES = 4
 BASE_CHOICE = "Base model"
 PROMPT_ONLY_CHOICE = "Prompt-only (style guide + examples)"
 
-_models: dict[str, ChatModel] = {}  # base model id -> the one loaded copy, shared by every adapter
 _rng = random.SystemRandom()  # blind shuffles must not be predictable from the page
-
-
-def chat_model_for(base_model: str) -> ChatModel:
-    if base_model not in _models:
-        _models[base_model] = ChatModel(base_model)
-    return _models[base_model]
 
 
 def project_id() -> int:
@@ -43,6 +36,11 @@ def project_id() -> int:
 
 def run_choices() -> list[str]:
     return [r["run_id"] for r in finished_runs()]
+
+
+def newest_run() -> dict:
+    runs = run_choices()
+    return gr.update(choices=runs, value=runs[0] if runs else None)
 
 
 def arm_choices() -> dict:
@@ -64,7 +62,7 @@ def resolve_arms(names: list[str], style_guide: str, data_text: str) -> tuple[Ch
         raise gr.Error("Choose at least one arm to chat with.")
     if len(names) > MAX_PANES:
         raise gr.Error(f"Choose at most {MAX_PANES} arms.")
-    chat = chat_model_for(default_base_model())
+    chat = shared_model(default_base_model())
     arms = []
     for name in names:
         if name == BASE_CHOICE:

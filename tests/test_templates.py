@@ -97,3 +97,12 @@ def test_preview_marks_trained_tokens(tokenizer):
     pairs = preview(tokenizer, MULTI[1:3])
     assert "".join(p for p, _ in pairs) == tokenizer.apply_chat_template(MULTI[1:3], tokenize=False)
     assert "".join(p for p, on in pairs if on) == "Yes, until six!<|im_end|>"
+
+
+@pytest.mark.slow
+def test_preview_keeps_emoji_whole(tokenizer):
+    msgs = [{"role": "user", "content": "Coffee?"}, {"role": "assistant", "content": "Always! Stay caffeinated! ☕"}]
+    pairs = preview(tokenizer, msgs)
+    assert "".join(p for p, _ in pairs) == tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert not any("\ufffd" in p for p, _ in pairs)
+    assert "".join(p for p, on in pairs if on) == "Always! Stay caffeinated! ☕<|im_end|>"

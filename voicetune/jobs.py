@@ -31,7 +31,9 @@ class Progress:
     total_steps: int = 0
     epoch: float = 0.0
     message: str = ""
-    losses: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss"|"eval_loss"}
+    losses: list[dict[str, Any]] = field(default_factory=list)  # {"step", "series", "loss"}
+    elapsed_s: float = 0.0  # since the first optimizer step began
+    eta_s: float | None = None  # linear in steps: early steps include warm-up, so it settles after a few
 
     @property
     def fraction(self) -> float:
@@ -72,11 +74,15 @@ class Job:
 
     def progress(self) -> Progress:
         p = Progress(state="running")
+        started = None
         for e in self.events():
             if e["type"] == "start":
-                p.total_steps = e["total_steps"]
+                p.total_steps, started = e["total_steps"], e["time"]
             elif e["type"] == "log":
                 p.step, p.total_steps, p.epoch = e["step"], e["total_steps"], e.get("epoch", 0.0)
+                if started is not None and p.step:
+                    p.elapsed_s = e["time"] - started
+                    p.eta_s = p.elapsed_s / p.step * max(0, p.total_steps - p.step)
                 for key in ("loss", "eval_loss"):
                     if key in e:
                         p.losses.append({"step": e["step"], "series": "train" if key == "loss" else "validation",

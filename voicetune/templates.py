@@ -85,10 +85,24 @@ def encode(tokenizer: Any, messages: list[dict]) -> Encoded:
 
 
 def preview(tokenizer: Any, messages: list[dict]) -> list[tuple[str, bool]]:
-    """(token text, trained?) pairs: what the loss-mask preview highlights."""
+    """(text, trained?) pieces: what the loss-mask preview highlights.
+
+    Byte-level BPE splits one emoji over several tokens, each of which decodes to U+FFFD alone, so tokens
+    are grouped until their bytes form whole characters.
+    """
     enc = encode(tokenizer, messages)
-    pieces = [tokenizer.decode([t]) for t in enc.input_ids]
-    return [(p, lab != IGNORE) for p, lab in zip(pieces, enc.labels)]
+    pieces: list[tuple[str, bool]] = []
+    group: list[int] = []
+    trained = False
+    for i, (tok, lab) in enumerate(zip(enc.input_ids, enc.labels)):
+        group.append(tok)
+        trained = trained or lab != IGNORE
+        text = tokenizer.decode(group)
+        if text.endswith("\ufffd") and i + 1 < len(enc.input_ids) and len(group) < 8:
+            continue
+        pieces.append((text, trained))
+        group, trained = [], False
+    return pieces
 
 
 def special_tokens_in(tokenizer: Any, text: str) -> list[str]:

@@ -233,12 +233,11 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
         style_guide = gr.Textbox(lines=4, show_label=False,
                                  placeholder="e.g. Warm and upbeat, short sentences, always sign off 'Stay caffeinated!'")
     system = gr.Textbox(label="System prompt (optional, for base and tuned arms)", lines=1)
-    panes, stats = [], []
+    # Hidden panes take no room, so two arms share the full width and four split it.
+    with gr.Row(equal_height=True):
+        panes = [gr.Chatbot(label=f"Pane {i + 1}", height=360, visible=i < 2, min_width=240) for i in range(MAX_PANES)]
     with gr.Row():
-        for i in range(MAX_PANES):
-            with gr.Column(min_width=240):
-                panes.append(gr.Chatbot(label=f"Pane {i + 1}", height=340, visible=i < 2))
-                stats.append(gr.Markdown(visible=i < 2))
+        stats = [gr.Markdown(visible=i < 2, min_height=0) for i in range(MAX_PANES)]
     with gr.Row():
         msg = gr.Textbox(placeholder="Ask what a customer would ask…", show_label=False, scale=5)
         go = gr.Button("Send", variant="primary", scale=1)
@@ -252,7 +251,8 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
             top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
         with gr.Row():
             max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
-            rep = gr.Slider(1.0, 1.5, value=1.0, step=0.05, label="Repetition penalty")
+            # 1.1 by default here: a 135M model loops under greedy decoding, and the penalty applies to every arm alike.
+            rep = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
     with gr.Accordion("Teach it this: save a reply as a training conversation", open=False):
         which = gr.Dropdown([], label="Reply", allow_custom_value=True)  # choices change per round; teach checks

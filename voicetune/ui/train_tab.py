@@ -19,6 +19,10 @@ def progress_html(p: jobs.Progress) -> str:
     pct = round(100 * p.fraction)
     color = {"failed": "#dc2626", "cancelled": "#9ca3af"}.get(p.state, "#2563eb")
     steps = f"step {p.step} of {p.total_steps} · epoch {p.epoch:.2f}" if p.total_steps else "preparing"
+    if p.step:
+        steps += f" · {p.elapsed_s:.0f} s elapsed"
+        if p.eta_s is not None and p.state == "running":
+            steps += f" · about {p.eta_s:.0f} s left"
     return (
         f'<div class="vt-progress"><div style="background:#e5e7eb;border-radius:6px;height:18px">'
         f'<div style="width:{pct}%;background:{color};height:18px;border-radius:6px"></div></div>'

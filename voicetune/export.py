@@ -104,8 +104,8 @@ def model_card(record: dict[str, Any], adapter_dir: Path) -> str:
     data_rows = [("file", Path(str(data.get("file", ""))).name), ("sha256 (first 16)", data.get("sha256_16")),
                  ("train conversations", data.get("train")), ("validation conversations", data.get("val")),
                  ("trained tokens", data.get("trained_tokens"))]
-    metric_rows = [(k, v) for k, v in metrics.items()] + [("precision", record.get("precision")),
-                                                          ("duration (s)", record.get("duration_s"))]
+    metric_rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()]
+    metric_rows += [("precision", record.get("precision")), ("duration (s)", record.get("duration_s"))]
     return "\n".join([
         "---",
         f"base_model: {base}",
@@ -305,7 +305,9 @@ def _add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
                           (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
         if token_id is not None:
             add(token_id)
-    writer.add_add_bos_token(False)  # ChatML templates write their own markers; transformers adds no BOS either
+    # llama.cpp should add a BOS exactly when transformers does (SmolLM2: never; its template writes the markers)
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+    writer.add_add_bos_token(adds_bos)
     writer.add_add_space_prefix(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
@@ -351,37 +353,59 @@ def _gguf_tensor(name: str, weights: Any, quant: str, config: Any) -> tuple[Any,
     return weights.astype(np.float16), gguf.GGMLQuantizationType.F16  # also Q8_0's fallback for odd row sizes
 
 
-def _merged_state_dict(merged_dir: Path) -> dict[str, Any]:
-    """Every weight of a merged folder as fp32 numpy (numpy has no bf16; widening first loses nothing)."""
-    import torch
-    from safetensors.torch import load_file
+def _tensor_order(hf_name: str) -> tuple[int, str]:
+    """token_embd first, then blocks in number order, then the output tensors, as llama.cpp lays a file out."""
+    parts = hf_name.split(".")
+    if parts[:2] == ["model", "layers"]:
+        return (1 + int(parts[2]), hf_name)
+    return (0 if "embed_tokens" in hf_name else 10**9, hf_name)
+
+
+def _weight_files(merged_dir: Path) -> dict[str, Path]:
+    """Which safetensors file holds each weight, from the headers alone: tensors load one at a time."""
+    from safetensors import safe_open
 
     files = sorted(merged_dir.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{merged_dir} has no safetensors weights: merge an adapter into it first")
-    tensors: dict[str, Any] = {}
+    where: dict[str, Path] = {}
     for f in files:
-        tensors.update({k: v.to(torch.float32).numpy() for k, v in load_file(str(f)).items()})
-    return tensors
+        with safe_open(str(f), framework="pt") as sf:
+            where.update({k: f for k in sf.keys()})
+    return where
+
+
+def _load_fp32(file: Path, name: str) -> Any:
+    """One weight as fp32 numpy (numpy has no bf16; widening first loses nothing)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as sf:
+        return sf.get_tensor(name).to(torch.float32).numpy()
 
 
 def to_gguf(merged_dir: Path, out_file: Path, quant: Literal["f16", "q8_0"] = "f16") -> Path:
-    """Write a merged Llama folder as a GGUF for llama.cpp and Ollama, with a Modelfile beside it."""
+    """Write a merged Llama folder as a GGUF for llama.cpp and Ollama, with a Modelfile beside it.
+
+    Weights are read one at a time, so memory peaks at about the size of the GGUF, not of the fp32 model.
+    """
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
     merged_dir, out_file = Path(merged_dir), Path(out_file)
     if quant not in ("f16", "q8_0"):
         raise ValueError(f"quant must be 'f16' or 'q8_0', got {quant!r}")
+    if not (merged_dir / "config.json").is_file():
+        raise ValueError(f"{merged_dir} is not a merged model folder: config.json is missing")
     config = AutoConfig.from_pretrained(merged_dir)
     if config.model_type != "llama":
         raise ValueError(f"only Llama-architecture models can be written to GGUF here, not {config.model_type!r}")
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     run_file = merged_dir / MERGE_RECORD
     run = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
-    tensors = _merged_state_dict(merged_dir)
+    weights = _weight_files(merged_dir)
     if config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)  # tied: llama.cpp reuses token_embd when output.weight is absent
+        weights.pop("lm_head.weight", None)  # tied: llama.cpp reuses token_embd when output.weight is absent
 
     # Metadata: name, file type, shape, tokenizer
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -399,12 +423,13 @@ def to_gguf(merged_dir: Path, out_file: Path, quant: Literal["f16", "q8_0"] = "f
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, config)
-        _add_tokenizer(writer, tokenizer, tensors["model.embed_tokens.weight"].shape[0])
+        _add_tokenizer(writer, tokenizer, config.vocab_size)
 
-        # Tensors, under llama.cpp's names
-        for hf_name in sorted(tensors, key=_tensor_order):
-            data, raw_type = _gguf_tensor(gguf_name(hf_name), tensors.pop(hf_name), quant, config)
-            writer.add_tensor(gguf_name(hf_name), data, raw_dtype=raw_type)
+        # Tensors, under llama.cpp's names, then one rename into place
+        for hf_name in sorted(weights, key=_tensor_order):
+            name = gguf_name(hf_name)
+            data, raw_type = _gguf_tensor(name, _load_fp32(weights[hf_name], hf_name), quant, config)
+            writer.add_tensor(name, data, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -416,14 +441,6 @@ def to_gguf(merged_dir: Path, out_file: Path, quant: Literal["f16", "q8_0"] = "f
         raise
     store.atomic_write_text(out_file.parent / "Modelfile", ollama_modelfile(out_file, run))
     return out_file
-
-
-def _tensor_order(hf_name: str) -> tuple[int, str]:
-    """token_embd first, then blocks in number order, then the output tensors, as llama.cpp lays a file out."""
-    parts = hf_name.split(".")
-    if parts[:2] == ["model", "layers"]:
-        return (1 + int(parts[2]), hf_name)
-    return (0 if "embed_tokens" in hf_name else 10**9, hf_name)
 
 
 # --- the Ollama Modelfile --------------------------------------------------------------------------------
@@ -478,19 +495,18 @@ def _default_system(template: str, bos: str) -> str | None:
 
 def ollama_modelfile(gguf_file: Path, run: dict) -> str:
     """An Ollama Modelfile for a GGUF written by to_gguf: FROM, the ChatML TEMPLATE, SYSTEM and stop tokens."""
-    from gguf import GGUFReader
+    from transformers.integrations.gguf import read_gguf_metadata  # reads only the arrays named, unlike GGUFReader
 
     gguf_file = Path(gguf_file)
-    reader = GGUFReader(str(gguf_file))
-    fields = reader.fields
-    template = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else ""
-    tokens = fields["tokenizer.ggml.tokens"].contents()
-    eos = tokens[fields["tokenizer.ggml.eos_token_id"].contents()]
-    bos = tokens[fields["tokenizer.ggml.bos_token_id"].contents()] if "tokenizer.ggml.bos_token_id" in fields else ""
+    meta, _ = read_gguf_metadata(str(gguf_file), ("tokenizer.ggml.tokens",))
+    template = meta.get("tokenizer.chat_template", "")
+    tokens = meta["tokenizer.ggml.tokens"]
+    eos = tokens[meta["tokenizer.ggml.eos_token_id"]]
+    bos = tokens[meta["tokenizer.ggml.bos_token_id"]] if "tokenizer.ggml.bos_token_id" in meta else ""
     if not template:
         raise ValueError(f"{gguf_file.name} has no chat template; write the Modelfile's TEMPLATE by hand")
     system = _default_system(template, bos)
-    stops = [eos] + (["<|im_start|>"] if eos != "<|im_start|>" else [])  # end of turn; never start a new turn
+    stops = list(dict.fromkeys(["<|im_end|>", eos, "<|im_start|>"]))  # end of turn, end of text, never a new turn
     lines = [
         f"# {run.get('run_id', gguf_file.stem)}: tuned by voicetune from {hub_base(run) if run else 'its base model'}",
         "# ollama create <name> -f Modelfile && ollama run <name>",

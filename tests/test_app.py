@@ -106,6 +106,14 @@ def test_train_then_compare_in_the_app(client):
     pulled = client.predict("", api_name="/add_saved")
     assert json.loads(pulled.splitlines()[0])["messages"][-1]["content"].startswith("Refunds are easy")
 
+    # Batch mode: a prompt x arm grid, exported as CSV and voted on row by row.
+    grid, csv_path = client.predict([BASE, run_id], "Where is my order?\nDo you sell gift cards?", "", "", "", 24,
+                                    api_name="/batch")
+    assert grid["headers"] == ["prompt", "Base model", f"Tuned: {run_id}"] and len(grid["data"]) == 2
+    assert open(csv_path).read().splitlines()[0] == f"prompt,base,run:{run_id}"
+    assert client.predict(2, api_name="/batch_vote_right") == "Row 2: vote saved."
+    assert len(store.list_votes(conn, store.ensure_project(conn))) == 2
+
 
 BASE, PROMPT_ONLY = "Base model", "Prompt-only (style guide + examples)"
 

@@ -124,11 +124,17 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     user = {"role": "user", "content": message.strip()}
     requests = arena.round_requests(rnd, histories, user["content"], system or None)
     replies: list[Reply] = []
-    for update in chat.stream(requests, gen):
-        if update and isinstance(update[0], Reply):
-            replies = update
-            break
-        yield ["", *pane_updates(rnd, histories, update, user, []), gr.update(visible=False), state]
+    try:
+        for update in chat.stream(requests, gen):
+            if update and isinstance(update[0], Reply):
+                replies = update
+                break
+            yield ["", *pane_updates(rnd, histories, update, user, []), gr.update(visible=False), state]
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if "out of memory" not in str(e).lower():
+            raise
+        raise gr.Error("There is no memory left for chat while a training run uses the GPU. "
+                       "Try again when the run finishes, or with fewer arms or shorter replies.")
     rnd.replies = [r.text for r in replies]
     for arm, reply in zip(rnd.arms, replies):
         histories[arm.key] = [*histories.get(arm.key, []), user, {"role": "assistant", "content": reply.text}]
@@ -195,7 +201,7 @@ def export_preferences() -> str:
 
 
 def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, data_text: str,
-              max_new_tokens: float) -> tuple[pd.DataFrame, str]:
+              max_new_tokens: float) -> tuple[pd.DataFrame, str, dict]:
     """Every prompt through every arm; each prompt is one batched round."""
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
@@ -209,7 +215,25 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     path = store.home() / "exports" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     store.atomic_write_text(path, arena.grid_csv(prompts, arms, grid))
     frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])
-    return frame, str(path)
+    batch = {"id": f"batch-{time.strftime('%Y%m%d-%H%M%S')}", "prompts": prompts, "arms": [a.key for a in arms],
+             "grid": grid, "system": system or ""}
+    return frame, str(path), batch
+
+
+def batch_vote(row: float, choice: str, batch: dict | None) -> str:
+    """A vote on one row of the grid; needs exactly two arms, left and right as the columns show them."""
+    if not batch:
+        raise gr.Error("Run a batch first.")
+    if len(batch["arms"]) != 2:
+        raise gr.Error("Row votes compare exactly two arms: run the batch with two arms.")
+    i = int(row or 0) - 1
+    if not 0 <= i < len(batch["prompts"]):
+        raise gr.Error(f"Row must be between 1 and {len(batch['prompts'])}.")
+    prompt = [{"role": "user", "content": batch["prompts"][i]}]
+    stored = store.add_vote(store.connect(), project_id(), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
+                            left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
+                            right_reply=batch["grid"][i][1], choice=choice, blind=False)
+    return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
 def load_style_guide() -> str:
@@ -268,6 +292,12 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
         batch_btn = gr.Button("Run batch")
         grid = gr.Dataframe(interactive=False, wrap=True)
         grid_file = gr.File(label="Grid as CSV", interactive=False)
+        with gr.Row():
+            row_no = gr.Number(value=1, precision=0, minimum=1, label="Row to vote on (two arms)")
+            row_buttons = [gr.Button(t, size="sm") for t in ("Left column better", "Right column better", "Tie",
+                                                             "Both bad")]
+        row_msg = gr.Markdown()
+    batch_state = gr.State({})
     state = gr.State({})
     clear = gr.Button("Clear chats", size="sm")
 
@@ -282,8 +312,10 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
     which.change(pick_reply, [which, state], edited)
     teach_btn.click(teach, [which, edited, state], teach_msg)
     export_btn.click(export_preferences, None, export_file)
-    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, data_box, max_new], [grid, grid_file],
-                    concurrency_limit=1, concurrency_id="chat")
+    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, data_box, max_new],
+                    [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
+    for button, choice in zip(row_buttons, arena.CHOICES):
+        button.click(batch_vote, [row_no, gr.State(choice), batch_state], row_msg, api_name=f"batch_vote_{choice}")
     style_guide.blur(save_style_guide, style_guide, None)  # saved the moment the user leaves the box
     clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
     return arms, style_guide

@@ -171,24 +171,15 @@ def adapter_zip(adapter_dir: Path, dest: Path) -> Path:
     missing = [n for n in ZIP_FILES if not (adapter_dir / n).is_file()]
     if missing:
         raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {', '.join(missing)} is missing")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
-                for name in ZIP_FILES:
-                    if name == "adapter_config.json":
-                        z.writestr(name, _shareable_adapter_config(adapter_dir, record))
-                    else:
-                        z.write(adapter_dir / name, name)
-                z.writestr("README.md", model_card(record, adapter_dir))
-                z.writestr("load_adapter.py", load_snippet(record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with store.atomic_file(dest, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name in ZIP_FILES:
+                if name == "adapter_config.json":
+                    z.writestr(name, _shareable_adapter_config(adapter_dir, record))
+                else:
+                    z.write(adapter_dir / name, name)
+            z.writestr("README.md", model_card(record, adapter_dir))
+            z.writestr("load_adapter.py", load_snippet(record))
     return dest
 
 

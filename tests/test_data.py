@@ -112,3 +112,63 @@ def test_bundled_examples_are_valid():
     assert len(examples) >= 2
     for path in examples.values():
         assert len(load_conversations(path)) >= 40
+
+
+# ---------------------------------------------------------------- the bad-input corpus: every check, exact messages
+
+BAD = Path(__file__).parent / "bad_inputs"
+EXPECTED = {k: v for k, v in json.loads((BAD / "expected.json").read_text(encoding="utf-8")).items()
+            if not k.startswith("_")}
+
+
+def test_corpus_covers_every_file():
+    assert set(EXPECTED) == {p.name for p in BAD.iterdir() if p.suffix in (".jsonl", ".csv")}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_input_corpus(name: str, tokenizer):
+    import copy
+
+    from voicetune import projects, store
+    from voicetune.importers import check_extension, import_openai_jsonl, near_duplicates
+    from voicetune.templates import encode_all
+
+    spec, raw = EXPECTED[name], (BAD / name).read_bytes()
+    if spec["check"] == "extension":
+        assert [str(check_extension(name, raw))] == spec["problems"]
+        return
+    convs, problems = parse_jsonl_bytes(raw)
+    if spec["check"] == "parse":
+        assert [str(p) for p in problems] == spec["problems"]
+        assert len(convs) == spec["accepted"]
+    elif spec["check"] == "template":
+        assert problems == []
+        tok = tokenizer
+        if "template" in spec:  # a template that enforces turn order, as Llama 2 and Mistral templates do
+            tok = copy.deepcopy(tokenizer)
+            tok.chat_template = (BAD / spec["template"]).read_text(encoding="utf-8")
+        encoded, found = encode_all(tok, convs, spec.get("max_length", 1024))
+        assert [str(p) for p in found] == spec["problems"]
+        assert len(encoded) == len(convs) - len(found)  # the good line is kept, not dropped with the bad one
+    elif spec["check"] == "duplicates":
+        report = import_openai_jsonl(raw)
+        assert [str(p) for p in report.duplicates] == spec["problems"]
+        assert [list(t) for t in near_duplicates(report.conversations)] == spec["near"]
+    else:  # "project": the rules on how many conversations a run needs
+        conn = store.connect()
+        project = projects.create_project(conn, name)
+        projects.add_imported(conn, project, convs, source=name)
+        report = projects.check_project(conn, project, tokenizer, max_length=1024)
+        assert [str(p) for p in report.problems] == spec["problems"]
+        assert [str(p) for p in report.warnings] == spec["warnings"]
+
+
+def test_files_over_the_size_cap_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from voicetune import data
+
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", 2 * 2**20)
+    path = tmp_path / "huge.jsonl"
+    path.write_bytes((GOOD + "\n").encode() * (3 * 2**20 // len(GOOD)))
+    with pytest.raises(DataError) as e:
+        load_conversations(path)
+    assert [str(p) for p in e.value.problems] == [f"file: {path} is 3 MiB, over the 2 MiB cap"]

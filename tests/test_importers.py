@@ -464,3 +464,34 @@ def test_bom_and_crlf_in_json_formats():
     for importer, raw in ((import_sharegpt, SHAREGPT), (import_alpaca, ALPACA), (import_openai_jsonl, OPENAI)):
         report = importer(b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"))
         assert report.problems == [] and messages(report) == messages(importer(raw))
+
+
+@pytest.mark.parametrize("fmt", list(ALL_FORMATS))
+def test_round_trip_through_a_datasets_folder(fmt: str, tmp_path: Path):
+    from voicetune.importers import import_hf_dataset
+
+    report = ALL_FORMATS[fmt]()
+    again = import_hf_dataset(export_hf_dataset(report.conversations, tmp_path / fmt))
+    assert again.problems == [] and again.duplicates == [] and messages(again) == messages(report)
+
+
+@pytest.mark.parametrize("fmt", list(ALL_FORMATS))
+def test_round_trip_through_a_project(fmt: str):
+    """Import into a project, export the project as the Data tab does, import that again: nothing changes."""
+    from voicetune import projects, store
+    from voicetune.ui.data_tab import export_jsonl
+
+    conn = store.connect()
+    pid = projects.create_project(conn, fmt)
+    report = ALL_FORMATS[fmt]()
+    ids = projects.add_imported(conn, pid, report.conversations, source=fmt)
+    projects.set_tags(conn, ids[0], ["faq"])
+    projects.set_held_out(conn, ids[-1:], True)
+    raw = Path(export_jsonl(pid)).read_bytes()
+    again = import_openai_jsonl(raw)
+    assert again.problems == [] and messages(again) == messages(report)
+    copy = projects.create_project(conn, fmt + " copy")
+    projects.add_imported(conn, copy, again.conversations, source="export")
+    shape = lambda p: [(c["messages"], c["tags"], c["held_out"]) for c in store.list_conversations(conn, p)]  # noqa: E731
+    assert shape(copy) == shape(pid)
+    assert projects.training_jsonl(conn, copy) == projects.training_jsonl(conn, pid)

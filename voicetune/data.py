@@ -24,9 +24,11 @@ class Problem:
     line: int | None  # 1-based line in the source; None for whole-file problems
     field: str  # e.g. "messages[2].content"; "" when the whole line is wrong
     message: str
+    unit: str = "line"  # what `line` counts: "line", "record" (of a JSON array), "conversation" (a project's #)
 
     def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "file"
+        whole = "file" if self.unit in ("line", "record") else self.unit  # e.g. "project" for a project-wide rule
+        where = f"{self.unit} {self.line}" if self.line is not None else whole
         if self.field:
             where += f", {self.field}"
         return f"{where}: {self.message}"
@@ -61,8 +63,8 @@ def check_messages(messages: Any, line: int | None) -> list[Problem]:
             continue
         role = msg.get("role")
         if role not in ROLES:
-            shown = "missing" if role is None else repr(role)
-            problems.append(Problem(line, f"{where}.role", f"unknown role {shown}: use system, user or assistant"))
+            why = "is missing" if role is None else f"unknown role {role!r}"
+            problems.append(Problem(line, f"{where}.role", f"{why}: use system, user or assistant"))
         content = msg.get("content")
         if content is None:
             problems.append(Problem(line, f"{where}.content", "is missing"))

@@ -38,15 +38,7 @@ MAGIC = {b"PK\x03\x04": "a zip archive or Excel workbook", b"%PDF": "a PDF", b"\
 Converted = tuple[list[dict[str, Any]], list[str], list[tuple[str, str]]]  # messages, source fields, early problems
 
 
-@dataclass(frozen=True)
-class ImportProblem(Problem):
-    """A Problem that can point at a record of a JSON array ("record 3, ...") instead of a file line."""
-
-    unit: str = "line"
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        return text if self.line is None else self.unit + text.removeprefix("line")
+ImportProblem = Problem  # its `unit` points at a record of a JSON array ("record 3, ...") instead of a line
 
 
 @dataclass
@@ -56,6 +48,7 @@ class ImportReport:
     conversations: list[Conversation]  # accepted, in source order
     problems: list[Problem]  # why each rejected line or record (or the whole file) was turned away
     duplicates: list[Problem]  # exact repeats of an earlier accepted conversation, left out
+    unit: str = "line"  # what Conversation.line counts: "line", or "record" of a JSON array
 
     @property
     def accepted(self) -> int:
@@ -127,7 +120,7 @@ def _finish(convs: list[Conversation], problems: list[Problem], unit: str = "lin
     if not convs and not problems:
         problems.append(Problem(None, "", "contains no conversations"))
     problems.sort(key=lambda p: p.line or 0)  # stable: a line's problems keep their field order
-    return ImportReport(kept, problems, duplicates)
+    return ImportReport(kept, problems, duplicates, unit)
 
 
 def _json_records(raw: bytes) -> tuple[list[tuple[int, Any]], list[Problem], str]:
@@ -305,6 +298,22 @@ def import_pasted(text: str | bytes) -> ImportReport:
     return _finish(convs, problems)
 
 
+def import_hf_dataset(folder: Path) -> ImportReport:
+    """A `datasets` folder with a `messages` column (as export_hf_dataset writes), checked like a JSONL file.
+
+    Arrow pads every message to the same fields, so the None it gives a message without a `weight` is
+    dropped again: exporting and importing changes nothing. Rows are numbered as lines from 1.
+    """
+    import datasets  # lazily, as in export_hf_dataset
+
+    rows = datasets.load_from_disk(str(folder))
+    if "messages" not in rows.column_names:
+        return _finish([], [Problem(None, "", f"has no `messages` column (columns: {', '.join(rows.column_names)})")])
+    lines = [json.dumps({"messages": [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
+                                      for m in row]}, ensure_ascii=False) for row in rows["messages"]]
+    return import_openai_jsonl("\n".join(lines).encode("utf-8"))
+
+
 # ---------------------------------------------------------------- telling formats apart
 
 
@@ -320,7 +329,7 @@ def detect_format(filename: str, raw: bytes) -> str:
     if text.startswith(("[", "{")):
         m = JSON_KEY.search(text)
         return JSON_FORMATS[m[1]] if m else "openai"  # its importer says which key is missing
-    first = next(line for line in text.split("\n") if line.strip())
+    first = next(line for line in re.split(r"\r\n|\r|\n", text) if line.strip())  # a lone CR ends a line too (csv)
     if MARKER.match(first):
         return "pasted"
     return "csv" if any(len(next(csv.reader([first], delimiter=d))) > 1 for d in ",\t;") else "pasted"

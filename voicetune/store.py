@@ -10,6 +10,9 @@ back it up, move it, or point a Space's persistent volume at it:
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -22,8 +25,42 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+_user: contextvars.ContextVar[str | None] = contextvars.ContextVar("voicetune_user", default=None)
+
+
 def home() -> Path:
-    """The workspace root. A Space with persistent storage mounts it at /data, so prefer that there."""
+    """The workspace this request works in: the root, or the signed-in user's own folder inside it."""
+    user = _user.get()
+    if user is None:
+        return root()
+    path = root() / "users" / user
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def user_dir_name(identity: str) -> str:
+    """A folder name for a server-side identity: readable slug plus a hash, so "Al/../ice" and "al-ice" differ
+    and no name can leave the users folder."""
+    slug = re.sub(r"[^a-z0-9]+", "-", identity.lower()).strip("-")[:40] or "user"
+    return f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def user_scope(identity: str | None) -> Iterator[None]:
+    """Run the body in `identity`'s own workspace (None: the shared root). Context-local, so threads serving
+    other users at the same time keep their own."""
+    token = _user.set(None if identity is None else user_dir_name(identity))
+    try:
+        yield
+    finally:
+        _user.reset(token)
+
+
+def root() -> Path:
+    """The workspace root. A Space with persistent storage mounts it at /data, so prefer that there.
+
+    Things shared by every user of one machine, such as the training queue for its one GPU, live here.
+    """
     env = os.environ.get("VOICETUNE_HOME")
     if env:
         path = Path(env)
@@ -38,7 +75,7 @@ def home() -> Path:
 def model_cache_dir() -> Path:
     """Converted base models. Separate from `home()` so tests and several workspaces can share one cache."""
     env = os.environ.get("VOICETUNE_CACHE")
-    path = Path(env) if env else home() / "cache"
+    path = Path(env) if env else root() / "cache"  # one cache for every user of the machine
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
 
@@ -147,27 +184,87 @@ def _m001_initial(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial]
+def _m002_data_studio(conn: sqlite3.Connection) -> None:
+    """Trash (deleted rows are kept with the time they were deleted), table order, and per-project settings."""
+    conn.executescript(
+        """
+        ALTER TABLE projects ADD COLUMN deleted REAL;             -- NULL: live; else when it went to the trash
+        ALTER TABLE projects ADD COLUMN opened REAL NOT NULL DEFAULT 0;  -- last opened: the app reopens it
+        ALTER TABLE projects ADD COLUMN val_fraction REAL;        -- NULL: chosen by size
+        ALTER TABLE conversations ADD COLUMN position REAL NOT NULL DEFAULT 0;  -- table order
+        ALTER TABLE conversations ADD COLUMN deleted REAL;        -- NULL: live; else when it went to the trash
+        UPDATE conversations SET position = id;
+        CREATE INDEX conversations_by_project ON conversations (project_id, deleted, position);
+        """
+    )
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration the file has not seen yet, each in its own transaction."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        with conn:
-            step(conn)
-            conn.execute(f"PRAGMA user_version = {number}")
+def _m003_jobs(conn: sqlite3.Connection) -> None:
+    """Training jobs and their state history. They live in the ROOT workspace's database: one GPU, one queue."""
+    conn.executescript(
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,                  -- the run id; the adapter goes to <home>/runs/<id>
+            home TEXT NOT NULL,                   -- the workspace (user) the job belongs to
+            project_id INTEGER,                   -- in that workspace's own database
+            label TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL CHECK (state IN
+                ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+            folder TEXT NOT NULL,                 -- config.yaml, data, events.jsonl, log.txt, checkpoints/
+            estimate_s REAL,                      -- expected duration, for the queue's start times
+            resume INTEGER NOT NULL DEFAULT 0,    -- 1: continue from the last whole checkpoint
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            pid INTEGER,
+            pid_start TEXT,                       -- the process's start time: a recycled pid is not our job
+            code TEXT,                            -- failure code (see failures.py)
+            message TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            started REAL,
+            finished REAL
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, created);
+        CREATE TABLE job_history (
+            id INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES jobs(id),
+            state TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            time REAL NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs]
+
+
+def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
+    """Apply every migration the file has not seen yet.
+
+    Two processes or threads opening a new workspace at once must not both run a migration, and sqlite's
+    executescript commits any open transaction, so a lock file beside the database serialises them.
+    """
+    if conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+        return len(MIGRATIONS)
+    lock_path = Path(path or home() / DB_NAME).with_suffix(".migrate.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            with conn:
+                step(conn)
+                conn.execute(f"PRAGMA user_version = {number}")
     return len(MIGRATIONS)
 
 
 def connect(path: Path | None = None) -> sqlite3.Connection:
     """A connection with WAL (readers never block the writer) and foreign keys on; migrated on open."""
-    conn = sqlite3.connect(path or home() / DB_NAME, timeout=30, isolation_level=None, check_same_thread=False)
+    path = Path(path or home() / DB_NAME)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=NORMAL")
-    migrate(conn)
+    migrate(conn, path)
     return conn
 
 
@@ -190,8 +287,8 @@ def get_project(conn: sqlite3.Connection, project_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def update_project(conn: sqlite3.Connection, project_id: int, **fields_: str) -> None:
-    allowed = {"name", "base_model", "style_guide", "system_prompt"}
+def update_project(conn: sqlite3.Connection, project_id: int, **fields_: Any) -> None:
+    allowed = {"name", "base_model", "style_guide", "system_prompt", "val_fraction"}
     bad = set(fields_) - allowed
     if bad:
         raise ValueError(f"unknown project field(s): {', '.join(sorted(bad))}")
@@ -208,17 +305,25 @@ def add_conversation(
     now = time.time()
     with conn:
         cur = conn.execute(
-            "INSERT INTO conversations (project_id, messages, tags, held_out, source, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO conversations (project_id, messages, tags, held_out, source, created, updated, position)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?,"
+            " (SELECT COALESCE(MAX(position), 0) + 1 FROM conversations WHERE project_id = ?))",
             (project_id, json.dumps(messages, ensure_ascii=False), json.dumps(tags or []), int(held_out), source,
-             now, now),
+             now, now, project_id),
         )
     return int(cur.lastrowid)
 
 
-def list_conversations(conn: sqlite3.Connection, project_id: int) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM conversations WHERE project_id = ? ORDER BY id", (project_id,)).fetchall()
-    return [{**dict(r), "messages": json.loads(r["messages"]), "tags": json.loads(r["tags"])} for r in rows]
+def conversation_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "messages": json.loads(row["messages"]), "tags": json.loads(row["tags"])}
+
+
+def list_conversations(conn: sqlite3.Connection, project_id: int, *, deleted: bool = False) -> list[dict[str, Any]]:
+    """A project's conversations in table order; the trashed ones instead when `deleted`."""
+    where = "deleted IS NOT NULL" if deleted else "deleted IS NULL"
+    rows = conn.execute(f"SELECT * FROM conversations WHERE project_id = ? AND {where} ORDER BY position, id",
+                        (project_id,)).fetchall()
+    return [conversation_row(r) for r in rows]
 
 
 def add_vote(conn: sqlite3.Connection, project_id: int, *, round_id: str, prompt: list[dict], left_arm: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,17 @@ MODEL_CACHE = ROOT / ".cache" / "models"
 
 
 @pytest.fixture(autouse=True)
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "workspace"
     monkeypatch.setenv("VOICETUNE_HOME", str(home))
     monkeypatch.setenv("VOICETUNE_CACHE", str(MODEL_CACHE))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a hub
     monkeypatch.delenv("VOICETUNE_BASE_MODEL", raising=False)
-    return home
+    yield home
+    # A job supervisor started by this test would otherwise poll the next test's workspace.
+    from voicetune import jobs
+
+    jobs.supervisor().stop()
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +90,23 @@ def pirate_adapter(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> 
                      env={"VOICETUNE_HOME": str(tmp / "home"), "VOICETUNE_CACHE": str(MODEL_CACHE)})
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, base_path: str, tokenizer) -> Path:
+    """A randomly initialised two-layer Llama with the embedded model's tokenizer and chat template.
+
+    It trains in about a second a step, so tests of the job machinery need not pay for the real model.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -3,6 +3,7 @@
     python -m voicetune train --data examples/cosmo-coffee.jsonl --out workspace/runs/cosmo
     python -m voicetune chat --adapter workspace/runs/cosmo --prompt "Are you open on Sunday?" --json
     python -m voicetune validate --data my-voice.jsonl
+    python -m voicetune export --run cosmo --gguf --quant q8_0
 
 Errors the user can fix (bad data, a missing model) print one plain message and exit non-zero, with no
 traceback. Heavy libraries are imported only by the verbs that need them.
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +25,8 @@ from voicetune.data import DataError
 
 EXIT_DATA = 2
 EXIT_MODEL = 3
+EXIT_TRAIN = 4  # training failed (out of memory, disk full, a crash): the message carries a fix
+EXIT_CANCELLED = 5
 EXIT_USAGE = 64
 
 
@@ -45,46 +52,72 @@ def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
     return on_event
 
 
-def cmd_train(a: argparse.Namespace) -> int:
+def _train_config(a: argparse.Namespace) -> Any:
     from voicetune.config import TrainConfig
 
-    try:
-        base = TrainConfig.from_yaml(a.config).to_dict() if a.config else {}
-    except (OSError, ValueError) as e:
-        return _fail(EXIT_USAGE, f"config {a.config}: {e}")
+    base = TrainConfig.from_yaml(a.config).to_dict() if a.config else {}
     overrides = {
         "data": a.data, "out": a.out, "base_model": a.base_model, "epochs": a.epochs, "seed": a.seed,
         "learning_rate": a.learning_rate, "max_steps": a.max_steps, "qlora": a.qlora, "max_length": a.max_length,
         "batch_size": a.batch_size, "val_fraction": a.val_fraction, "scorecard": a.scorecard,
+        "checkpoint_dir": a.checkpoint_dir, "early_stopping": a.early_stopping,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if not base.get("data") or not base.get("out"):
-        return _fail(EXIT_USAGE, "--data and --out are required (or set them in --config)")
-    try:
-        cfg = TrainConfig.from_dict(base)
-    except (TypeError, ValueError) as e:
-        return _fail(EXIT_USAGE, str(e))
-    # Check the file before importing torch: bad data costs a second, not a model load.
-    from voicetune.data import load_conversations
+        raise ValueError("--data and --out are required (or set them in --config)")
+    return TrainConfig.from_dict(base)
 
-    on_event = _event_writer(a.events)
+
+def _raise_cancelled(signum: int, frame: Any) -> None:  # noqa: ARG001
+    from voicetune.jobs import Cancelled
+
+    raise Cancelled()
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    """Train; as a queued job (--job) also record how it ended, with a failure code the app can explain."""
     try:
+        cfg = _train_config(a)
+    except (OSError, TypeError, ValueError) as e:
+        return _fail(EXIT_USAGE, f"config {a.config or ''}: {e}".replace("config : ", ""))
+    on_event = _event_writer(a.events)
+    end = _job_recorder(a.job)
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    out_existed = Path(cfg.out).exists()
+    from voicetune.failures import classify
+    from voicetune.jobs import Cancelled
+
+    try:
+        # Check the file before importing torch: bad data costs a second, not a model load.
+        from voicetune.data import load_conversations
+
         load_conversations(cfg.data)
-        from voicetune.models import ModelError
         from voicetune.train import run_sft
 
-        try:
-            record = run_sft(cfg, on_event)
-        except ModelError as e:
-            on_event({"type": "error", "code": "model", "message": str(e)})
-            return _fail(EXIT_MODEL, str(e))
-    except DataError as e:
-        on_event({"type": "error", "code": "data", "message": str(e)})
-        return _fail(EXIT_DATA, f"{cfg.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
+        record = run_sft(cfg, on_event, resume=a.resume)
+    except Cancelled:
+        if not out_existed:  # the cancel came after the final rename: honour it, leave nothing listed
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        on_event({"type": "status", "message": "cancelled"})
+        end("cancelled", None, "cancelled; no adapter was kept")
+        return _fail(EXIT_CANCELLED, "cancelled")
+    except Exception as e:  # noqa: BLE001 - every failure ends as a code and a fix, never a bare traceback
+        failure = classify(e)
+        on_event({"type": "error", "code": failure.code, "message": failure.message, "fix": failure.fix})
+        end("failed", failure.code, failure.message[:2000])
+        if failure.code == "data":
+            return _fail(EXIT_DATA, f"{cfg.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
+        if failure.code == "crash":
+            traceback.print_exc()
+        return _fail(EXIT_MODEL if failure.code == "model" else EXIT_TRAIN, f"{failure.message}\n{failure.fix}")
+    if not record:  # a non-zero rank under `accelerate launch`: rank 0 reports and saves
+        return 0
+    _refresh_model_card(Path(cfg.out))
     m = record["metrics"]
     print(f"adapter saved to {cfg.out}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
+    message = f"train loss {m['train_loss']:.3f}"
     if cfg.scorecard and record["data"]["val"]:
-        # A failed scorecard never fails the run: the adapter is already saved and usable.
+        # A failed or cancelled scorecard never fails the run: the adapter is already saved and usable.
         on_event({"type": "status", "message": "computing the scorecard"})
         try:
             from voicetune.evaluate import scorecard
@@ -92,9 +125,34 @@ def cmd_train(a: argparse.Namespace) -> int:
             card = scorecard(cfg.out)
             on_event({"type": "scorecard", "verdict": card["verdict"]})
             print(card["verdict"])
+            _refresh_model_card(Path(cfg.out))
+        except Cancelled:
+            message += "; scorecard cancelled"
         except Exception as e:  # noqa: BLE001
             on_event({"type": "status", "message": f"the scorecard could not be computed: {e}"})
+    end("succeeded", None, message)
     return 0
+
+
+def _refresh_model_card(folder: Path) -> None:
+    """README.md beside the adapter; written again once the scorecard exists. The CLI writes it, not train.py,
+    because the card draws on the scorecard, which sits above training in the package."""
+    from voicetune import store
+    from voicetune.export import model_card
+    from voicetune.train import read_run
+
+    try:
+        store.atomic_write_text(folder / "README.md", model_card(read_run(folder), folder))
+    except Exception as e:  # noqa: BLE001 - a missing card never fails a saved run
+        print(f"the model card could not be written: {e}", file=sys.stderr)
+
+
+def _job_recorder(job_id: str | None) -> Callable[[str, str | None, str], None]:
+    if not job_id or int(os.environ.get("RANK", "0")) != 0:
+        return lambda state, code, message: None
+    from voicetune.jobs import record_end
+
+    return lambda state, code, message: record_end(job_id, state, code, message)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -163,6 +221,56 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(run: str) -> Path:
+    """A run id in the workspace, or an adapter folder given by path."""
+    from voicetune import store
+
+    return Path(run) if Path(run).is_dir() else store.run_dir(run)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from voicetune import export, store
+
+    try:
+        folder = _run_folder(a.run)
+        out = Path(a.out) if a.out else store.home() / "exports" / folder.name
+        if a.zip:
+            done = export.adapter_zip(folder, out / f"{folder.name}-adapter.zip" if not a.out else out)
+        elif a.merge:
+            done = export.merge(folder, out / f"merged-{a.dtype}" if not a.out else out, dtype=a.dtype)
+        else:
+            import shutil
+            import tempfile
+
+            dest = out if a.out else out / f"gguf-{a.quant}" / f"{folder.name}-{a.quant}.gguf"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest.parent))
+            try:  # GGUF is written from a full-precision merge, which is then dropped
+                done = export.to_gguf(export.merge(folder, scratch / "merged", dtype="fp32"), dest, quant=a.quant)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(EXIT_MODEL, str(e))
+    print(done)
+    return 0
+
+
+def cmd_push(a: argparse.Namespace) -> int:
+    """Push a run to the Hub; the token comes from HF_TOKEN or `huggingface-cli login`, never from a flag
+    (a flag would sit in the shell history and the process list)."""
+    from voicetune import hub
+
+    try:
+        pushed = hub.push_run(_run_folder(a.run), a.repo, private=not a.public, include_merged=a.merged,
+                              include_dataset=a.dataset, merged_dtype=a.dtype,
+                              on_status=lambda message: print(message, file=sys.stderr))
+    except (ValueError, hub.HubError) as e:
+        return _fail(EXIT_MODEL, str(e))
+    for p in pushed:
+        print(f"{p.kind}: {p.url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m voicetune", description="Tune a small model to a brand voice.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -184,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scorecard", action=argparse.BooleanOptionalAction, default=None,
                    help="score the run on its held-out split after training (default: on)")
     t.add_argument("--events", help="append progress events as JSON lines to this file")
+    t.add_argument("--checkpoint-dir", help="save checkpoints here, so an interrupted run can be resumed")
+    t.add_argument("--resume", action="store_true", help="continue from the newest whole checkpoint")
+    t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop when validation loss stops improving and keep the best checkpoint "
+                        "(default: on below 500 conversations)")
+    t.add_argument("--job", help=argparse.SUPPRESS)  # the app's job id: the run records its end state there
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("chat", help="answer prompts with the base model and the tuned adapter")
@@ -200,6 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the whole scorecard as JSON")
     e.add_argument("--recompute", action="store_true", help="score again even if the run has a scorecard")
     e.set_defaults(fn=cmd_eval)
+
+    x = sub.add_parser("export", help="a run as an adapter zip, a merged model, or a GGUF for llama.cpp/Ollama")
+    x.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
+    what = x.add_mutually_exclusive_group(required=True)
+    what.add_argument("--zip", action="store_true", help="the adapter with its model card and a load script")
+    what.add_argument("--merge", action="store_true", help="the adapter folded into its base model")
+    what.add_argument("--gguf", action="store_true", help="a merged GGUF plus an Ollama Modelfile beside it")
+    x.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="precision of --merge")
+    x.add_argument("--quant", choices=["f16", "q8_0"], default="f16", help="GGUF weight format")
+    x.add_argument("--out", help="the file or folder to write (default: <workspace>/exports/<run id>/...)")
+    x.set_defaults(fn=cmd_export)
+
+    h = sub.add_parser("push", help="push a run to the Hugging Face Hub (private unless --public)")
+    h.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
+    h.add_argument("--repo", required=True, help="name or owner/name of the model repository")
+    h.add_argument("--public", action="store_true", help="make new repositories public (default: private)")
+    h.add_argument("--merged", action="store_true", help="also push the merged model to <repo>-merged")
+    h.add_argument("--dataset", action="store_true", help="also push the conversations to the dataset <repo>-data")
+    h.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="precision of the merged model")
+    h.set_defaults(fn=cmd_push)
 
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)

@@ -53,6 +53,17 @@ class TrainConfig:
     required_phrases: list[str] = field(default_factory=list)  # the scorecard checks replies use these ...
     banned_phrases: list[str] = field(default_factory=list)  # ... and avoid these
     scorecard: bool = True  # score the run on its held-out split right after training (about a minute on CPU)
+    heldout_data: str = ""  # conversations marked "held out" in the project: the validation set, never trained on
+    lr_scheduler: str = "cosine"  # decays the rate smoothly to zero; "constant" and "linear" also work
+    early_stopping: bool | None = None  # None: on below 500 training conversations (small data overfits fast)
+    early_stopping_patience: int = 2  # evaluations in a row without a better validation loss before stopping
+    checkpoint_dir: str = ""  # periodic checkpoints for resuming an interrupted job; "" keeps none
+    preset: str = ""  # the preset or "Auto" the settings came from, for the record
+    # Flatten each batch into one row with position_ids instead of padding it. transformers turns the
+    # position_ids into a per-conversation mask, so the loss equals the padded one (tests/test_bench.py),
+    # but without a varlen kernel (flash-attention on a GPU) that mask is dense: on CPU `make bench` measured
+    # it several times slower than length-grouped padded batches, so it is off unless you have that kernel.
+    padding_free: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -65,6 +76,10 @@ class TrainConfig:
             raise ValueError("`batch_size` and `grad_accum` must be at least 1")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"`val_fraction` must be in [0, 0.5), got {self.val_fraction}")
+        if self.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
+            raise ValueError(f"`lr_scheduler` must be cosine, linear or constant, got {self.lr_scheduler!r}")
+        if self.early_stopping_patience < 1:
+            raise ValueError("`early_stopping_patience` must be at least 1")
         if self.max_length < 16:
             raise ValueError(f"`max_length` must be at least 16 tokens, got {self.max_length}")
 

@@ -1,60 +1,165 @@
-"""Training jobs run in a child process, so a crash or an out-of-memory error never takes the app down.
+"""Training jobs: a queue in SQLite, one job at a time per machine, each in its own child process.
 
-The app writes the data and settings to the job's folder, starts `python -m voicetune train` there, and
-reads progress back from the JSON-lines event file the child appends to. The child owns the training
-model; the web process never holds it.
+A job moves through queued → running → succeeded | failed | cancelled, or → interrupted when its process
+died without saying how it ended (SIGKILL, the machine restarted). An interrupted job can be resumed from
+its last whole checkpoint. The state and its history live in the ROOT workspace's database, because every
+user of one machine shares its one GPU; each job remembers which workspace (user) it belongs to.
 
-    job = start_training(conversations_jsonl_text, label="cosmo", epochs=3)
-    while job.running(): print(job.progress())
+Why a child process: an out-of-memory error, a crash or a cancel never takes the web server down, and the
+GPU memory comes back when the process ends. The child writes its own final state; the supervisor thread in
+the app only starts queued jobs and notices children that died without writing one.
+
+    job = submit(data_text, label="cosmo", epochs=3)
+    while get(job.id).active: print(get(job.id).progress())
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from voicetune import store
 from voicetune.config import TrainConfig
-from voicetune.train import RUN_FILE, read_run
+from voicetune.failures import FIXES
+from voicetune.train import RUN_FILE, latest_checkpoint, read_run
 
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+CANCEL_GRACE_S = 20  # a cancelled child gets this long to clean up before SIGKILL
+START_GRACE_S = 60  # a "running" row without a pid this long after dispatch lost its starter
+
+
+def db() -> sqlite3.Connection:
+    """The queue's database: the root workspace's, shared by every user of this machine."""
+    return store.connect(store.root() / store.DB_NAME)
+
+
+def _history(conn: sqlite3.Connection, job_id: str, state: str, note: str = "") -> None:
+    conn.execute("INSERT INTO job_history (job_id, state, note, time) VALUES (?, ?, ?, ?)",
+                 (job_id, state, note, time.time()))
+
+
+def _set_state(conn: sqlite3.Connection, job_id: str, state: str, *, when: tuple[str, ...] = ACTIVE,
+               code: str | None = None, message: str = "", **extra: Any) -> bool:
+    """Move a job to `state` only from one of the `when` states, in one statement: no lost updates."""
+    sets = {"state": state, "code": code, "message": message, **extra}
+    if state in ("succeeded", "failed", "cancelled", "interrupted"):
+        sets["finished"] = time.time()
+    assignments = ", ".join(f"{k} = ?" for k in sets)
+    marks = ", ".join("?" * len(when))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state IN ({marks})",
+                           (*sets.values(), job_id, *when))
+        if cur.rowcount:
+            _history(conn, job_id, state, message)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return bool(cur.rowcount)
+
+
+# --- Processes ------------------------------------------------------------------------------------------
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/<pid>/stat), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields_ = stat.rsplit(")", 1)[1].split()
+    if fields_[0] == "Z":  # a zombie has finished; its parent has not collected it yet
+        return None
+    return fields_[19]
+
+
+def _alive(row: sqlite3.Row | dict) -> bool:
+    return bool(row["pid"]) and _process_start(row["pid"]) == row["pid_start"]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the app process dies, the kernel kills the job too (Linux).
+
+    A job whose supervisor is gone would hold the GPU with nobody to report to; after a restart it shows as
+    interrupted and can be resumed, like a job lost to a machine restart.
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+# --- Jobs -----------------------------------------------------------------------------------------------
 
 @dataclass
 class Progress:
-    state: str  # running, succeeded, failed, cancelled
+    state: str  # one of STATES
     step: int = 0
     total_steps: int = 0
     epoch: float = 0.0
     message: str = ""
+    phase: str = ""  # within running: preparing, loading, training, saving, scoring
     losses: list[dict[str, Any]] = field(default_factory=list)  # {"step", "series", "loss"}
     elapsed_s: float = 0.0  # since the first optimizer step began
     eta_s: float | None = None  # linear in steps: early steps include warm-up, so it settles after a few
+    tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    code: str | None = None  # failure code, with `fix` in plain words
+    queue_position: int | None = None  # 1 = next to start
+    starts_in_s: float | None = None
 
     @property
     def fraction(self) -> float:
         if self.state == "succeeded":
             return 1.0
-        return self.step / self.total_steps if self.total_steps else 0.0
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    @property
+    def fix(self) -> str:
+        return FIXES.get(self.code or "", "")
 
 
+@dataclass
 class Job:
-    def __init__(self, run_id: str, folder: Path, proc: subprocess.Popen | None = None):
-        self.run_id = run_id
-        self.folder = folder  # the job's working folder: data.jsonl, config.yaml, events.jsonl, log.txt
-        self.proc = proc
-        self.cancelled = False
+    id: str
+    home: str
+    project_id: int | None
+    label: str
+    state: str
+    folder: Path
+    estimate_s: float | None
+    resume: bool
+    pid: int | None
+    code: str | None
+    message: str
+    created: float
+    started: float | None
+    finished: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(row["id"], row["home"], row["project_id"], row["label"], row["state"], Path(row["folder"]),
+                   row["estimate_s"], bool(row["resume"]), row["pid"], row["code"], row["message"],
+                   row["created"], row["started"], row["finished"])
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
 
     @property
     def adapter_dir(self) -> Path:
-        return store.run_dir(self.run_id)
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return Path(self.home) / "runs" / self.id
 
     def events(self) -> list[dict[str, Any]]:
         path = self.folder / "events.jsonl"
@@ -73,64 +178,300 @@ class Job:
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
     def progress(self) -> Progress:
-        p = Progress(state="running")
-        started = None
+        p = Progress(state=self.state, code=self.code, message=self.message)
+        started, started_step = None, 0
         for e in self.events():
-            if e["type"] == "start":
-                p.total_steps, started = e["total_steps"], e["time"]
-            elif e["type"] == "log":
+            kind = e["type"]
+            if kind == "start":
+                p.total_steps, started, p.phase = e["total_steps"], e["time"], "training"
+                started_step = e.get("resumed_at", 0)
+                if self.active:
+                    p.message = f"training (resumed at step {started_step})" if started_step else "training"
+            elif kind == "log":
                 p.step, p.total_steps, p.epoch = e["step"], e["total_steps"], e.get("epoch", 0.0)
-                if started is not None and p.step:
+                p.tokens_per_s, p.peak_memory_mb = e.get("tokens_per_s"), e.get("peak_memory_mb")
+                if started is not None and p.step > started_step:
                     p.elapsed_s = e["time"] - started
-                    p.eta_s = p.elapsed_s / p.step * max(0, p.total_steps - p.step)
+                    rate = p.elapsed_s / (p.step - started_step)
+                    p.eta_s = rate * max(0, p.total_steps - p.step)
                 for key in ("loss", "eval_loss"):
                     if key in e:
                         p.losses.append({"step": e["step"], "series": "train" if key == "loss" else "validation",
                                          "loss": float(e[key])})
-            elif e["type"] in ("status", "error"):
-                p.message = e.get("message", "")
-            elif e["type"] == "done":
-                p.message = f"finished: train loss {e['train_loss']:.3f}"
-        if not self.running():
-            if self.cancelled:
-                p.state = "cancelled"
-            elif (self.adapter_dir / RUN_FILE).exists():
-                p.state = "succeeded"
-            else:
-                p.state = "failed"
-                if not p.message:
-                    tail = self.log().strip().splitlines()[-3:]
-                    p.message = "training stopped unexpectedly: " + " / ".join(tail)
+            elif kind == "status":
+                msg = e.get("message", "")
+                p.phase = ("saving" if msg.startswith("saving") else "scoring" if "scorecard" in msg
+                           else "loading" if msg.startswith("loading") else p.phase)
+                if self.active:
+                    p.message = msg
+            elif kind == "done":
+                p.phase = "done"
+        if self.state == "queued":
+            p.queue_position, p.starts_in_s = queue_position(self.id)
         return p
 
-    def cancel(self) -> None:
-        """Stop the child and everything it started; a cancelled run leaves no adapter behind."""
-        if self.running():
-            self.cancelled = True
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+
+def get(job_id: str) -> Job:
+    row = db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no training job {job_id!r}")
+    return Job.from_row(row)
 
 
-def start_training(data_text: str, label: str = "run", **settings: Any) -> Job:
-    """Write the job's inputs and start the training child process."""
+def owned(job_id: str) -> Job:
+    """The job, only if it belongs to the current workspace: one user cannot touch another's jobs."""
+    job = get(job_id)
+    if Path(job.home) != store.home():
+        raise KeyError(f"no training job {job_id!r}")
+    return job
+
+
+def list_jobs(all_users: bool = False) -> list[Job]:
+    rows = db().execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
+    jobs = [Job.from_row(r) for r in rows]
+    return jobs if all_users else [j for j in jobs if Path(j.home) == store.home()]
+
+
+def history(job_id: str) -> list[dict[str, Any]]:
+    rows = db().execute("SELECT state, note, time FROM job_history WHERE job_id = ? ORDER BY id", (job_id,))
+    return [dict(r) for r in rows]
+
+
+def queue_position(job_id: str) -> tuple[int | None, float | None]:
+    """Place in the queue (1 = next) and the estimated seconds until it starts."""
+    conn = db()
+    rows = conn.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created").fetchall()
+    wait, position = 0.0, 0
+    for row in rows:
+        if row["state"] == "running":
+            elapsed = time.time() - (row["started"] or time.time())
+            wait += max(0.0, (row["estimate_s"] or 0.0) - elapsed)
+            continue
+        if row["id"] == job_id:
+            return position + 1, wait
+        position += 1
+        wait += row["estimate_s"] or 0.0
+    return None, None
+
+
+def submit(data_text: str, label: str = "run", *, heldout_text: str = "", project_id: int | None = None,
+           estimate_s: float | None = None, **settings: Any) -> Job:
+    """Write the job's inputs and queue it; the supervisor starts it when the machine is free."""
     run_id = store.new_run_id(label)
-    folder = store.home() / "jobs" / run_id
+    folder = store.root() / "jobs" / run_id
     folder.mkdir(parents=True)
     data = folder / "data.jsonl"
     store.atomic_write_text(data, data_text if data_text.endswith("\n") else data_text + "\n")
-    cfg = TrainConfig(data=str(data), out=str(store.run_dir(run_id)), **settings)
+    if heldout_text.strip():
+        store.atomic_write_text(folder / "heldout.jsonl", heldout_text.rstrip("\n") + "\n")
+        settings["heldout_data"] = str(folder / "heldout.jsonl")
+    cfg = TrainConfig(data=str(data), out=str(store.run_dir(run_id)), checkpoint_dir=str(folder / "checkpoints"),
+                      **settings)
     cfg.to_yaml(folder / "config.yaml")
+    conn = db()
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO jobs (id, home, project_id, label, state, folder, estimate_s, created)"
+                     " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                     (run_id, str(store.home()), project_id, label, str(folder), estimate_s, time.time()))
+        _history(conn, run_id, "queued")
+    supervisor().wake()
+    return get(run_id)
+
+
+def cancel(job_id: str) -> str:
+    """Cancel a queued or running job. A cancelled run leaves no adapter that could be listed or loaded."""
+    job = owned(job_id)
+    conn = db()
+    if _set_state(conn, job.id, "cancelled", when=("queued",), message="cancelled before it started"):
+        return "cancelled before it started"
+    if job.state != "running":
+        return f"nothing to cancel: the job is {job.state}"
+    conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
+    _history(conn, job.id, "running", "cancel requested")
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    if _alive(row):
+        os.killpg(row["pid"], signal.SIGTERM)  # the child cleans up and records "cancelled" itself
+    supervisor().wake()
+    return "cancelling"
+
+
+def resume(job_id: str) -> Job:
+    """Queue an interrupted (or failed) job again; it continues from its last whole checkpoint."""
+    job = owned(job_id)
+    if job.state not in ("interrupted", "failed"):
+        raise ValueError(f"only an interrupted or failed job can be resumed; this one is {job.state}")
+    note = "resuming from " + (getattr(latest_checkpoint(job.folder / "checkpoints"), "name", None)
+                               or "the beginning (no whole checkpoint)")
+    _set_state(db(), job.id, "queued", when=("interrupted", "failed"), message=note, resume=1, cancel_requested=0,
+               pid=None, pid_start=None, finished=None)
+    supervisor().wake()
+    return get(job.id)
+
+
+def recover() -> list[str]:
+    """Mark jobs whose process is gone without a final word as interrupted. Runs at start-up and on each tick."""
+    conn = db()
+    lost = []
+    for row in conn.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
+        if _alive(row):
+            continue
+        if not row["pid"] and time.time() - (row["started"] or 0) < START_GRACE_S:
+            continue  # being started right now by a supervisor
+        if row["cancel_requested"]:
+            _set_state(conn, row["id"], "cancelled", when=("running",), message="cancelled")
+        elif _set_state(conn, row["id"], "interrupted", when=("running",), code="killed",
+                        message="the training process stopped without finishing"):
+            lost.append(row["id"])
+    return lost
+
+
+def _claim_next(conn: sqlite3.Connection) -> sqlite3.Row | None:
+    """Atomically take the oldest queued job if nothing is running: two callers can never both win."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        busy = conn.execute("SELECT 1 FROM jobs WHERE state = 'running' LIMIT 1").fetchone()
+        row = None if busy else conn.execute(
+            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+        if row is not None:
+            conn.execute("UPDATE jobs SET state = 'running', started = ?, pid = NULL, message = '' WHERE id = ?",
+                         (time.time(), row["id"]))
+            _history(conn, row["id"], "running", "resumed" if row["resume"] else "")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return row
+
+
+def _spawn(row: sqlite3.Row) -> subprocess.Popen:
+    folder = Path(row["folder"])
     cmd = [sys.executable, "-m", "voicetune", "train", "--config", str(folder / "config.yaml"),
-           "--events", str(folder / "events.jsonl")]
-    with open(folder / "log.txt", "w", encoding="utf-8") as log:
-        # A new session, so cancel can stop the whole process group and a dying app does not signal it.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return Job(run_id, folder, proc)
+           "--events", str(folder / "events.jsonl"), "--job", row["id"]]
+    if row["resume"]:
+        cmd.append("--resume")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VOICETUNE_HOME": row["home"],
+           "VOICETUNE_JOBS_DB": str(store.root() / store.DB_NAME), "VOICETUNE_CACHE": str(store.model_cache_dir())}
+    with open(folder / "log.txt", "a", encoding="utf-8") as log:
+        # A new session, so cancel can stop the whole process group.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                preexec_fn=_die_with_parent)
+
+
+class Supervisor:
+    """One thread per app process: starts queued jobs, collects finished children, notices lost ones.
+
+    The thread lives as long as the process, because the kernel's parent-death signal follows the thread
+    that started a child.
+    """
+
+    def __init__(self, poll_s: float = 0.5):
+        self.poll_s = poll_s
+        self.children: dict[str, subprocess.Popen] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stop: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> "Supervisor":
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                recover()
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="voicetune-jobs",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self.start()
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """End the thread, and with it (parent-death signal) any child it started.
+
+        The thread reads the workspace from the environment on every tick, so a process that switches
+        workspaces (the test suite does, per test) must stop it first or it would serve the new one too.
+        """
+        with self._lock:
+            thread, stop, self._thread = self._thread, self._stop, None
+        if thread is None or stop is None:
+            return
+        stop.set()
+        self._wake.set()
+        thread.join(timeout_s)
+        self.children.clear()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 - the supervisor must outlive any one bad row
+                print(f"voicetune job supervisor: {e}", file=sys.stderr)
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        conn = db()
+        for job_id, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                del self.children[job_id]
+        self._enforce_cancels(conn)
+        recover()
+        row = _claim_next(conn)
+        if row is not None:
+            proc = _spawn(row)
+            self.children[row["id"]] = proc
+            conn.execute("UPDATE jobs SET pid = ?, pid_start = ? WHERE id = ?",
+                         (proc.pid, _process_start(proc.pid), row["id"]))
+
+    def _enforce_cancels(self, conn: sqlite3.Connection) -> None:
+        """A child that ignores SIGTERM past the grace period is killed, so cancel always ends a job."""
+        rows = conn.execute("SELECT * FROM jobs WHERE state = 'running' AND cancel_requested = 1").fetchall()
+        for row in rows:
+            proc = self.children.get(row["id"])
+            if proc is None or proc.poll() is not None:
+                continue
+            marks = conn.execute("SELECT time FROM job_history WHERE job_id = ? ORDER BY id DESC LIMIT 1",
+                                 (row["id"],)).fetchone()
+            if time.time() - (marks["time"] if marks else 0) > CANCEL_GRACE_S:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+_supervisor: Supervisor | None = None
+
+
+def supervisor() -> Supervisor:
+    global _supervisor
+    if _supervisor is None:
+        _supervisor = Supervisor()
+    return _supervisor
+
+
+def wait(job_id: str, timeout_s: float = 600, poll_s: float = 0.5) -> Job:
+    """Block until the job is no longer queued or running (for the CLI and tests)."""
+    deadline = time.time() + timeout_s
+    while True:
+        job = get(job_id)
+        if not job.active or time.time() > deadline:
+            return job
+        supervisor().wake()
+        time.sleep(poll_s)
+
+
+# --- In the child ---------------------------------------------------------------------------------------
+
+class Cancelled(BaseException):
+    """Raised in the training child by SIGTERM; BaseException so no `except Exception` swallows it."""
+
+
+def child_connection() -> sqlite3.Connection:
+    return store.connect(Path(os.environ["VOICETUNE_JOBS_DB"])) if os.environ.get("VOICETUNE_JOBS_DB") else db()
+
+
+def record_end(job_id: str, state: str, code: str | None = None, message: str = "") -> None:
+    """The child's last word: its final state. Without it the supervisor will call the job interrupted."""
+    _set_state(child_connection(), job_id, state, when=("running",), code=code, message=message)
 
 
 def finished_runs() -> list[dict[str, Any]]:
@@ -144,3 +485,7 @@ def finished_runs() -> list[dict[str, Any]]:
         except (FileNotFoundError, json.JSONDecodeError):
             continue
     return runs
+
+
+__all__ = ["Job", "Progress", "RUN_FILE", "STATES", "cancel", "finished_runs", "get", "history", "list_jobs",
+           "recover", "resume", "submit", "supervisor", "wait"]

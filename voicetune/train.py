@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,41 +70,164 @@ class Prepared:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
-    """Load, check and encode: every problem in the file is reported before training starts."""
+    """Load, check and encode: every problem in the file is reported before training starts.
+
+    Conversations the user marked "held out" (cfg.heldout_data) are the validation set; otherwise a seeded
+    share of the data is held back.
+    """
     convs = load_conversations(cfg.data)
+    held = load_conversations(cfg.heldout_data) if cfg.heldout_data else []
     encoded, problems = encode_all(tokenizer, convs, cfg.max_length)
+    held_encoded, held_problems = encode_all(tokenizer, held, cfg.max_length) if held else ([], [])
+    problems += [replace(p, message=f"(held-out file) {p.message}") for p in held_problems]
     if problems:
         raise DataError(problems)
     by_line = {c.line: e for c, e in zip(convs, encoded)}
-    train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
-    data_hash = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()[:16]
-    return Prepared([by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c], train_c, val_c, data_hash)
+    if held:
+        train_c, val_c = list(convs), held
+        train, val = [by_line[c.line] for c in train_c], held_encoded
+    else:
+        train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
+        train, val = [by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c]
+    digest = hashlib.sha256(Path(cfg.data).read_bytes())
+    if held:
+        digest.update(Path(cfg.heldout_data).read_bytes())
+    return Prepared(train, val, train_c, val_c, digest.hexdigest()[:16])
 
 
 def _jsonl(convs: list[Conversation]) -> str:
     return "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs)
 
 
-def _progress_callback(on_event: OnEvent) -> Any:
+COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole
+
+
+def _peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: allocated CUDA memory on a GPU, resident set size on a CPU."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _progress_callback(on_event: OnEvent, device: str) -> Any:
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        """Forwards the trainer's log lines as events; the UI and CLI render them."""
+        """Forwards the trainer's log lines as events with throughput and memory; marks whole checkpoints."""
+
+        started = 0.0
+        tokens_at_start = 0
+        tokens_per_s: float | None = None  # non-padding tokens per second in this session (resumes excluded)
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
-            on_event({"type": "start", "total_steps": state.max_steps, "time": time.time()})
+            self.started, self.tokens_at_start = time.time(), state.num_input_tokens_seen
+            on_event({"type": "start", "total_steps": state.max_steps, "time": self.started,
+                      "resumed_at": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
-            logs = dict(logs or {})
+            logs = {k: v for k, v in dict(logs or {}).items() if not k.startswith("train_")}
+            elapsed = max(time.time() - self.started, 1e-9)
+            seen = state.num_input_tokens_seen - self.tokens_at_start
+            self.tokens_per_s = round(seen / elapsed, 1)
             on_event({"type": "log", "step": state.global_step, "total_steps": state.max_steps,
-                      "epoch": round(state.epoch or 0.0, 3), "time": time.time(), **logs})
+                      "epoch": round(state.epoch or 0.0, 3), "time": time.time(), **logs,
+                      "tokens_per_s": self.tokens_per_s, "peak_memory_mb": round(_peak_memory_mb(device))})
+
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    store.atomic_write_text(folder / COMPLETE_MARK, f"{state.global_step}\n")
 
     return Progress()
 
 
-def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]:
-    """Train an adapter into cfg.out and return the run record written beside it."""
-    on_event = on_event or (lambda e: None)
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint whose files were all written; a checkpoint cut off mid-save is skipped."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    whole = [c for c in root.glob("checkpoint-*") if (c / COMPLETE_MARK).exists()]
+    return max(whole, key=lambda c: int(c.name.split("-")[-1]), default=None)
+
+
+def _early_stopping(cfg: TrainConfig, n_train: int, n_val: int) -> bool:
+    if not n_val:
+        return False
+    return cfg.early_stopping if cfg.early_stopping is not None else n_train < 500
+
+
+def _tokenizer_hash(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _split_hash(convs: list[Conversation]) -> str:
+    return hashlib.sha256(_jsonl(convs).encode()).hexdigest()[:16]
+
+
+def _rank() -> tuple[int, int]:
+    """This process's rank and the world size under `accelerate launch` (0 and 1 when run alone)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_steps: int, has_val: bool,
+              early: bool) -> Any:
+    from trl import SFTConfig
+
+    eval_every = max(1, total_steps // 5)
+    # Checkpoints serve two things: resuming an interrupted job and keeping the best one for early stopping.
+    # They are saved at each evaluation, so the best by validation loss is always on disk.
+    save = bool(cfg.checkpoint_dir) or early
+    return SFTConfig(
+        output_dir=str(work),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=0.05,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=eval_every,
+        save_strategy="steps" if save else "no",
+        save_steps=eval_every,
+        save_total_limit=2 if save else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=precision.device == "cpu",
+        gradient_checkpointing=False,  # 2-3x slower with LoRA and not needed below ~1.5B parameters
+        optim="paged_adamw_8bit" if precision.qlora and precision.device == "cuda" else "adamw_torch",
+        max_length=None,  # lengths were checked above; TRL must never truncate silently
+        train_sampling_strategy="group_by_length",  # less padding per batch
+        padding_free=cfg.padding_free,  # see TrainConfig.padding_free
+        include_num_input_tokens_seen="non_padding",  # for tokens per second
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA leaves the frozen base unused by design
+    )
+
+
+def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train an adapter into cfg.out and return the run record written beside it.
+
+    With resume=True, training continues from the newest whole checkpoint in cfg.checkpoint_dir.
+    Under `accelerate launch`, every process trains and only the first one reports and saves.
+    """
+    rank, world = _rank()
+    on_event = (on_event or (lambda e: None)) if rank == 0 else (lambda e: None)
     started = time.time()
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,44 +243,25 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]
     # Load the model
     import torch
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
 
     precision = models.precision_for(models.detect_device(), cfg.qlora)
     on_event({"type": "status", "message": f"loading the base model ({precision.label})"})
     model = models.load_model(base_path, precision)
 
     # Build the trainer
-    work = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
-    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum))
+    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
+    if resume and checkpoint is None:
+        on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
+    if cfg.checkpoint_dir:
+        work = Path(cfg.checkpoint_dir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
+    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
-    eval_every = max(1, total_steps // 5)
-    args = SFTConfig(
-        output_dir=str(work),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if val_rows else "no",
-        eval_steps=eval_every,
-        save_strategy="no",  # the adapter is saved once, atomically, below
-        report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        use_cpu=precision.device == "cpu",
-        gradient_checkpointing=False,  # 2-3x slower with LoRA and not needed below ~1.5B parameters
-        optim="paged_adamw_8bit" if precision.qlora and precision.device == "cuda" else "adamw_torch",
-        max_length=None,  # lengths were checked above; TRL must never truncate silently
-        train_sampling_strategy="group_by_length",  # less padding per batch
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    early = _early_stopping(cfg, len(train_rows), len(val_rows))
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -162,14 +269,17 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]
         target_modules=cfg.lora.target_modules,
         task_type="CAUSAL_LM",
     )
+    callbacks = [_progress_callback(on_event, precision.device)]
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=_sft_args(cfg, work, precision, total_steps, bool(val_rows), early),
         train_dataset=_to_dataset(train_rows),
         eval_dataset=_to_dataset(val_rows) if val_rows else None,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[_progress_callback(on_event)],
+        callbacks=callbacks,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -177,45 +287,86 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None) -> dict[str, Any]
 
     # Train
     try:
-        result = trainer.train()
+        if checkpoint is not None:
+            on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         history = [dict(h) for h in trainer.state.log_history]
         final_eval = trainer.evaluate() if val_rows else {}
+        print(f"rank {rank}/{world}: trained {trainer.state.global_step} steps", file=sys.stderr, flush=True)
+        if rank != 0:
+            trainer.accelerator.wait_for_everyone()
+            return {}
 
-        # Save the adapter: into a temporary folder, record last, then one rename into place
-        on_event({"type": "status", "message": "saving the adapter"})
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        trainer.model.save_pretrained(tmp)
+        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
         record = {
             "run_id": out.name,
             "base_model": cfg.base_model,
             "base_model_path": base_path,
             "base_model_hash": models.base_model_fingerprint(base_path),
             "template_hash": template_fingerprint(tokenizer),
+            "tokenizer_hash": _tokenizer_hash(tokenizer),
             "precision": precision.label,
             "device": precision.device,
             "qlora": precision.qlora,
+            "world_size": world,
             "data": {"file": str(cfg.data), "sha256_16": data_hash, "train": len(train_rows), "val": len(val_rows),
-                     "trained_tokens": sum(r.n_trained for r in train_rows)},
+                     "trained_tokens": sum(r.n_trained for r in train_rows),
+                     "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
+                     "train_split_hash": _split_hash(prepared.train_convs),
+                     "val_split_hash": _split_hash(prepared.val_convs)},
             "config": cfg.to_dict(),
             "metrics": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
-                        "steps": trainer.state.global_step},
+                        "best_eval_loss": min(evals) if evals else None,
+                        "best_step": _best_step(history), "steps": trainer.state.global_step,
+                        "planned_steps": total_steps, "early_stopped": trainer.state.global_step < total_steps,
+                        "tokens_per_s": callbacks[0].tokens_per_s,
+                        "peak_memory_mb": round(_peak_memory_mb(precision.device))},
+            "resumed_from": checkpoint.name if checkpoint else None,
             "history": history,
             "versions": _library_versions(),
             "torch_threads": torch.get_num_threads(),
             "duration_s": round(time.time() - started, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        on_event({"type": "status", "message": "saving the adapter"})
+        save_adapter(trainer.model, record, cfg, prepared, out)
+        trainer.accelerator.wait_for_everyone()
+    finally:
+        if not cfg.checkpoint_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
+              "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
+    return record
+
+
+def _best_step(history: list[dict[str, Any]]) -> int | None:
+    evals = [(h["eval_loss"], h["step"]) for h in history if "eval_loss" in h and "step" in h]
+    return min(evals)[1] if evals else None
+
+
+def save_adapter(model: Any, record: dict[str, Any], cfg: TrainConfig, prepared: Prepared, out: Path) -> None:
+    """Write everything into a temporary folder, run record last, then move it into place in one rename.
+
+    A failed write (a full disk) removes the temporary folder and leaves any previous adapter at `out` as it
+    was. A cancel (SIGTERM) is held back during the final rename, so it can never leave half a swap.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
         cfg.to_yaml(tmp / "config.yaml")
         # The split travels with the adapter, so the scorecard always scores what this run never saw.
         store.atomic_write_text(tmp / "heldout.jsonl", _jsonl(prepared.val_convs))
         store.atomic_write_text(tmp / "fewshot.jsonl", _jsonl(prepared.train_convs[:3]))
         store.atomic_write_json(tmp / RUN_FILE, record)
-        store.publish_dir(tmp, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
-              "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
-    return record
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            store.publish_dir(tmp, out)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_run(adapter_dir: str | Path) -> dict[str, Any]:

@@ -1,0 +1,167 @@
+"""The job system with real child processes on a tiny random model: states, queue, cancel, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from voicetune import jobs, store
+from voicetune.train import COMPLETE_MARK, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = (ROOT / "examples" / "cosmo-coffee.jsonl").read_text(encoding="utf-8")
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(tiny_model: Path, **extra) -> dict:
+    return {"base_model": str(tiny_model), "scorecard": False, "batch_size": 4, **extra}
+
+
+def _until(predicate, timeout_s: float = 180, what: str = "condition"):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        jobs.supervisor().wake()
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_job_runs_to_success_and_records_everything(tiny_model: Path) -> None:
+    job = jobs.submit(DATA, label="cosmo", **_settings(tiny_model, max_steps=4))
+    done = jobs.wait(job.id, timeout_s=300)
+    assert done.state == "succeeded", done.log()[-2000:]
+    assert [h["state"] for h in jobs.history(job.id)] == ["queued", "running", "succeeded"]
+
+    p = done.progress()
+    assert p.fraction == 1.0 and p.step == p.total_steps == 4
+    assert p.tokens_per_s and p.tokens_per_s > 0 and p.peak_memory_mb and p.peak_memory_mb > 100
+    assert {"train", "validation"} <= {row["series"] for row in p.losses}
+
+    record = json.loads((done.adapter_dir / "run.json").read_text())
+    for key in ("base_model", "base_model_hash", "template_hash", "tokenizer_hash", "versions", "device",
+                "duration_s", "config"):
+        assert record[key], key
+    assert record["data"]["sha256_16"] and record["data"]["train_split_hash"] and record["data"]["val_split_hash"]
+    assert record["data"]["train"] + record["data"]["val"] == 48
+    assert record["metrics"]["best_eval_loss"] is not None and record["metrics"]["tokens_per_s"] > 0
+    assert record["config"]["learning_rate"] == 2e-4 and record["config"]["lora"]["r"] == 16
+    card = (done.adapter_dir / "README.md").read_text()
+    assert "base_model:" in card and "## Hyperparameters" in card
+    assert [r["run_id"] for r in jobs.finished_runs()] == [job.id]
+
+    # Another user's workspace neither lists nor controls this job.
+    root = store.root()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(store, "home", lambda: root / "users" / "someone-else")
+        assert jobs.list_jobs() == []
+        with pytest.raises(KeyError):
+            jobs.resume(job.id)
+
+
+def test_queue_allows_one_running_job_and_cancel_works_queued_and_running(tiny_model: Path) -> None:
+    # Three start requests at once (a double click, two users): the database lets exactly one run.
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda i=i: ids.append(
+        jobs.submit(DATA, label=f"race{i}", **_settings(tiny_model, max_steps=40)).id)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 3
+
+    def running() -> list[jobs.Job]:
+        return [j for j in jobs.list_jobs() if j.state == "running"]
+
+    first = _until(running, what="a job to start")
+    assert len(first) == 1
+    queued = [j for j in jobs.list_jobs() if j.state == "queued"]
+    assert len(queued) == 2
+    assert sorted(j.progress().queue_position for j in queued) == [1, 2]
+
+    # Cancel while queued: no process was ever started for it.
+    victim = queued[0]
+    assert jobs.cancel(victim.id) == "cancelled before it started"
+    assert jobs.get(victim.id).state == "cancelled" and jobs.get(victim.id).pid is None
+
+    # Cancel while running, mid-training.
+    runner = first[0]
+    _until(lambda: jobs.get(runner.id).progress().step >= 2, what="two training steps")
+    assert len(running()) == 1  # still only one
+    assert jobs.cancel(runner.id) == "cancelling"
+    ended = _until(lambda: (j := jobs.get(runner.id)).state != "running" and j, what="the cancel")
+    assert ended.state == "cancelled"
+    assert not ended.adapter_dir.exists()
+    assert runner.id not in [r["run_id"] for r in jobs.finished_runs()]
+
+    # The last one starts once the machine is free; cancel it too so the test ends quickly.
+    last = next(j for j in queued if j.id != victim.id)
+    _until(lambda: jobs.get(last.id).state == "running", what="the next job to start")
+    jobs.cancel(last.id)
+    assert jobs.wait(last.id, timeout_s=120).state == "cancelled"
+    assert jobs.finished_runs() == []
+
+
+def test_sigkill_mid_step_is_interrupted_and_resumes_from_the_last_whole_checkpoint(tiny_model: Path) -> None:
+    job = jobs.submit(DATA, label="killed", **_settings(tiny_model, max_steps=10))
+    checkpoints = job.folder / "checkpoints"
+    # Checkpoints are saved every 2 of the 10 steps; kill just after the first whole one.
+    _until(lambda: latest_checkpoint(checkpoints), what="a whole checkpoint")
+    pid = jobs.get(job.id).pid
+    os.killpg(pid, signal.SIGKILL)
+    _until(lambda: jobs.get(job.id).state == "interrupted", what="the job to be marked interrupted")
+    interrupted = jobs.get(job.id)
+    assert interrupted.code == "killed" and "Resume" in interrupted.progress().fix
+    assert not interrupted.adapter_dir.exists()
+
+    # A checkpoint cut off mid-save (no completion mark) is never resumed from.
+    partial = checkpoints / "checkpoint-999"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"half")
+    kept = latest_checkpoint(checkpoints)
+    assert kept is not None and kept.name != "checkpoint-999" and (kept / COMPLETE_MARK).exists()
+
+    jobs.resume(job.id)
+    done = jobs.wait(job.id, timeout_s=300)
+    assert done.state == "succeeded", done.log()[-2000:]
+    record = json.loads((done.adapter_dir / "run.json").read_text())
+    assert record["resumed_from"] == kept.name
+    assert record["metrics"]["steps"] == 10
+    states = [h["state"] for h in jobs.history(job.id)]
+    assert states == ["queued", "running", "interrupted", "queued", "running", "succeeded"]
+
+
+def test_a_lost_job_is_interrupted_after_an_app_restart(tiny_model: Path) -> None:
+    """The app died (its supervisor with it): on start-up, a 'running' job whose process is gone is interrupted."""
+    conn = jobs.db()
+    conn.execute("INSERT INTO jobs (id, home, label, state, folder, created, started, pid, pid_start)"
+                 " VALUES ('ghost', ?, 'ghost', 'running', ?, ?, ?, 999999, 'x')",
+                 (str(store.home()), str(store.home() / "jobs" / "ghost"), time.time() - 100, time.time() - 100))
+    assert jobs.recover() == ["ghost"]
+    assert jobs.get("ghost").state == "interrupted"
+
+
+def test_data_that_fails_validation_fails_the_job_before_any_model_load(tiny_model: Path) -> None:
+    bad = DATA + '{"messages": [{"role": "narrator", "content": "hi"}]}\n'
+    job = jobs.submit(bad, label="bad", **_settings(tiny_model))
+    done = jobs.wait(job.id, timeout_s=120)
+    assert done.state == "failed" and done.code == "data"
+    assert "line 49" in done.message and "narrator" in done.message
+    assert "loading the base model" not in done.log()
+    assert "Data tab" in done.progress().fix
+
+
+def test_a_base_model_that_cannot_load_fails_with_a_plain_fix(tmp_path: Path) -> None:
+    job = jobs.submit(DATA, label="nomodel", base_model=str(tmp_path / "no-such-model"), scorecard=False)
+    done = jobs.wait(job.id, timeout_s=120)
+    assert done.state == "failed" and done.code == "model"
+    assert "base model could not be loaded" in done.progress().fix
+    assert "Traceback" not in done.message

@@ -1,0 +1,232 @@
+"""The training recipe: Auto and presets, failure codes, run diffs, determinism, early stopping, atomic saves
+under a full disk or a SIGKILL, and the same command under `accelerate launch` with two processes."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import QUESTIONS, ROOT, run_cli, write_jsonl
+from voicetune import recipes, runs
+from voicetune.config import TrainConfig
+from voicetune.failures import classify
+
+COSMO = ROOT / "examples" / "cosmo-coffee.jsonl"
+
+
+# --- Auto and presets -----------------------------------------------------------------------------------
+
+def test_auto_follows_the_written_rule() -> None:
+    tiny = recipes.auto_settings([100] * 20)
+    assert (tiny.epochs, tiny.learning_rate, tiny.rank, tiny.alpha, tiny.max_length) == (5.0, 2e-4, 16, 32, 256)
+    assert "20 examples is little data" in tiny.why[0]
+    usual = recipes.auto_settings([300] * 200 + [700])
+    assert (usual.epochs, usual.rank, usual.max_length) == (3.0, 16, 768)
+    large = recipes.auto_settings([50] * 12_000)
+    assert (large.epochs, large.learning_rate, large.rank) == (2.0, 1e-4, 32)
+    assert recipes.auto_settings([9000]).max_length == 4096
+
+
+def test_presets_differ_in_the_expected_direction() -> None:
+    lengths = [120] * 48
+    quick, balanced, thorough = (recipes.preset_settings(p, lengths) for p in recipes.PRESETS)
+    assert balanced == recipes.preset_settings(recipes.AUTO, lengths)
+    assert quick.max_steps > 0 and quick.rank < balanced.rank < thorough.rank
+    times = [recipes.estimate_seconds(s, lengths, "cpu") for s in (quick, balanced, thorough)]
+    assert times == sorted(times) and times[0] > 0
+    with pytest.raises(ValueError, match="unknown preset"):
+        recipes.preset_settings("Fastest", lengths)
+
+
+def test_expected_time_learns_from_runs_on_this_machine() -> None:
+    records = [{"device": "cpu", "metrics": {"tokens_per_s": rate}} for rate in (100.0, 300.0, 200.0)]
+    assert recipes.measured_tokens_per_s(records, "cpu") == 200.0
+    assert recipes.measured_tokens_per_s(records, "cuda") is None
+    s = recipes.auto_settings([100] * 40)
+    assert recipes.estimate_seconds(s, [100] * 40, "cpu", 200.0) < recipes.estimate_seconds(s, [100] * 40, "cpu")
+
+
+# --- Failure codes and run diffs ------------------------------------------------------------------------
+
+def test_failures_get_a_code_and_a_plain_fix() -> None:
+    import torch
+
+    from voicetune.data import DataError, Problem
+    from voicetune.models import ModelError
+
+    assert classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")).code == "oom"
+    assert "reduce the max length or the batch size" in classify(MemoryError()).fix.lower()
+    assert classify(OSError(errno.ENOSPC, "No space left on device")).code == "disk_full"
+    assert classify(ModelError("could not load")).code == "model"
+    assert classify(DataError([Problem(3, "messages", "bad")])).code == "data"
+    assert classify(OSError("libcudart.so.12: cannot open shared object file")).code == "cuda_missing"
+    assert classify(RuntimeError("something else")).code == "crash"
+
+
+def test_two_runs_diff_on_what_changed_only() -> None:
+    a = {"run_id": "a", "finished": "x", "config": {"learning_rate": 2e-4, "lora": {"r": 16}, "out": "/a"},
+         "metrics": {"train_loss": 1.0}, "versions": {"trl": "1.16.0"}}
+    b = {"run_id": "b", "finished": "y", "config": {"learning_rate": 3e-4, "lora": {"r": 16}, "out": "/b"},
+         "metrics": {"train_loss": 0.9}, "versions": {"trl": "1.16.0"}}
+    assert runs.diff_runs(a, b) == [("config.learning_rate", 2e-4, 3e-4), ("metrics.train_loss", 1.0, 0.9)]
+    assert runs.run_row(a)[0] == "a" and len(runs.run_row(a)) == len(runs.COLUMNS)
+
+
+# --- Real training --------------------------------------------------------------------------------------
+
+def _losses(record: dict) -> list[float]:
+    return [h["loss"] for h in record["history"] if "loss" in h]
+
+
+@pytest.mark.slow
+def test_same_data_seed_and_settings_give_the_same_loss_curve(tiny_model: Path, tmp_path: Path) -> None:
+    from voicetune.train import run_sft
+
+    curves = []
+    for i in range(2):
+        cfg = TrainConfig(data=str(COSMO), out=str(tmp_path / f"run{i}"), base_model=str(tiny_model), max_steps=5,
+                          seed=7, scorecard=False, learning_rate=1e-3)
+        curves.append(_losses(run_sft(cfg)))
+    assert len(curves[0]) == 5
+    assert curves[0] == pytest.approx(curves[1], abs=1e-4)
+    other = run_sft(TrainConfig(data=str(COSMO), out=str(tmp_path / "other"), base_model=str(tiny_model),
+                                max_steps=5, seed=8, scorecard=False, learning_rate=1e-3))
+    assert _losses(other) != pytest.approx(curves[0], abs=1e-4)  # the seed matters, so the check above can fail
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_on_rising_validation_loss_and_keeps_the_best(tmp_path: Path, base_path: str) -> None:
+    """Trained on one voice and validated on a contradicting one, validation loss rises after the first steps."""
+    from voicetune.train import run_sft
+
+    def convs(reply: str, questions: list[str]) -> list[str]:
+        return [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}]})
+                for q in questions]
+
+    train = write_jsonl(tmp_path / "train.jsonl", convs("Arr matey, the crew be on it! Yo ho ho!", QUESTIONS))
+    held = write_jsonl(tmp_path / "held.jsonl",
+                       convs("Good day. Kindly allow us a moment to look into this.", QUESTIONS[:4]))
+    record = run_sft(TrainConfig(data=str(train), heldout_data=str(held), out=str(tmp_path / "out"), epochs=10,
+                                 learning_rate=2e-3, scorecard=False, early_stopping_patience=1))
+    m = record["metrics"]
+    evals = [h["eval_loss"] for h in record["history"] if "eval_loss" in h]
+    assert record["config"]["early_stopping"] is None  # on by default for a small dataset
+    assert m["early_stopped"] and m["steps"] < m["planned_steps"]
+    assert evals[-1] > min(evals)  # it stopped because validation loss rose
+    assert m["eval_loss"] == pytest.approx(m["best_eval_loss"], rel=1e-4)  # the adapter kept is the best one
+    assert record["data"]["val"] == 4 and record["data"]["val_source"] == "held-out conversations"
+
+
+def _peft_tiny(tiny_model: Path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                          LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def _save(model, out: Path) -> None:
+    from voicetune.train import Prepared, save_adapter
+
+    record = {"run_id": out.name, "base_model": "tiny", "config": {}, "metrics": {}, "data": {}}
+    save_adapter(model, record, TrainConfig(data="x", out=str(out)), Prepared([], [], [], [], "0"), out)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_full_disk_during_save_leaves_the_previous_adapter_intact(tiny_model: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import peft.peft_model
+
+    out = tmp_path / "runs" / "voice"
+    model = _peft_tiny(tiny_model)
+    _save(model, out)
+    before = _snapshot(out)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full_disk)  # the adapter weights' write
+    with pytest.raises(OSError) as caught:
+        _save(model, out)
+    assert classify(caught.value).code == "disk_full"
+    assert _snapshot(out) == before
+    assert [p.name for p in out.parent.iterdir()] == ["voice"]  # no temporary folder left behind
+
+
+KILL_MID_SAVE = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from tests.test_training_engine import _peft_tiny, _save
+from voicetune.cli import _raise_cancelled
+signal.signal(signal.SIGTERM, _raise_cancelled)  # as in the training child: a cancel raises Cancelled
+model = _peft_tiny(Path({tiny!r}))
+real = model.save_pretrained
+def slow_save(folder, **kw):
+    real(folder, **kw)
+    print("weights written", flush=True)
+    time.sleep(60)  # a slow disk: the kill lands here, after the weights, before the rename
+model.save_pretrained = slow_save
+_save(model, Path({out!r}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "cancelled"])
+def test_a_kill_or_cancel_mid_save_leaves_no_half_adapter(tiny_model: Path, tmp_path: Path, sig: int) -> None:
+    from voicetune.jobs import finished_runs
+
+    out = tmp_path / "workspace" / "runs" / "voice"
+    _save(_peft_tiny(tiny_model), out)
+    before = _snapshot(out)
+    script = KILL_MID_SAVE.format(root=str(ROOT), tiny=str(tiny_model), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "weights written"
+    os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert _snapshot(out) == before  # the old adapter is whole and unchanged
+    leftovers = [p.name for p in out.parent.iterdir() if p.name != "voice"]
+    if sig == signal.SIGKILL:
+        assert leftovers and all(name.startswith(".") for name in leftovers)  # the half-written one is hidden
+    else:
+        assert "Cancelled" in err and leftovers == []  # a cancel cleans up after itself
+    assert [r["run_id"] for r in finished_runs()] == ["voice"]
+
+
+@pytest.mark.slow
+def test_the_train_command_runs_unchanged_under_accelerate_launch_with_two_processes(tiny_model: Path,
+                                                                                      tmp_path: Path) -> None:
+    """`accelerate launch --cpu` uses a single process in accelerate 1.15 (several CPU processes need mpirun);
+    `--multi_gpu` on a machine without CUDA starts two processes through torchrun with the gloo backend."""
+    out = tmp_path / "out"
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(29500 + os.getpid() % 1000), "-m", "voicetune", "train", "--data", str(COSMO), "--out", str(out),
+              "--base-model", str(tiny_model), "--max-steps", "3", "--no-scorecard"]
+    result = subprocess.run(launch, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0/2: trained 3 steps" in result.stderr and "rank 1/2: trained 3 steps" in result.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["world_size"] == 2 and record["metrics"]["steps"] == 3
+    beside = sorted(p.name for p in tmp_path.iterdir() if p.name != "workspace")  # the test's own workspace
+    assert beside == ["out"]  # one adapter, nothing half-written beside it
+
+
+def test_cli_reports_a_model_that_cannot_load_with_its_fix(tmp_path: Path) -> None:
+    result = run_cli("train", "--data", str(COSMO), "--out", str(tmp_path / "out"), "--base-model",
+                     str(tmp_path / "missing"), "--no-scorecard")
+    assert result.returncode == 3
+    assert "The base model could not be loaded" in result.stderr and "Traceback" not in result.stderr

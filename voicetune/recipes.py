@@ -1,0 +1,135 @@
+"""Presets and the "Auto" rule: training settings a non-engineer can pick without knowing what a rank is.
+
+Auto chooses epochs, learning rate, LoRA rank and max length from the number and length of the examples,
+the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_settings` is the code of record):
+
+- epochs: 3, raised so the run sees about 100 examples in total for tiny datasets (at most 10 epochs),
+  lowered so it sees at most about 25,000 for large ones (at least 1). This is OpenAI's published
+  fine-tuning default.
+- learning rate: 2e-4, the usual LoRA rate; 1e-4 above 2,000 examples, where each epoch already takes many
+  steps and a smaller rate overfits less.
+- rank: 16 below 1,000 examples (a voice is a small change), 32 from there (more varied data has more to learn).
+  alpha is twice the rank.
+- max length: the longest example in real tokens, rounded up to a multiple of 128 (at least 256, at most
+  4096), so nothing is refused or cut by the default.
+
+    settings = auto_settings([118, 240, 96])        # token lengths of three conversations
+    estimate_seconds(settings, [118, 240, 96], "cpu")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+AUTO = "Auto"
+QUICK = "Quick look"
+BALANCED = "Balanced"
+THOROUGH = "Thorough"
+PRESETS = (QUICK, BALANCED, THOROUGH)
+
+# Trained throughput in tokens per second (every non-padding token, prompt included) when this machine has no
+# finished run to learn from. CPU: measured for SmolLM2-135M in fp32 on 2 cores (48 conversations, 3 epochs,
+# 178 s). CUDA: a conservative figure for a small model in bf16; the first real run replaces it.
+DEFAULT_TOKENS_PER_S = {"cpu": 80.0, "cuda": 4000.0, "mps": 400.0}
+LOAD_SECONDS = {"cpu": 15.0, "cuda": 30.0, "mps": 20.0}  # model load, split and save around the steps
+
+
+@dataclass
+class Settings:
+    epochs: float
+    learning_rate: float
+    rank: int
+    max_length: int
+    max_steps: int = -1
+    why: list[str] = field(default_factory=list)  # one line per choice, shown to the user
+
+    @property
+    def alpha(self) -> int:
+        return 2 * self.rank
+
+    def as_config(self) -> dict[str, Any]:
+        """The TrainConfig fields these settings fill in."""
+        return {"epochs": self.epochs, "learning_rate": self.learning_rate, "max_length": self.max_length,
+                "max_steps": self.max_steps, "lora": {"r": self.rank, "alpha": self.alpha}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _round_up(n: int, step: int) -> int:
+    return int(math.ceil(n / step) * step)
+
+
+def auto_settings(lengths: list[int]) -> Settings:
+    """The Auto rule written down in the module docstring, applied to the examples' token lengths."""
+    n = max(1, len(lengths))
+    why = []
+    epochs = 3
+    if n * epochs < 100:
+        epochs = min(10, math.ceil(100 / n))
+        why.append(f"epochs {epochs}: {n} examples is little data, so the run sees each about {epochs} times")
+    elif n * epochs > 25_000:
+        epochs = max(1, 25_000 // n)
+        why.append(f"epochs {epochs}: {n} examples is plenty; more passes would overfit")
+    else:
+        why.append(f"epochs 3: the usual number of passes for {n} examples")
+    lr = 1e-4 if n > 2000 else 2e-4
+    why.append(f"learning rate {lr:g}: " + ("a large dataset takes many steps per pass" if n > 2000
+                                            else "the usual rate for a LoRA adapter"))
+    rank = 32 if n >= 1000 else 16
+    why.append(f"rank {rank}: " + ("varied data has more to learn" if rank == 32 else "a voice is a small change"))
+    longest = max(lengths) if lengths else 256
+    max_length = min(4096, max(256, _round_up(longest, 128)))
+    why.append(f"max length {max_length}: your longest example is {longest} tokens")
+    return Settings(float(epochs), lr, rank, max_length, why=why)
+
+
+def preset_settings(name: str, lengths: list[int]) -> Settings:
+    """Quick look trades quality for minutes; Thorough spends more passes. Balanced is Auto."""
+    s = auto_settings(lengths)
+    if name in (AUTO, BALANCED):
+        return s
+    if name == QUICK:
+        steps = max(4, min(30, math.ceil(len(lengths) / 4)))  # about one pass, at most 30 steps
+        return Settings(1.0, 3e-4, 8, s.max_length, max_steps=steps,
+                        why=[f"{steps} steps, rank 8, a higher rate: a first listen in minutes, not the final voice"]
+                        + s.why[-1:])
+    if name == THOROUGH:
+        epochs = min(15.0, s.epochs * 1.5)
+        return Settings(epochs, s.learning_rate, min(64, s.rank * 2), s.max_length,
+                        why=[f"epochs {epochs:g} and rank {min(64, s.rank * 2)}: more passes and capacity; "
+                             "validation loss stops it early if it starts to overfit"] + s.why[-1:])
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join((AUTO,) + PRESETS)}")
+
+
+def planned_steps(settings: Settings, n_train: int, batch_size: int, grad_accum: int = 1) -> int:
+    per_epoch = math.ceil(n_train / (batch_size * grad_accum))
+    return settings.max_steps if settings.max_steps > 0 else math.ceil(per_epoch * settings.epochs)
+
+
+def estimate_seconds(settings: Settings, lengths: list[int], device: str, tokens_per_s: float | None = None,
+                     batch_size: int = 4) -> float:
+    """Expected wall time: tokens the steps will see over the machine's throughput, plus load and save."""
+    if not lengths:
+        return 0.0
+    rate = tokens_per_s or DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"])
+    tokens_per_epoch = sum(lengths)
+    if settings.max_steps > 0:
+        mean = tokens_per_epoch / len(lengths)
+        tokens = settings.max_steps * batch_size * mean
+    else:
+        tokens = tokens_per_epoch * settings.epochs
+    return LOAD_SECONDS.get(device, 15.0) + tokens / rate
+
+
+def measured_tokens_per_s(records: list[dict[str, Any]], device: str, base_hash: str | None = None) -> float | None:
+    """The median throughput of finished runs on this device (and base model when given), newest ten."""
+    rates = [r["metrics"]["tokens_per_s"] for r in records
+             if r.get("device") == device and (r.get("metrics") or {}).get("tokens_per_s")
+             and (base_hash is None or r.get("base_model_hash") == base_hash)][:10]
+    if not rates:
+        return None
+    rates.sort()
+    return float(rates[len(rates) // 2])

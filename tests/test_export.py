@@ -1,6 +1,6 @@
 """Export: the adapter zip, a merged model that answers like base + adapter, and a GGUF that round-trips exactly.
 
-One tiny adapter is trained through the CLI for the whole module; merging and GGUF writing reuse its outputs.
+The session's pirate adapter is exported; merging and GGUF writing reuse each other's outputs.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_CACHE, QUESTIONS, run_cli, write_jsonl
 
 PROMPTS = ["Where is my order?", "What is the capital of France?"]  # one trained on, one never seen
-REPLY = "Arr, the crew be on it! Yo ho ho, matey!"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -32,19 +30,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> Path:
-    """Eight short conversations, four steps of one each: enough to change greedy replies, in about 20 s."""
-    tmp = tmp_path_factory.mktemp("export-train")
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": REPLY}]})
-             for q in QUESTIONS[:8]]
-    data = write_jsonl(tmp / "voice.jsonl", lines)
-    out = tmp / "adapter"
-    result = run_cli("train", "--data", str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "1",
-                     "--learning-rate", "2e-3", "--val-fraction", "0", "--no-scorecard", "--seed", "1",
-                     env={"VOICETUNE_HOME": str(tmp / "home"), "VOICETUNE_CACHE": str(MODEL_CACHE),
-                          "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def adapter(pirate_adapter: Path) -> Path:
+    """The session's real pirate adapter (trained once for every slow test), scorecard included."""
+    return pirate_adapter
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +113,15 @@ def test_zip_holds_adapter_card_and_snippet(adapter: Path, tmp_path: Path):
     assert {**original, "base_model_name_or_path": HUB_ID} == shipped
 
     assert card.startswith(f"---\nbase_model: {HUB_ID}\nlibrary_name: peft\n")
-    for line in ("| learning_rate | 0.002 |", "| max_steps | 4 |", "| batch_size | 1 |", "| lora.r | 16 |",
-                 "| lora.alpha | 32 |", "| train conversations | 8 |", "| file | voice.jsonl |", "| steps | 4 |"):
+    record = json.loads((adapter / "run.json").read_text())
+    config = record["config"]
+    for line in (f"| learning_rate | {config['learning_rate']} |", f"| epochs | {config['epochs']} |",
+                 f"| seed | {config['seed']} |", "| lora.r | 16 |", "| lora.alpha | 32 |",
+                 f"| train conversations | {record['data']['train']} |", "| file | pirate.jsonl |",
+                 f"| steps | {record['metrics']['steps']} |"):
         assert line in card, line
-    assert "## Scorecard\n\nNot computed yet." in card
+    verdict = json.loads((adapter / "scorecard.json").read_text())["verdict"]
+    assert f"## Scorecard\n\n{verdict}\n\n| metric | base | prompt-only | tuned |" in card
     assert f"BASE = {HUB_ID!r}" in snippet
     assert "AutoModelForCausalLM.from_pretrained(BASE)" in snippet
     assert 'PeftModel.from_pretrained(model, ".")' in snippet
@@ -163,6 +156,13 @@ def test_zip_card_renders_a_scorecard(adapter: Path, tmp_path: Path):
         card = z.read("README.md").decode()
     assert "## Scorecard\n\nTuned beats prompt-only on voice (reference loss 1.20 vs 2.30)." in card
     assert "Not computed yet" not in card
+
+    # Without any scorecard the card says how to compute one
+    unscored = tmp_path / "unscored"
+    shutil.copytree(adapter, unscored)
+    (unscored / "scorecard.json").unlink()
+    with zipfile.ZipFile(adapter_zip(unscored, tmp_path / "unscored.zip")) as z:
+        assert "## Scorecard\n\nNot computed yet." in z.read("README.md").decode()
 
 
 def test_a_folder_that_is_not_an_adapter_is_refused(tmp_path: Path):
@@ -323,3 +323,21 @@ def test_q8_0_writes_and_loads(merged_bf16: Path, tmp_path: Path):
         assert float((got[k] - w).abs().max()) <= float(w.abs().max()) / 127, k
     reply = greedy(model, AutoTokenizer.from_pretrained(merged_bf16), PROMPTS[0])
     assert reply and "<|im_end|>" not in reply
+
+
+@pytest.mark.slow
+def test_cli_exports_a_run_of_the_workspace(adapter: Path, workspace: Path):
+    from tests.conftest import run_cli
+    from voicetune import store
+
+    shutil.copytree(adapter, store.run_dir("pirate"))
+    result = run_cli("export", "--run", "pirate", "--zip", env={"VOICETUNE_HOME": str(workspace)})
+    assert result.returncode == 0, result.stderr
+    dest = workspace / "exports" / "pirate" / "pirate-adapter.zip"
+    assert result.stdout.strip() == str(dest)
+    with zipfile.ZipFile(dest) as z:
+        assert z.read("adapter_model.safetensors") == (adapter / "adapter_model.safetensors").read_bytes()
+
+    missing = run_cli("export", "--run", "nobody", "--gguf", env={"VOICETUNE_HOME": str(workspace)})
+    assert (missing.returncode, missing.stderr) == (3, f"error: no adapter folder at {store.run_dir('nobody')}\n")
+    assert run_cli("export", "--run", "pirate").returncode == 2  # say what to export: --zip, --merge or --gguf

@@ -164,22 +164,60 @@ def _shareable_adapter_config(adapter_dir: Path, record: dict[str, Any]) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def adapter_zip(adapter_dir: Path, dest: Path) -> Path:
-    """Zip an adapter with its model card and a loading snippet; written beside dest, then renamed into place."""
-    adapter_dir, dest = Path(adapter_dir), Path(dest)
+def adapter_files(adapter_dir: Path) -> dict[str, bytes | Path]:
+    """What a shared adapter consists of, name -> bytes or the file to copy: the zip and a Hub push agree."""
+    adapter_dir = Path(adapter_dir)
     record = _read_adapter(adapter_dir)
     missing = [n for n in ZIP_FILES if not (adapter_dir / n).is_file()]
     if missing:
         raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {', '.join(missing)} is missing")
+    files: dict[str, bytes | Path] = {n: adapter_dir / n for n in ZIP_FILES}
+    files["adapter_config.json"] = _shareable_adapter_config(adapter_dir, record).encode()
+    files["README.md"] = model_card(record, adapter_dir).encode()
+    files["load_adapter.py"] = load_snippet(record).encode()
+    return files
+
+
+def adapter_zip(adapter_dir: Path, dest: Path) -> Path:
+    """Zip an adapter with its model card and a loading snippet; written beside dest, then renamed into place."""
+    files = adapter_files(adapter_dir)
+    dest = Path(dest)
     with store.atomic_file(dest, "wb") as f:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for name in ZIP_FILES:
-                if name == "adapter_config.json":
-                    z.writestr(name, _shareable_adapter_config(adapter_dir, record))
+            for name, content in files.items():
+                if isinstance(content, Path):
+                    z.write(content, name)
                 else:
-                    z.write(adapter_dir / name, name)
-            z.writestr("README.md", model_card(record, adapter_dir))
-            z.writestr("load_adapter.py", load_snippet(record))
+                    z.writestr(name, content)
+    return dest
+
+
+def write_adapter_folder(adapter_dir: Path, dest: Path) -> Path:
+    """The zip's contents as a folder (what a Hub push uploads), published in one rename."""
+    files = adapter_files(adapter_dir)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, tmp / name)
+            else:
+                (tmp / name).write_bytes(content)
+        store.publish_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def zip_folder(folder: Path, dest: Path) -> Path:
+    """A folder as one zip (a browser downloads files, not folders), renamed into place once whole."""
+    folder, dest = Path(folder), Path(dest)
+    with store.atomic_file(dest, "wb") as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:  # weights barely compress
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                z.write(path, f"{folder.name}/{path.relative_to(folder)}")
     return dest
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 
-from voicetune import models
+from voicetune import jobs, models, spaces
+from voicetune.ui import faults, session, settings
 from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run
 from voicetune.ui.data_tab import build_data_tab
+from voicetune.ui.export_tab import build_export_tab
+from voicetune.ui.export_tab import run_choices as export_run_choices
 from voicetune.ui.scorecard_tab import build_scorecard_tab
+from voicetune.ui.shared_adapter import build_shared_adapter
 from voicetune.ui.train_tab import build_train_tab
 
 INTRO = """# 🎙️ voicetune
@@ -19,36 +21,49 @@ Teach a small language model your brand voice: **1.** collect example conversati
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="voicetune") as demo:
+    with gr.Blocks(**settings.BLOCKS) as demo:
         gr.Markdown(INTRO)
         base = models.default_base_model()
         gr.Markdown(f"Base model: `{base}` · device: `{models.detect_device()}`")
+        for notice in (spaces.storage_warning(), spaces.hardware_notice()):
+            if notice:
+                gr.Markdown(notice, elem_classes="voicetune-notice")
+        who = session.build_identity_bar()
         with gr.Tabs():
             with gr.Tab("1 · Data"):
-                data_box = build_data_tab()
+                project = build_data_tab()  # the current project's id
             with gr.Tab("2 · Train"):
-                trained = build_train_tab(data_box)
+                train_tab = build_train_tab(project)
             with gr.Tab("3 · Compare"):
-                arms, style_guide = build_compare_tab(data_box)
+                arms, style_guide = build_compare_tab(project)
             with gr.Tab("4 · Scorecard"):
                 score_run = build_scorecard_tab()
-        trained.then(arm_choices, None, arms).then(newest_run, None, score_run)
+            with gr.Tab("5 · Export"):
+                export_run = build_export_tab()
+                shared_added = build_shared_adapter()
+        train_tab.ended.then(arm_choices, None, arms).then(newest_run, None, score_run).then(
+            export_run_choices, None, export_run)
+        shared_added.then(arm_choices, None, arms).then(export_run_choices, None, export_run)
+        demo.load(session.whoami, None, who)
+        demo.load(export_run_choices, None, export_run)
+        train_tab.on_load(demo)
         demo.load(newest_run, None, score_run)
         demo.load(arm_choices, None, arms)  # a reload lists runs finished since the page was built
-        demo.load(load_style_guide, None, style_guide)
-    return demo
+        demo.load(load_style_guide, project, style_guide)
+    # Every handler runs in the signed-in user's own workspace (one shared workspace when nobody signs in).
+    return session.scope_every_handler(faults.plain_fault_messages(demo))  # a full disk gets plain words
 
 
 def main() -> None:
+    faults.check_workspace()  # an unwritable workspace stops here with the fix, not mid-click
+    spaces.ensure_embedded_model()  # a Space cannot pip-install it with --no-deps from requirements.txt
     # Convert the embedded model before serving, so the first click never waits half a minute.
     models.resolve_base_model(None)
+    # Jobs left "running" by a previous app process are marked interrupted; queued ones start.
+    jobs.supervisor().start()
     demo = build_app()
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.queue(**settings.QUEUE)
     demo.launch(
-        # Local use stays on loopback; a Space must listen on every interface to be reached.
-        server_name=os.environ.get("VOICETUNE_HOST", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
-        server_port=int(os.environ.get("VOICETUNE_PORT", "7860")),
-        max_file_size="50mb",
-        enable_monitoring=False,
-        footer_links=["api"],
+        **settings.launch_settings(),  # upload cap, served paths, errors, history: see voicetune/ui/settings.py
+        auth=session.password_logins(),  # VOICETUNE_AUTH="alice:pw1,bob:pw2": a login page, one workspace each
     )

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import arena, store
+from voicetune import arena, projects, store
 from voicetune.config import GenConfig
-from voicetune.data import DataError, parse_jsonl_text
+from voicetune.data import check_messages
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
@@ -28,10 +28,6 @@ BASE_CHOICE = "Base model"
 PROMPT_ONLY_CHOICE = "Prompt-only (style guide + examples)"
 
 _rng = random.SystemRandom()  # blind shuffles must not be predictable from the page
-
-
-def project_id() -> int:
-    return store.ensure_project(store.connect())
 
 
 def run_choices() -> list[str]:
@@ -49,14 +45,13 @@ def arm_choices() -> dict:
     return gr.update(choices=[BASE_CHOICE, PROMPT_ONLY_CHOICE, *runs], value=value)
 
 
-def examples_from(data_text: str) -> list[list[dict]]:
-    try:
-        return [c.messages for c in parse_jsonl_text(data_text or "")]
-    except DataError:
-        return []
+def examples_from(project: int) -> list[list[dict]]:
+    """The project's training conversations, from which the prompt-only arm picks its few-shot examples."""
+    return [c.messages for c in projects.conversations_of(store.connect(), int(project), held_out=False)
+            if not check_messages(c.messages, c.line)]
 
 
-def resolve_arms(names: list[str], style_guide: str, data_text: str) -> tuple[ChatModel, list[arena.Arm]]:
+def resolve_arms(names: list[str], style_guide: str, project: int) -> tuple[ChatModel, list[arena.Arm]]:
     """Turn the chosen names into arms, loading each run's adapter onto the one shared base model."""
     if not names or len(names) < 1:
         raise gr.Error("Choose at least one arm to chat with.")
@@ -68,7 +63,7 @@ def resolve_arms(names: list[str], style_guide: str, data_text: str) -> tuple[Ch
         if name == BASE_CHOICE:
             arms.append(arena.base_arm())
         elif name == PROMPT_ONLY_CHOICE:
-            arms.append(arena.prompt_only_arm(style_guide or "", examples_from(data_text)))
+            arms.append(arena.prompt_only_arm(style_guide or "", examples_from(project)))
         else:
             try:
                 folder = store.run_dir(name)
@@ -106,12 +101,12 @@ def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: li
     return out
 
 
-def send(names: list[str], blind: bool, message: str, system: str, style_guide: str, data_text: str,
+def send(names: list[str], blind: bool, message: str, system: str, style_guide: str, project: int,
          greedy: bool, temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
          seed: float, state: dict | None) -> Iterator[list[Any]]:
     if not (message or "").strip():
         raise gr.Error("Type a message to send.")
-    chat, arms = resolve_arms(names, style_guide, data_text)
+    chat, arms = resolve_arms(names, style_guide, project)
     if blind and len(arms) < 2:
         raise gr.Error("Blind mode needs at least two arms: tick two or more.")
     gen = GenConfig(max_new_tokens=int(max_new_tokens), greedy=bool(greedy), temperature=float(temperature),
@@ -143,7 +138,7 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     yield ["", *pane_updates(rnd, histories, None, None, state["stats"]), gr.update(visible=bool(blind)), state]
 
 
-def vote(choice: str, state: dict | None) -> list[Any]:
+def vote(choice: str, project: int, state: dict | None) -> list[Any]:
     rnd: arena.Round | None = (state or {}).get("round")
     if rnd is None or not rnd.replies:
         raise gr.Error("Send a message first, then vote.")
@@ -152,17 +147,17 @@ def vote(choice: str, state: dict | None) -> list[Any]:
     if choice not in arena.CHOICES:
         raise gr.Error(f"Unknown vote {choice!r}.")
     prompt = [m for m in state["prompt"] if m["role"] != "system"]
-    store.add_vote(store.connect(), project_id(), round_id=rnd.id, prompt=prompt,
+    store.add_vote(store.connect(), int(project), round_id=rnd.id, prompt=prompt,
                    left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
                    right_reply=rnd.replies[1], choice=choice, blind=rnd.blind)
     rnd.voted = True
     revealed = " · ".join(f"**{side}** was {arm.label}" for side, arm in zip(("Left", "Right"), rnd.arms))
     return [f"Vote saved. {revealed}", *pane_updates(rnd, state["histories"], None, None, state["stats"]),
-            gr.update(visible=False), win_table(), state]
+            gr.update(visible=False), win_table(project), state]
 
 
-def win_table() -> pd.DataFrame:
-    rows = arena.win_rates(store.list_votes(store.connect(), project_id()))
+def win_table(project: int) -> pd.DataFrame:
+    rows = arena.win_rates(store.list_votes(store.connect(), int(project)))
     frame = pd.DataFrame(rows, columns=["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes",
                                         "a_win_rate", "ci95_low", "ci95_high"])
     return frame.round(3)
@@ -181,7 +176,7 @@ def pick_reply(label: str, state: dict | None) -> str:
     return rnd.replies[rnd.public_labels().index(label)]
 
 
-def teach(label: str, edited: str, state: dict | None) -> str:
+def teach(label: str, edited: str, project: int, state: dict | None) -> str:
     """Save the round's prompt with the (edited) reply as a new training conversation."""
     rnd = (state or {}).get("round")
     if not rnd or not rnd.replies:
@@ -189,24 +184,24 @@ def teach(label: str, edited: str, state: dict | None) -> str:
     if not (edited or "").strip():
         raise gr.Error("The reply to teach is empty.")
     messages = [*[m for m in state["prompt"] if m["role"] != "system"], {"role": "assistant", "content": edited.strip()}]
-    cid = store.add_conversation(store.connect(), project_id(), messages, source="teach-it-this")
-    return f"Saved as conversation #{cid}. Use *Add saved conversations* on the Data tab to train on it."
+    cid = store.add_conversation(store.connect(), int(project), messages, source="teach-it-this")
+    return f"Saved as conversation {cid} in this project: the next run trains on it (see the Data tab)."
 
 
-def export_preferences() -> str:
-    votes = store.list_votes(store.connect(), project_id())
+def export_preferences(project: int) -> str:
+    votes = store.list_votes(store.connect(), int(project))
     path = store.home() / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     store.atomic_write_text(path, arena.preference_jsonl(votes))
     return str(path)
 
 
-def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, data_text: str,
+def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, project: int,
               max_new_tokens: float) -> tuple[pd.DataFrame, str, dict]:
     """Every prompt through every arm; each prompt is one batched round."""
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
         raise gr.Error("Paste one test prompt per line.")
-    chat, arms = resolve_arms(names, style_guide, data_text)
+    chat, arms = resolve_arms(names, style_guide, project)
     gen = GenConfig(max_new_tokens=int(max_new_tokens))
     grid = []
     for prompt in prompts:
@@ -220,7 +215,7 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     return frame, str(path), batch
 
 
-def batch_vote(row: float, choice: str, batch: dict | None) -> str:
+def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str:
     """A vote on one row of the grid; needs exactly two arms, left and right as the columns show them."""
     if not batch:
         raise gr.Error("Run a batch first.")
@@ -230,21 +225,22 @@ def batch_vote(row: float, choice: str, batch: dict | None) -> str:
     if not 0 <= i < len(batch["prompts"]):
         raise gr.Error(f"Row must be between 1 and {len(batch['prompts'])}.")
     prompt = [{"role": "user", "content": batch["prompts"][i]}]
-    stored = store.add_vote(store.connect(), project_id(), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
+    stored = store.add_vote(store.connect(), int(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
                             left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
                             right_reply=batch["grid"][i][1], choice=choice, blind=False)
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
-def load_style_guide() -> str:
-    return store.get_project(store.connect(), project_id())["style_guide"]
+def load_style_guide(project: int) -> str:
+    return store.get_project(store.connect(), int(project))["style_guide"]
 
 
-def save_style_guide(text: str) -> None:
-    store.update_project(store.connect(), project_id(), style_guide=text or "")
+def save_style_guide(text: str, project: int) -> None:
+    store.update_project(store.connect(), int(project), style_guide=text or "")
 
 
-def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
+def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
+    """`project` holds the current project's id: its conversations, style guide and votes are used here."""
     """Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load)."""
     with gr.Row():
         # Runs appear while the app is up, so the server cannot fix the list of valid values at build
@@ -284,7 +280,7 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
         teach_btn = gr.Button("Save as training conversation")
         teach_msg = gr.Markdown()
     with gr.Accordion("Votes and win rates", open=False):
-        table = gr.Dataframe(win_table(), interactive=False, wrap=True)
+        table = gr.Dataframe(win_table(project.value), interactive=False, wrap=True)
         export_btn = gr.Button("Export votes as preference data (DPO JSONL)")
         export_file = gr.File(label="Preference data", interactive=False)
     with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):
@@ -301,21 +297,22 @@ def build_compare_tab(data_box: gr.Textbox) -> tuple[gr.Dropdown, gr.Textbox]:
     state = gr.State({})
     clear = gr.Button("Clear chats", size="sm")
 
-    inputs = [arms, blind, msg, system, style_guide, data_box, greedy, temperature, top_p, max_new, rep, seed, state]
+    inputs = [arms, blind, msg, system, style_guide, project, greedy, temperature, top_p, max_new, rep, seed, state]
     outputs = [msg, *panes, *stats, vote_row, state]
     for trigger in (go.click, msg.submit):
         trigger(send, inputs, outputs, concurrency_limit=1, concurrency_id="chat", api_name="send").then(
             teach_choices, state, which)
     for button, choice in zip(vote_buttons, arena.CHOICES):
-        button.click(vote, [gr.State(choice), state], [reveal, *panes, *stats, vote_row, table, state],
+        button.click(vote, [gr.State(choice), project, state], [reveal, *panes, *stats, vote_row, table, state],
                      api_name=f"vote_{choice}")
     which.change(pick_reply, [which, state], edited)
-    teach_btn.click(teach, [which, edited, state], teach_msg)
-    export_btn.click(export_preferences, None, export_file)
-    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, data_box, max_new],
+    teach_btn.click(teach, [which, edited, project, state], teach_msg)
+    export_btn.click(export_preferences, project, export_file)
+    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, project, max_new],
                     [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
     for button, choice in zip(row_buttons, arena.CHOICES):
-        button.click(batch_vote, [row_no, gr.State(choice), batch_state], row_msg, api_name=f"batch_vote_{choice}")
-    style_guide.blur(save_style_guide, style_guide, None)  # saved the moment the user leaves the box
+        button.click(batch_vote, [row_no, gr.State(choice), project, batch_state], row_msg, api_name=f"batch_vote_{choice}")
+    style_guide.blur(save_style_guide, [style_guide, project], None)  # saved the moment the user leaves the box
+    project.change(load_style_guide, project, style_guide).then(win_table, project, table)
     clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
     return arms, style_guide

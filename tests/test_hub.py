@@ -1,0 +1,258 @@
+"""Hub push against a local fake Hub: private repositories, the right files, and the token nowhere but the header.
+
+huggingface_hub talks to the fake through `endpoint=`; nothing reaches the network. The fake answers
+"regular" to every preupload, so file contents arrive inline in the commit and can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+TOKEN = "hf_TestOnlyTokenAbCdEfGhIjKlMnOpQrStUv"  # never a real token
+
+
+class FakeHub:
+    """Just enough of the Hub's HTTP API for create_repo + upload_folder, recording every request."""
+
+    def __init__(self, fail_create_with: tuple[int, str] | None = None):
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.files: dict[tuple[str, str], bytes] = {}
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # noqa: ANN002
+                pass
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                hub.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+                self._reply(404, {"error": "not in the fake"})
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub.requests.append(("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                base, path = f"http://127.0.0.1:{self.server.server_port}", self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    if fail_create_with:
+                        return self._reply(fail_create_with[0], {"error": fail_create_with[1]})
+                    req = json.loads(body)
+                    prefix = "datasets/" if req["type"] == "dataset" else ""
+                    return self._reply(200, {"url": f"{base}/{prefix}{req.get('organization') or 'tester'}/{req['name']}"})
+                if path == "/api/validate-yaml":
+                    return self._reply(200, {})
+                if "/preupload/" in path:
+                    files = json.loads(body)["files"]
+                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                       for f in files]})
+                if "/commit/" in path:
+                    repo = path.removeprefix("/api/").split("/commit/")[0]
+                    for line in body.splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.files[(repo, item["value"]["path"])] = base64.b64decode(item["value"]["content"])
+                    return self._reply(200, {"commitUrl": f"{base}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
+                self._reply(404, {"error": f"no route {path}"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def created(self) -> list[dict]:
+        return [json.loads(b) for m, p, h, b in self.requests if p == "/api/repos/create"]
+
+    def repo_files(self, repo: str) -> dict[str, bytes]:
+        return {path: data for (r, path), data in self.files.items() if r == repo}
+
+
+@pytest.fixture()
+def online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The token in HF_TOKEN, no login cache, and huggingface_hub allowed to reach localhost."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))  # no login cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' offline switch, lifted for the fake only
+
+
+@pytest.fixture()
+def fake_hub():
+    hub = FakeHub()
+    yield hub
+    hub.server.shutdown()
+
+
+def copy_run(adapter: Path, run_id: str = "20260101-000000-pirate-abc123") -> Path:
+    from voicetune import store
+
+    dest = store.run_dir(run_id)
+    shutil.copytree(adapter, dest)
+    return dest
+
+
+def every_text(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_push_creates_private_repos_with_card_and_leaks_no_token(
+    pirate_adapter: Path, fake_hub: FakeHub, online: None, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+):
+    from voicetune import export, hub, store
+
+    caplog.set_level(logging.DEBUG)  # every library's debug log, huggingface_hub's request log included
+    run = copy_run(pirate_adapter)
+    statuses: list[str] = []
+    pushed = hub.push_run(run, "pirate-voice", include_merged=True, include_dataset=True, merged_dtype="bf16",
+                          endpoint=fake_hub.url, on_status=statuses.append)
+
+    assert [(p.kind, p.repo_id) for p in pushed] == [
+        ("adapter", "tester/pirate-voice"), ("merged model", "tester/pirate-voice-merged"),
+        ("dataset", "tester/pirate-voice-data")]
+    assert pushed[2].url == f"{fake_hub.url}/datasets/tester/pirate-voice-data"
+    assert fake_hub.created() == [
+        {"name": "pirate-voice", "organization": None, "visibility": "private", "type": "model"},
+        {"name": "pirate-voice-merged", "organization": None, "visibility": "private", "type": "model"},
+        {"name": "pirate-voice-data", "organization": None, "visibility": "private", "type": "dataset"}]
+    assert {h.get("authorization") for _, _, h, _ in fake_hub.requests} == {f"Bearer {TOKEN}"}
+
+    # The adapter repository holds exactly what the zip holds, model card included
+    adapter_files = fake_hub.repo_files("models/tester/pirate-voice")
+    expected = export.adapter_files(run)
+    assert adapter_files.keys() == expected.keys()
+    for name, content in expected.items():
+        assert adapter_files[name] == (content.read_bytes() if isinstance(content, Path) else content), name
+    assert adapter_files["README.md"].startswith(b"---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlibrary_name: peft\n")
+
+    merged = fake_hub.repo_files("models/tester/pirate-voice-merged")
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", export.MERGE_RECORD} <= merged.keys()
+    assert b"library_name: transformers" in merged["README.md"]
+    assert json.loads(merged["config.json"])["dtype"] == "bfloat16"
+
+    data = fake_hub.repo_files("datasets/tester/pirate-voice-data")
+    record = json.loads((run / "run.json").read_text())
+    assert data["conversations.jsonl"] == Path(record["data"]["file"]).read_bytes()
+    assert data["validation.jsonl"] == (run / "heldout.jsonl").read_bytes()
+    assert statuses[0] == "preparing the adapter" and statuses[-1] == "uploading the dataset to pirate-voice-data"
+
+    # Nothing staged is left behind, and the token is in no file, no log line and no output
+    assert not list(store.home().glob(".push-*"))
+    out = capsys.readouterr()
+    assert caplog.text  # the debug log really was captured
+    for where, text in [("log", caplog.text.encode()), ("stdout", out.out.encode()), ("stderr", out.err.encode()),
+                        *every_text(tmp_path).items(), *((str(k), v) for k, v in fake_hub.files.items())]:
+        assert TOKEN.encode() not in text, where
+
+
+def fake_adapter(folder: Path) -> Path:
+    """The files a finished run has, with placeholder weights: enough for staging, which never loads them."""
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"run_id": folder.name, "base_model": "embedded:smollm2-135m-instruct",
+                                                 "config": {}, "data": {}, "metrics": {}}))
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/local/path", "r": 8}))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "config.yaml").write_text("epochs: 1\n")
+    return folder
+
+
+def test_a_refused_push_never_shows_the_token(online: None, tmp_path: Path):
+    """The Hub's error text may echo what it was sent; the message users see has the token cut out."""
+    from voicetune import hub, store
+    from voicetune.ui import export_tab
+
+    failing = FakeHub(fail_create_with=(401, f"Invalid credentials in Authorization header: Bearer {TOKEN}"))
+    try:
+        run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+        with pytest.raises(hub.HubError) as e:
+            hub.push_run(run, "acme/voice", endpoint=failing.url)
+        assert TOKEN not in str(e.value)
+        assert str(e.value).startswith("pushing to the Hub failed: ")
+        assert "401" in str(e.value) and "Bearer ***" in str(e.value)
+
+        # The same through the app's handler (a gr.Error) and the command line (stderr)
+        import gradio as gr
+
+        with pytest.raises(gr.Error) as ui_error:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("HF_ENDPOINT", failing.url)
+                export_tab.push(run.name, "acme/voice", True, False, False, "bf16")
+        assert TOKEN not in ui_error.value.message and "Pushing to the Hub failed" in ui_error.value.message
+
+        result = run_cli("push", "--run", str(run), "--repo", "acme/voice",
+                         env={"HF_ENDPOINT": failing.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN})
+        assert result.returncode == 3
+        assert "error: pushing to the Hub failed" in result.stderr
+        assert TOKEN not in result.stderr + result.stdout
+    finally:
+        failing.server.shutdown()
+    for where, text in every_text(tmp_path).items():
+        assert TOKEN.encode() not in text, where
+
+
+def test_token_comes_from_hf_token_or_the_login(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from voicetune import hub
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))  # read at import time
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(hub.HubError, match="^no Hugging Face token: set the HF_TOKEN secret"):
+        hub.resolve_token()
+    (tmp_path / "hf-home").mkdir()
+    (tmp_path / "hf-home" / "token").write_text("hf_FromTheLoginCache123456")  # where `huggingface-cli login` puts it
+    assert hub.resolve_token() == "hf_FromTheLoginCache123456"
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert hub.resolve_token() == TOKEN  # the secret wins over the login
+    assert sorted(p.name for p in (tmp_path / "hf-home").iterdir()) == ["token"]  # nothing written by us
+
+
+def test_bad_names_and_offline_mode_are_refused_before_any_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    from voicetune import hub, store
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; set it as an offline machine has it.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    with pytest.raises(hub.HubError, match="^'my voice!' is not a valid repository name"):
+        hub.check_repo_name("my voice!")
+    with pytest.raises(hub.HubError, match="^enter a repository name"):
+        hub.check_repo_name("  ")
+    assert hub.check_repo_name(" acme/voice ") == "acme/voice"
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+    with pytest.raises(hub.HubError, match="^HF_HUB_OFFLINE is set"):  # the tests run offline
+        hub.push_run(run, "acme/voice", endpoint="http://127.0.0.1:9")
+    assert hub.scrub(f"a {TOKEN} b hf_OtherLookingToken99", TOKEN) == "a *** b hf_***"
+
+
+def test_the_dataset_is_pushed_only_as_the_run_read_it(online: None, tmp_path: Path):
+    from voicetune import hub, store
+
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+    data = tmp_path / "voice.jsonl"
+    data.write_text('{"messages": []}\n')
+    record = json.loads((run / "run.json").read_text())
+    record["data"] = {"file": str(data), "sha256_16": "0" * 16}  # the file was edited after training
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(hub.HubError, match="^voice.jsonl has changed since this run trained on it; push without"):
+        hub.push_run(run, "acme/voice", include_dataset=True, endpoint="http://127.0.0.1:9")  # fails before any request
+    data.unlink()
+    with pytest.raises(hub.HubError, match="^the conversations this run trained on are no longer on disk"):
+        hub.push_run(run, "acme/voice", include_dataset=True, endpoint="http://127.0.0.1:9")

@@ -1,0 +1,169 @@
+"""Publishing a finished run to the Hugging Face Hub: the adapter, optionally the merged model and the data.
+
+Every repository is created private unless the user says otherwise, and carries the run's model card.
+The token comes from the `HF_TOKEN` secret, else from `huggingface-cli login`; it is never written to disk,
+logged, or shown: every error leaves this module with the token cut out of its text.
+
+    urls = push_run(store.run_dir("20261123-101500-cosmo-1a2b3c"), "acme/cosmo-voice", include_merged=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from voicetune import export, store
+from voicetune.train import read_run
+
+MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
+DATA_SUFFIX = "-data"  # the conversations go to a dataset repository
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")  # Hugging Face user tokens, should one appear unannounced
+
+
+class HubError(Exception):
+    """A push that could not happen, in words a user can act on; the token is never part of the text."""
+
+
+@dataclass(frozen=True)
+class Pushed:
+    kind: str  # "adapter", "merged model" or "dataset"
+    repo_id: str
+    url: str
+
+
+def resolve_token() -> str:
+    """HF_TOKEN (a Space secret) first, then the token `huggingface-cli login` stored for this user."""
+    from huggingface_hub import get_token
+
+    token = get_token()  # reads HF_TOKEN, then the login cache; we never store it anywhere ourselves
+    if not token:
+        raise HubError("no Hugging Face token: set the HF_TOKEN secret (a token with write access from "
+                       "https://huggingface.co/settings/tokens) or run `huggingface-cli login` on this machine")
+    return token
+
+
+def scrub(text: str, token: str | None) -> str:
+    """The text with the token, and anything shaped like a token, replaced by asterisks."""
+    if token:
+        text = text.replace(token, "***")
+    return TOKEN_PATTERN.sub("hf_***", text)
+
+
+def check_repo_name(name: str) -> str:
+    """`owner/name` or `name` (then it goes under the token's own account), in the Hub's own rules."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    name = (name or "").strip()
+    if not name:
+        raise HubError("enter a repository name, such as `my-brand-voice` or `my-org/my-brand-voice`")
+    try:
+        validate_repo_id(name)
+    except HFValidationError as e:
+        raise HubError(f"{name!r} is not a valid repository name: {e}") from None
+    if len(name.split("/")[-1]) + max(len(MERGED_SUFFIX), len(DATA_SUFFIX)) > 96:
+        raise HubError(f"{name!r} is too long: keep the name under {96 - len(MERGED_SUFFIX)} characters")
+    return name
+
+
+def dataset_card(record: dict) -> str:
+    return "\n".join([
+        "---", "tags: [voicetune, conversational]", "task_categories: [text-generation]", "---", "",
+        f"# Conversations for {record.get('run_id')}", "",
+        "The example conversations this voice was trained from, one `{\"messages\": [...]}` per line (OpenAI "
+        "chat format). `conversations.jsonl` is the file the run read; `validation.jsonl` holds the conversations "
+        "the run scored itself on and never trained on (they may also appear in `conversations.jsonl`).", "",
+    ])
+
+
+def _data_files(adapter_dir: Path, record: dict) -> dict[str, Path]:
+    """The run's own data, only if it is still byte for byte what the run trained on."""
+    data = Path(str(record.get("data", {}).get("file", "")))
+    heldout_data = (record.get("config") or {}).get("heldout_data")
+    sources = [data, *([Path(heldout_data)] if heldout_data else [])]
+    if not all(p.is_file() for p in sources):
+        raise HubError(f"the conversations this run trained on are no longer on disk ({data.name}); "
+                       "push without the dataset, or train again")
+    digest = hashlib.sha256()
+    for source in sources:  # the same hash train.py records
+        digest.update(source.read_bytes())
+    if digest.hexdigest()[:16] != record["data"].get("sha256_16"):
+        raise HubError(f"{data.name} has changed since this run trained on it; push without the dataset, "
+                       "or train again")
+    files = {"conversations.jsonl": data}
+    heldout = adapter_dir / "heldout.jsonl"
+    if heldout.is_file():
+        files["validation.jsonl"] = heldout
+    return files
+
+
+def _stage_merged(adapter_dir: Path, staging: Path, dtype: str, record: dict) -> Path:
+    folder = export.merge(adapter_dir, staging / "merged", dtype=dtype)  # type: ignore[arg-type]
+    card = export.model_card(record, adapter_dir).replace("library_name: peft", "library_name: transformers", 1)
+    store.atomic_write_text(folder / "README.md", card.replace(
+        "A LoRA adapter trained", "A model merged from a LoRA adapter trained", 1))
+    return folder
+
+
+def push_run(
+    adapter_dir: Path, repo_id: str, *, private: bool = True, include_merged: bool = False,
+    include_dataset: bool = False, merged_dtype: str = "bf16", endpoint: str | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> list[Pushed]:
+    """Create the repositories (private unless told otherwise) and upload: adapter, merged model, data.
+
+    The adapter goes to `repo_id`, the merged model to `repo_id-merged`, the data to the dataset
+    `repo_id-data`. Everything is staged in a temporary folder first, so a failed merge uploads nothing.
+    """
+    from huggingface_hub import HfApi, constants
+
+    adapter_dir = Path(adapter_dir)
+    say = on_status or (lambda message: None)
+    repo_id = check_repo_name(repo_id)
+    try:
+        record = read_run(adapter_dir)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise HubError(str(e)) from None
+    if constants.HF_HUB_OFFLINE:
+        raise HubError("HF_HUB_OFFLINE is set on this machine, so nothing can be pushed to the Hub")
+    token = resolve_token()
+    api = HfApi(endpoint=endpoint, token=token)
+    pushed: list[Pushed] = []
+    staging = Path(tempfile.mkdtemp(prefix=".push-", dir=store.home()))
+    try:
+        # Stage every folder before the first upload
+        say("preparing the adapter")
+        uploads = [("adapter", repo_id, "model", export.write_adapter_folder(adapter_dir, staging / "adapter"))]
+        if include_merged:
+            say(f"merging the adapter into the base model ({merged_dtype})")
+            uploads.append(("merged model", repo_id + MERGED_SUFFIX, "model",
+                            _stage_merged(adapter_dir, staging, merged_dtype, record)))
+        if include_dataset:
+            folder = staging / "data"
+            folder.mkdir()
+            for name, source in _data_files(adapter_dir, record).items():
+                shutil.copyfile(source, folder / name)
+            store.atomic_write_text(folder / "README.md", dataset_card(record))
+            uploads.append(("dataset", repo_id + DATA_SUFFIX, "dataset", folder))
+
+        # Create each repository (private by default) and upload its folder in one commit
+        for kind, name, repo_type, folder in uploads:
+            say(f"uploading the {kind} to {name}")
+            url = api.create_repo(name, private=private, repo_type=repo_type, exist_ok=True)
+            api.upload_folder(repo_id=url.repo_id, folder_path=folder, repo_type=repo_type,
+                              commit_message=f"{kind} from voicetune run {record.get('run_id')}")
+            pushed.append(Pushed(kind, url.repo_id, str(url)))
+    except HubError:
+        raise
+    except Exception as e:  # noqa: BLE001 - HTTP, validation and disk errors all reach the user as one message
+        done = "".join(f" {p.kind} was uploaded to {p.url} before this;" for p in pushed)
+        raise HubError(scrub(f"pushing to the Hub failed:{done} {type(e).__name__}: {e}", token)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return pushed

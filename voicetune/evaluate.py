@@ -255,9 +255,15 @@ def verdict(card: dict[str, Any]) -> str:
     ts, bs, ps = st["tuned"]["distance"], st["base"]["distance"], st["prompt-only"]["distance"]
     took = t <= VOICE_TOOK_LOSS_RATIO * b and ts < bs
     f = card["forgetting"]
-    forgot = (f"possible forgetting: probe accuracy {f['base_accuracy']:.0%} → {f['tuned_accuracy']:.0%}, "
-              f"neutral-text loss {f['neutral_loss_base']:.2f} → {f['neutral_loss_tuned']:.2f}"
-              if f["flagged"] else "no measurable forgetting")
+    if f["flagged"]:
+        forgot = (f"possible forgetting: probe accuracy {f['base_accuracy']:.0%} → {f['tuned_accuracy']:.0%}, "
+                  f"neutral-text loss {f['neutral_loss_base']:.2f} → {f['neutral_loss_tuned']:.2f}")
+    elif f["tuned_accuracy"] < f["base_accuracy"]:
+        # Below the flag threshold, but a user who sees "lost: ..." under the verdict must not read "none".
+        forgot = (f"a small probe dip ({f['base_accuracy']:.0%} → {f['tuned_accuracy']:.0%} on {f['probes']} "
+                  f"questions), within what a probe this size can tell apart from noise")
+    else:
+        forgot = "no measurable forgetting"
     if not took:
         return (f"The voice did not take: reference loss {t:.2f} vs base {b:.2f}, style distance {ts:.2f} vs "
                 f"base {bs:.2f}; {forgot}.")

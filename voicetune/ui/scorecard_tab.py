@@ -12,8 +12,11 @@ from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
 from voicetune.generate import AdapterError, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.train import read_run
+from voicetune.ui.charts import bar_chart_html
 
 KEYS = ["base", "prompt-only", "tuned"]
+LOSS_TITLE = "Reference loss (lower = writes more like your examples)"
+STYLE_TITLE = "Style distance (lower = closer to your style)"
 
 
 def load_or_compute(run_id: str, recompute: bool = False) -> dict:
@@ -30,14 +33,12 @@ def load_or_compute(run_id: str, recompute: bool = False) -> dict:
         raise gr.Error(f"No scorecard for run {run_id}: {e}")
 
 
-def bars(values: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame({"arm": list(values), "value": [round(float(v), 4) for v in values.values()]})
 
 
 def show(run_id: str, recompute: bool = False) -> tuple:
     card = load_or_compute(run_id, recompute)
-    loss_bars = bars({k: card["likelihood"][k]["loss"] for k in KEYS})
-    style_bars = bars({k: card["style"][k]["distance"] for k in KEYS})
+    loss_bars = bar_chart_html({k: card["likelihood"][k]["loss"] for k in KEYS}, LOSS_TITLE)
+    style_bars = bar_chart_html({k: card["style"][k]["distance"] for k in KEYS}, STYLE_TITLE)
     table = pd.DataFrame(summary_rows(card), columns=["metric", *KEYS]).round(3)
     features = pd.DataFrame(
         [{"feature": f, "reference": card["style"]["reference"][f],
@@ -61,9 +62,7 @@ def show(run_id: str, recompute: bool = False) -> tuple:
         notes.append("Blind votes: " + "; ".join(
             f"{v['arm_a']} vs {v['arm_b']}: {v['a_wins']}–{v['b_wins']} ({v['ties']} ties)" for v in card["votes"]))
     path = store.run_dir(run_id) / SCORECARD_FILE
-    # Bars start at zero, so a small difference is not drawn as a large one.
-    scaled = [gr.update(value=b, y_lim=[0, float(b["value"].max()) * 1.1]) for b in (loss_bars, style_bars)]
-    return "\n\n".join(notes), *scaled, table, features, samples, str(path)
+    return "\n\n".join(notes), loss_bars, style_bars, table, features, samples, str(path)
 
 
 def history() -> pd.DataFrame:
@@ -87,15 +86,14 @@ def history() -> pd.DataFrame:
 def build_scorecard_tab() -> gr.Dropdown:
     """Returns the run picker, refreshed by the app when a run finishes."""
     with gr.Row():
-        run = gr.Dropdown([r["run_id"] for r in finished_runs()], label="Run", allow_custom_value=True, scale=3)
+        # Filled on page load, inside the visitor's own workspace; at build time there is no visitor.
+        run = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3)
         open_btn = gr.Button("Show scorecard", variant="primary", scale=1)
         redo = gr.Button("Recompute", scale=1)
     verdict = gr.Markdown()
     with gr.Row():
-        loss_plot = gr.BarPlot(None, x="arm", y="value", height=240, sort=KEYS,
-                               title="Reference loss (lower = writes more like your examples)")
-        style_plot = gr.BarPlot(None, x="arm", y="value", height=240, sort=KEYS,
-                                title="Style distance (lower = closer to your style)")
+        loss_plot = gr.HTML()
+        style_plot = gr.HTML()
     table = gr.Dataframe(label="Headline numbers", interactive=False)
     with gr.Accordion("Style features behind the distance", open=False):
         features = gr.Dataframe(interactive=False)

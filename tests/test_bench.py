@@ -1,0 +1,112 @@
+"""The benchmark runs end to end on a tiny model, and padding-free batches give the padded batches' loss.
+
+No wall-clock thresholds here: speed is what `make bench` measures, side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from voicetune.config import LoraSettings, TrainConfig
+from voicetune.data import load_conversations
+from voicetune.templates import encode_all
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BENCH_DATA = ROOT / "benchmarks" / "data" / "mixed-lengths.jsonl"
+
+
+def _per_example_losses(model, batch: dict) -> list[float]:
+    """Mean loss per conversation, read back from a padded or a flattened batch."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits  # as TRL's compute_loss calls it
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                               reduction="none", ignore_index=-100)
+    trained = batch["labels"][:, 1:] != -100
+    if "position_ids" not in batch:
+        return [float(losses[i][trained[i]].mean()) for i in range(losses.shape[0])]
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["position_ids"].shape[1]]
+    return [float(losses[0][s:e - 1][trained[0][s:e - 1]].mean()) for s, e in zip(starts, starts[1:])]
+
+
+def test_padding_free_batch_gives_each_conversation_its_padded_loss(tiny_model: Path, tokenizer) -> None:
+    """With position_ids and no attention mask, transformers masks each conversation off from the others."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    encoded, problems = encode_all(tokenizer, load_conversations(BENCH_DATA)[:6], 2048)
+    assert not problems
+    assert len({len(e.input_ids) for e in encoded}) > 3  # lengths differ, so padding and boundaries matter
+    examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(examples)
+    flat = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    assert flat["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded))  # not one pad token
+
+    want = _per_example_losses(model, padded)
+    assert _per_example_losses(model, flat) == pytest.approx(want, rel=1e-4)
+    # Without the position_ids, the same flattened row lets conversations read each other: the check above
+    # would catch an attention path that ignored the boundaries.
+    leaky = {**flat, "position_ids": torch.arange(flat["input_ids"].shape[1])[None]}
+    with torch.no_grad():
+        logits = model(input_ids=leaky["input_ids"], position_ids=leaky["position_ids"], use_cache=False).logits
+    second = slice(len(encoded[0].input_ids), len(encoded[0].input_ids) + len(encoded[1].input_ids))
+    alone = model(input_ids=torch.tensor([encoded[1].input_ids]), use_cache=False).logits[0]
+    assert not torch.allclose(logits[0, second], alone, atol=1e-4)
+
+
+def test_training_with_padding_free_matches_padded_training(tiny_model: Path, tmp_path: Path) -> None:
+    from voicetune.train import run_sft
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
+    losses = {}
+    for padding_free in (False, True):
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / f"out-{padding_free}"), base_model=str(tiny_model),
+                          max_steps=2, batch_size=2, val_fraction=0.0, scorecard=False, early_stopping=False,
+                          learning_rate=1e-3, lora=LoraSettings(dropout=0.0), padding_free=padding_free)
+        record = run_sft(cfg)
+        assert record["config"]["padding_free"] is padding_free
+        losses[padding_free] = [h["loss"] for h in record["history"] if "loss" in h]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
+@pytest.mark.slow  # about 50 s: each training arm runs in its own process
+def test_bench_runs_on_a_tiny_model_and_writes_its_table(tiny_model: Path, tmp_path: Path) -> None:
+    from benchmarks import run
+
+    out = run.main(["--sections", "train,compare", "--conversations", "4", "--repeats", "1",
+                    "--model", str(tiny_model), "--results-dir", str(tmp_path)])
+    text = out.read_text(encoding="utf-8")
+    assert out.parent == tmp_path and re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu-\d+core\.md", out.name)
+    for heading in ("## Training", "## Compare: one round, 3 arms", "Load average"):
+        assert heading in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"voicetune", "trl", "batched", "in turn", "one arm"} <= set(rows)
+    assert "(1 steps, " in text  # 4 conversations, batch 4: one step on each arm
+    assert "same tokens (greedy): yes" in text  # batched and in-turn arms produced identical replies
+    targets = [line for line in text.splitlines() if "(target" in line]
+    assert len(targets) == 2  # training speed and three arms against one
+    assert all(re.search(r"\(target [^)]*\)[^:]*: \*\*(pass|short)\*\*", line) for line in targets)
+
+
+def test_bench_data_has_a_realistic_length_spread(tokenizer) -> None:
+    convs = load_conversations(BENCH_DATA)
+    encoded, problems = encode_all(tokenizer, convs, 4096)
+    lengths = sorted(len(e.input_ids) for e in encoded)
+    assert not problems and len(convs) >= 48
+    assert lengths[-1] >= 5 * lengths[0]  # short one-liners and long threads in one file
+    assert any(sum(m["role"] == "user" for m in c.messages) >= 3 for c in convs)  # multi-turn threads
+    from benchmarks.make_data import build
+
+    rebuilt = [json.dumps({"messages": m}, ensure_ascii=False) for m in build()]
+    assert rebuilt == BENCH_DATA.read_text(encoding="utf-8").splitlines()  # the file is what make_data builds

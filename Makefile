@@ -1,10 +1,11 @@
-# `make run` serves the app; `make test` runs every test that can run on a CPU. Both set up .venv first.
+# `make run` serves the app; `make test` runs every test that can run on a CPU; `make bench` measures.
+# All set up .venv first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast bench clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +23,27 @@ setup: $(STAMP)
 run: setup
 	$(PY) app.py
 
-test: setup
+# The browser tests drive Debian's Chromium (Playwright cannot download browsers here). Installed once when
+# missing and possible (root with apt-get); otherwise the e2e tests skip with the reason, which -ra prints.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+		|| echo "WARNING: could not install chromium: the browser tests (tests/test_e2e.py) will be skipped"; \
+	else echo "WARNING: no $(CHROMIUM) and no root apt-get: the browser tests (tests/test_e2e.py) will be skipped"; fi
+
+test: setup chromium
 	$(PY) -m pytest
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not e2e"
+
+# voicetune against a hand-written TRL + PEFT setup, side by side; the table goes to stdout and
+# benchmarks/results/<date>-<device>.md. A few minutes on a CPU. BENCH_ARGS adds options (e.g. --levers).
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

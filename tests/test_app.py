@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -34,39 +35,56 @@ def client(workspace, base_path):
 
 @pytest.mark.slow
 def test_bundled_example_loads_and_checks(client):
-    text = client.predict("cosmo-coffee", api_name="/load_example")
-    assert len(text.strip().splitlines()) >= 40
-    summary, mask = client.predict(text, 1, api_name="/check_data")
-    assert "conversations" in summary and "assistant tokens carry the loss" in summary
-    trained = "".join(item["token"] for item in mask if item["class_or_confidence"] == "trained")
-    first_reply = json.loads(text.splitlines()[0])["messages"][-1]["content"]
-    assert trained.startswith(first_reply[:20])
+    status = client.predict("cosmo-coffee", api_name="/load_example_project")
+    assert "Cosmo Coffee" in status
+    summary, lengths, *_ = client.predict(1024, api_name="/check_project")
+    assert "**48 conversations**" in summary and "carry the loss" in summary and "Ready to train" in summary
+    counts = [int(n) for n in re.findall(r"<title>\d+-\d+: (\d+)</title>", lengths)]
+    assert sum(counts) == 48  # every conversation is a bar's worth in the length chart
 
 
 @pytest.mark.slow
 def test_bad_data_is_reported_with_its_line(client):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
-    summary, mask = client.predict(f"{good}\n{{broken\n", 1, api_name="/check_data")
-    assert "line 2: invalid JSON at column 2" in summary
-    assert mask == [] or mask is None
+    report, table, *_ = client.predict(None, f"{good}\n{{broken\n", "openai", None, None, "",
+                                       api_name="/preview_import")
+    assert "1 accepted, 1 rejected" in report and "line 2: invalid JSON at column 2" in report
+    assert len(table["data"]) == 1
 
 
 @pytest.mark.slow
-def test_train_then_compare_in_the_app(client):
-    text = "\n".join(
-        json.dumps({"messages": [{"role": "user", "content": q},
-                                 {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}]})
-        for q in QUESTIONS
-    )
-    job = client.submit(text, 3, 2e-3, api_name="/train")
-    run_id, bar, plot, status, log = job.result(timeout=900)
+def test_train_then_compare_in_the_app(client, tiny_model, pirate_adapter):
+    import shutil
+
+    from voicetune import projects, store
+
+    conn = store.connect()
+    project = projects.current_project(conn)  # the project this client's session has open
+    # Training through the app runs on a tiny random model (the job machinery is what is under test here);
+    # the compare below uses the session's real adapter, trained on the same voice.
+    store.update_project(conn, project, base_model=str(tiny_model))
+    for q in QUESTIONS:
+        store.add_conversation(conn, project, [{"role": "user", "content": q},
+                                               {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}])
+    # Custom settings: rank, alpha, dropout, rate, schedule, epochs, max steps, batch, accumulation, max length,
+    # seed, QLoRA, early stopping, packing.
+    run_id, queued = client.predict("Custom", 16, 32, 0.05, 2e-3, "cosine", 3, -1, 4, 1, 1024, 42, "Auto", "Off", False,
+                                    api_name="/train")
+    assert "queued" in queued
+    job = client.submit(run_id, api_name="/watch")
+    bar, plot, status, log, queue = job.result(timeout=900)
     assert "finished" in status, status + log[-2000:]
     assert "100%" in bar
     updates = job.outputs()
     assert len(updates) >= 3  # progress was streamed, not only reported at the end
-    assert len(plot["data"]) >= 3  # loss points for the plot
+    assert plot.count("<circle") >= 3 and "<polyline" in plot  # loss points, drawn
+    assert queue["data"][0][:2] == [run_id, "succeeded"]
+    assert (store.run_dir(run_id) / "README.md").exists()  # the model card beside the adapter
 
-    out = client.predict([BASE, run_id], False, "Do you ship abroad?", "", "", "", True, 0.7, 0.9, 48, 1.0, 0,
+    run_id = "pirate-voice"
+    shutil.copytree(pirate_adapter, store.run_dir(run_id))
+
+    out = client.predict([BASE, run_id], False, "Do you ship abroad?", "", "", True, 0.7, 0.9, 48, 1.0, 0,
                          api_name="/send")
     message, base, tuned = out[0], out[1], out[2]
     assert message == ""
@@ -77,7 +95,7 @@ def test_train_then_compare_in_the_app(client):
     assert out[3]["visible"] is False and out[4]["visible"] is False  # two arms, two panes
 
     # Blind mode: what the browser receives before the vote names no arm.
-    raw = raw_event(client, "send", [[BASE, PROMPT_ONLY, run_id], True, "Are you open today?", "", "", text,
+    raw = raw_event(client, "send", [[BASE, PROMPT_ONLY, run_id], True, "Are you open today?", "", "", None,
                                      True, 0.7, 0.9, 24, 1.0, 0])
     assert "process_completed" in raw
     for secret in (run_id, "Base model", "Prompt-only", "prompt-only", "Tuned", "run:", "tok/s"):
@@ -85,34 +103,31 @@ def test_train_then_compare_in_the_app(client):
     assert "Reply A" in raw and "Reply B" in raw
 
     # A blind round through the client's own session, then the vote reveals and is stored once.
-    out = client.predict([BASE, run_id], True, "Can I get a refund?", "", "", "", True, 0.7, 0.9, 24, 1.0, 0,
+    out = client.predict([BASE, run_id], True, "Can I get a refund?", "", "", True, 0.7, 0.9, 24, 1.0, 0,
                          api_name="/send")
     assert {out[1]["label"], out[2]["label"]} == {"Reply A", "Reply B"}
     assert out[5]["value"] == "" and out[6]["value"] == ""  # no figures before the vote
     reveal = client.predict(api_name="/vote_left")[0]
     assert "Left** was" in reveal and ("Base model" in reveal and f"Tuned: {run_id}" in reveal)
     client.predict(api_name="/vote_left")  # a double click
-    from voicetune import store
-
-    conn = store.connect()
-    votes = store.list_votes(conn, store.ensure_project(conn))
+    votes = store.list_votes(conn, project)
     assert len(votes) == 1 and votes[0]["blind"] == 1 and votes[0]["choice"] == "left"
     assert {votes[0]["left_arm"], votes[0]["right_arm"]} == {"base", f"run:{run_id}"}
     assert votes[0]["prompt"] == [{"role": "user", "content": "Can I get a refund?"}]
 
-    # Teach it this: the edited reply becomes a training conversation the Data tab can pull in.
+    # Teach it this: the edited reply becomes a training conversation of the open project.
     saved_msg = client.predict("Reply A", "Refunds are easy, matey! " + SIGN_OFF, api_name="/teach")
     assert "Saved as conversation" in saved_msg
-    pulled = client.predict("", api_name="/add_saved")
-    assert json.loads(pulled.splitlines()[0])["messages"][-1]["content"].startswith("Refunds are easy")
+    taught = json.loads(projects.training_jsonl(conn, project).splitlines()[-1])
+    assert taught["messages"][-1]["content"].startswith("Refunds are easy")
 
     # Batch mode: a prompt x arm grid, exported as CSV and voted on row by row.
-    grid, csv_path = client.predict([BASE, run_id], "Where is my order?\nDo you sell gift cards?", "", "", "", 24,
+    grid, csv_path = client.predict([BASE, run_id], "Where is my order?\nDo you sell gift cards?", "", "", 24,
                                     api_name="/batch")
     assert grid["headers"] == ["prompt", "Base model", f"Tuned: {run_id}"] and len(grid["data"]) == 2
     assert open(csv_path).read().splitlines()[0] == f"prompt,base,run:{run_id}"
     assert client.predict(2, api_name="/batch_vote_right") == "Row 2: vote saved."
-    assert len(store.list_votes(conn, store.ensure_project(conn))) == 2
+    assert len(store.list_votes(conn, project)) == 2
 
 
 BASE, PROMPT_ONLY = "Base model", "Prompt-only (style guide + examples)"

@@ -1,0 +1,293 @@
+"""Hostile requests against the running app over loopback: paths it must not serve, uploads with hostile names
+or sizes, zips built to escape or explode, files that lie about their kind, and run ids or adapters tampered
+with on their way to an endpoint. Also the serving settings a page receives (voicetune/ui/settings.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.running_app import MODEL_CACHE, ROOT, RunningApp, start_app
+from tests.test_app import raw_event
+from voicetune import archives
+from voicetune.ui import settings
+
+BASE = "Base model"
+GOOD_LINE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
+    running = start_app(tmp_path_factory.mktemp("security") / "home")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(app: RunningApp):
+    return app.client()
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter of the embedded model with a real run record, as a teammate shares it, written directly
+    (PEFT's key names and shapes, zero B matrices: it answers as the base model does) so it costs no model load."""
+    import torch
+    from safetensors.torch import save_file
+
+    from voicetune import models
+    from voicetune.templates import template_fingerprint
+
+    folder = tmp_path_factory.mktemp("shared") / "20260101-120000-cosmo-abc123"
+    folder.mkdir()
+    path = models.resolve_base_model(None)
+    config = json.loads((Path(path) / "config.json").read_text())
+    hidden, rank = config["hidden_size"], 4
+    kv = config["num_key_value_heads"] * hidden // config["num_attention_heads"]
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for module, out in (("q_proj", hidden), ("v_proj", kv)):
+            key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, hidden) * 0.01
+            tensors[f"{key}.lora_B.weight"] = torch.zeros(out, rank)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+         "target_modules": ["q_proj", "v_proj"], "bias": "none", "base_model_name_or_path": path}))
+    record = {"run_id": folder.name, "base_model": models.default_base_model(),
+              "base_model_hash": models.base_model_fingerprint(path),
+              "template_hash": template_fingerprint(models.load_tokenizer(path)), "config": {}, "metrics": {}}
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    (folder / "config.yaml").write_text("epochs: 3\n", encoding="utf-8")
+    return folder
+
+
+def zip_of(path: Path, entries: dict[str, bytes], *, symlinks: tuple[str, ...] = ()) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            if name in symlinks:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, data)
+    return path
+
+
+def adapter_entries(folder: Path) -> dict[str, bytes]:
+    return {n: (folder / n).read_bytes() for n in ("adapter_model.safetensors", "adapter_config.json", "run.json",
+                                                   "config.yaml")}
+
+
+def refused(client, api_name: str, *args) -> str:
+    """The plain message of a gr.Error raised by the endpoint (gradio_client raises AppError with it)."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as caught:
+        client.predict(*args, api_name=api_name)
+    return str(caught.value)
+
+
+def runs_in(app: RunningApp) -> list[str]:
+    folder = app.home / "runs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+# --- What the server serves and tells the page ----------------------------------------------------------
+
+def test_the_page_gets_the_documented_settings(app: RunningApp) -> None:
+    config = httpx.get(app.url + "/config").json()
+    assert config["show_error"] is False and config["run_history"] is False
+    assert config["max_file_size"] == settings.MAX_UPLOAD_MB * 1024 * 1024
+    assert config["footer_links"] == ["api"] and config["pwa"] is False and config["mcp_server"] is False
+    assert config["analytics_enabled"] is False
+    assert httpx.get(app.url + "/monitoring").status_code == 403
+    assert httpx.get(app.url + "/gradio_api/runs").status_code == 404
+
+
+def test_the_file_route_serves_neither_system_files_nor_the_workspace_nor_the_model_cache(app: RunningApp) -> None:
+    (app.home / "exports").mkdir(exist_ok=True)
+    (app.home / "exports" / "secret.jsonl").write_text(GOOD_LINE + "\n", encoding="utf-8")
+    model_file = next(MODEL_CACHE.rglob("config.json"))
+    for target in ("/etc/passwd", app.home / "voicetune.db", app.home / "exports" / "secret.jsonl", model_file,
+                   f"{ROOT}/app.py", "../../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "workspace/voicetune.db"):
+        r = httpx.get(f"{app.url}/gradio_api/file={target}")
+        # 403 "File not allowed"; a ../ path may already be folded by the URL into a route that does not exist (404)
+        assert r.status_code == 403 or (".." in str(target) and r.status_code == 404), (target, r.status_code)
+        assert "root:" not in r.text and "SQLite" not in r.text
+    # The control: a file the app was given is served back.
+    uploaded = httpx.post(app.url + "/gradio_api/upload", files={"files": ("ok.jsonl", GOOD_LINE.encode())}).json()[0]
+    assert httpx.get(f"{app.url}/gradio_api/file={uploaded}").text == GOOD_LINE
+
+
+def test_an_upload_named_dot_dot_is_stored_under_a_generated_name(app: RunningApp) -> None:
+    before = (ROOT / "app.py").read_bytes()
+    r = httpx.post(app.url + "/gradio_api/upload", files={"files": ("../../app.py", b"print('replaced')\n")})
+    stored = Path(r.json()[0])
+    assert r.status_code == 200 and (ROOT / "app.py").read_bytes() == before
+    assert stored.name == "app.py" and ".." not in stored.parts
+    assert len(stored.parent.name) == 64 and stored.parent.parent == Path("/tmp/gradio")  # a content hash folder
+    assert stored.read_bytes() == b"print('replaced')\n"
+
+
+def test_an_oversized_upload_is_refused_with_a_message(app: RunningApp) -> None:
+    big = b"x" * (settings.MAX_UPLOAD_MB * 1024 * 1024 + 1)
+    r = httpx.post(app.url + "/gradio_api/upload", files={"files": ("big.jsonl", big)}, timeout=120)
+    assert r.status_code == 413
+    assert "File size exceeded maximum allowed size of 52428800 bytes" in r.text
+
+
+def test_a_file_whose_content_does_not_match_its_extension_is_refused(client, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    png = tmp_path / "conversations.jsonl"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    report = client.predict(handle_file(str(png)), "", "auto", None, None, "", api_name="/preview_import")[0]
+    assert "conversations.jsonl is a PNG image, not UTF-8 text" in report and "0 accepted" in report
+    fake_zip = tmp_path / "voice-adapter.zip"
+    fake_zip.write_text("adapter_model.safetensors\n", encoding="utf-8")
+    message = refused(client, "/add_shared_adapter", handle_file(str(fake_zip)))
+    assert "voice-adapter.zip is not a zip archive (its content does not match its name)" in message
+
+
+# --- Archives -------------------------------------------------------------------------------------------
+
+def test_hostile_zips_are_refused_through_the_app_and_write_nothing(app: RunningApp, client, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    safe = {"run.json": b"{}", "adapter_config.json": b"{}"}
+    cases = {
+        "bomb.zip": ({**safe, "adapter_model.safetensors": bytes(30 * 1024 * 1024)}, "this looks like a zip bomb"),
+        "dotdot.zip": ({**safe, "../../app.py": b"x"}, "entry '../../app.py' points outside the archive folder"),
+        "absolute.zip": ({**safe, "/etc/cron.d/evil": b"x"}, "entry '/etc/cron.d/evil' has an absolute path"),
+        "many.zip": ({f"f{i}.json": b"{}" for i in range(archives.MAX_ENTRIES + 1)}, "holds 17 entries"),
+        "extra.zip": ({**safe, "run.sh": b"rm -rf /"}, "unexpected entry 'run.sh'"),
+        "link.zip": ({**safe, "adapter_model.safetensors": b"/etc/passwd"}, "is a symbolic link"),
+        "partial.zip": (safe, "adapter_model.safetensors is missing"),
+    }
+    for name, (entries, expected) in cases.items():
+        path = zip_of(tmp_path / name, entries, symlinks=("adapter_model.safetensors",) if name == "link.zip" else ())
+        message = refused(client, "/add_shared_adapter", handle_file(str(path)))
+        assert "This zip was not added" in message and expected in message, (name, message)
+        assert "Traceback" not in message
+    assert runs_in(app) == []  # not even a temporary folder is left
+    assert not (ROOT.parent / "app.py").exists() and not Path("/etc/cron.d/evil").exists()
+
+
+def test_a_lying_zip_header_and_a_renamed_weights_file_are_refused(adapter_folder: Path, tmp_path: Path,
+                                                                   workspace: Path) -> None:
+    from voicetune import store
+
+    # A header that says 10 bytes for an entry that holds 100: caught while unpacking, not trusted.
+    path = zip_of(tmp_path / "liar.zip", adapter_entries(adapter_folder))
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("run.json")
+    real = info.file_size.to_bytes(4, "little")
+    data = data.replace(real + b"\x08\x00", (5).to_bytes(4, "little") + b"\x08\x00")  # local and central sizes
+    path.write_bytes(bytes(data))
+    with pytest.raises(archives.ArchiveError, match="liar.zip"):
+        archives.import_adapter_zip(path)
+    # Weights that are not a safetensors file (a PNG renamed) are refused before any run exists.
+    entries = {**adapter_entries(adapter_folder), "adapter_model.safetensors": b"\x89PNG\r\n\x1a\n" + bytes(64)}
+    with pytest.raises(archives.ArchiveError, match="not a valid safetensors file"):
+        archives.import_adapter_zip(zip_of(tmp_path / "png.zip", entries))
+    # An adapter of another base model: the hash check refuses it.
+    record = json.loads((adapter_folder / "run.json").read_text())
+    entries = {**adapter_entries(adapter_folder), "run.json": json.dumps({**record, "base_model_hash": "0" * 16,
+                                                                          "base_model": "other/model"}).encode()}
+    with pytest.raises(archives.ArchiveError, match="trained on 'other/model', not on this app's base model"):
+        archives.import_adapter_zip(zip_of(tmp_path / "other.zip", entries))
+    assert [p.name for p in store.runs_dir().iterdir()] == []
+
+
+def test_a_shared_adapter_zip_becomes_a_new_run_under_a_generated_id(adapter_folder: Path, tmp_path: Path,
+                                                                     workspace: Path) -> None:
+    from voicetune import store
+    from voicetune.jobs import finished_runs
+
+    entries = {**adapter_entries(adapter_folder), "README.md": b"# card\n", "load_adapter.py": b"print(1)\n"}
+    run_id = archives.import_adapter_zip(zip_of(tmp_path / "cosmo-adapter.zip", entries))
+    assert run_id.endswith(run_id[-6:]) and "shared-cosmo-abc123" in run_id and run_id != adapter_folder.name
+    folder = store.run_dir(run_id)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter_config.json",
+                                                         "adapter_model.safetensors", "config.yaml", "run.json"]
+    assert (folder / "adapter_model.safetensors").read_bytes() == (adapter_folder / "adapter_model.safetensors").read_bytes()
+    record = json.loads((folder / "run.json").read_text())
+    assert record["run_id"] == run_id and record["imported_from"] == adapter_folder.name
+    assert [r["run_id"] for r in finished_runs()] == [run_id]
+
+
+# --- Tampered requests to the compare endpoint -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_tampered_run_ids_and_adapters_sent_to_the_compare_endpoint_are_refused(app: RunningApp, client,
+                                                                                adapter_folder: Path) -> None:
+    import shutil
+
+    def send(arms: list[str]) -> str:
+        return refused(client, "/send", arms, False, "Hello?", "", "", True, 0.7, 0.9, 16, 1.0, 0)
+
+    for hostile in ("../../etc", "/etc/passwd", "..", "runs/../../voicetune.db"):
+        message = send([BASE, hostile])
+        assert f"Cannot use run {hostile}: not a valid run id" in message, message
+    runs = app.home / "runs"
+    runs.mkdir(exist_ok=True)
+    # A run whose weights were damaged after training, and one whose record was edited to claim another base.
+    corrupt = runs / "corrupt-run"
+    shutil.copytree(adapter_folder, corrupt)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x00" * 100)
+    assert "Cannot use run corrupt-run: adapter corrupt-run could not be loaded (damaged or incomplete files?)" \
+        in send([BASE, "corrupt-run"])
+    edited = runs / "edited-run"
+    shutil.copytree(adapter_folder, edited)
+    record = json.loads((edited / "run.json").read_text())
+    (edited / "run.json").write_text(json.dumps({**record, "base_model_hash": "f" * 16}))
+    assert "Cannot use run edited-run: adapter edited-run was trained on" in send([BASE, "edited-run"])
+    # The same damaged run cannot be smuggled in by the shared-adapter upload either.
+    from gradio_client import handle_file
+
+    bad = zip_of(app.home.parent / "corrupt.zip", adapter_entries(corrupt))
+    assert "not a valid safetensors file" in refused(client, "/add_shared_adapter", handle_file(str(bad)))
+    # A good shared adapter, added through the app, then answers in the compare endpoint.
+    good = zip_of(app.home.parent / "good.zip", adapter_entries(adapter_folder))
+    added = client.predict(handle_file(str(good)), api_name="/add_shared_adapter")
+    run_id = added.split("`")[1]
+    out = client.predict([BASE, run_id], False, "Hello?", "", "", True, 0.7, 0.9, 16, 1.0, 0, api_name="/send")
+    assert out[2]["label"] == f"Tuned: {run_id}" and out[2]["value"][-1]["role"] == "assistant"
+
+
+def test_an_unexpected_failure_shows_no_traceback_or_internals(app: RunningApp) -> None:
+    """A request the page would never send (arms not a list) fails inside the handler: the page gets "Error"."""
+    raw = raw_event(app.client(), "send", [12345, False, "Hi", "", "", None, True, 0.7, 0.9, 16, 1.0, 0])
+    assert "process_completed" in raw and '"success": false' in raw.replace('"success":false', '"success": false')
+    for leak in ("Traceback", "TypeError", "File \"", str(ROOT), "site-packages"):
+        assert leak not in raw, leak
+
+
+def test_zip_checks_on_their_own(tmp_path: Path) -> None:
+    """The caps, without a server: exact messages for each refusal."""
+    entries = {"a.json": b"{}"}
+    assert [i.filename for i in archives.check_zip(zip_of(tmp_path / "ok.zip", entries))] == ["a.json"]
+    huge = tmp_path / "huge.zip"
+    huge.write_bytes(b"PK\x03\x04" + bytes(archives.MAX_ARCHIVE_BYTES))
+    with pytest.raises(archives.ArchiveError, match="huge.zip is 50 MB; the limit is 50 MB"):
+        archives.check_zip(huge)
+    with pytest.raises(archives.ArchiveError, match=r"entry 'C:\\\\x' has an absolute path"):
+        archives.check_zip(zip_of(tmp_path / "drive.zip", {"C:\\x": b"x"}))
+    with pytest.raises(archives.ArchiveError, match=r"points outside the archive folder"):
+        archives.check_zip(zip_of(tmp_path / "back.zip", {"a\\..\\..\\b": b"x"}))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.json", b"{}")
+        z.writestr("a.json", b"{}")
+    (tmp_path / "twice.zip").write_bytes(buf.getvalue())
+    with pytest.raises(archives.ArchiveError, match="entry 'a.json' appears twice"):
+        archives.check_zip(tmp_path / "twice.zip")

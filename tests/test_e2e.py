@@ -144,6 +144,11 @@ def test_the_whole_journey_in_a_browser(browser, app: RunningApp, tmp_path: Path
 
     # 6. Compare: send a message to the base model and the new run.
     tab(page, "3 · Compare")
+    # Short replies keep the test quick: two CPU cores write about two tokens a second per pane.
+    page.get_by_role("button", name="Sampling").click()
+    max_tokens = page.get_by_label("number input for Max reply tokens")
+    max_tokens.fill("32")
+    max_tokens.press("Enter")
     page.get_by_placeholder("Ask what a customer would ask…").fill("Do you ship abroad?")
     page.get_by_role("button", name="Send").click()
     # Every pane answers, each with its own speed line.

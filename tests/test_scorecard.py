@@ -44,11 +44,12 @@ def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapte
     assert card["prompt_cost"]["prompt_only_tokens"] > card["prompt_cost"]["tuned_tokens"]
     assert set(card["forgetting"]) >= {"base_accuracy", "tuned_accuracy", "neutral_loss_base", "flagged"}
 
-    # The control: trained on an unrelated voice, scored on the same pirate held-out conversations.
+    # The control: trained (one epoch is enough) on an unrelated voice, scored on the same pirate held-out
+    # conversations.
     data = voice_data(tmp_path / "bank.jsonl", "Thank you for contacting us. Our team will review your request "
                                               "within two working days. Kind regards, Client Services")
     control = tmp_path / "control"
-    result = run_cli("train", "--data", str(data), "--out", str(control), "--epochs", "3", "--seed", "1",
+    result = run_cli("train", "--data", str(data), "--out", str(control), "--epochs", "1", "--seed", "1",
                      "--learning-rate", "2e-3", "--val-fraction", "0.25", "--no-scorecard",
                      env={"VOICETUNE_CACHE": str(MODEL_CACHE)})
     assert result.returncode == 0, result.stderr[-2000:]

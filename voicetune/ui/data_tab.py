@@ -454,7 +454,7 @@ def export_dataset(project: int) -> str:
 # ---------------------------------------------------------------- health
 
 
-def health(project: int, max_length: float, truncate: bool = False) -> tuple[str, dict, dict, dict, dict]:
+def health(project: int, max_length: float, truncate: bool = False) -> tuple[str, str, dict, dict, dict]:
     """The full check a run needs, with counts, the length distribution and every problem and warning."""
     tok = project_tokenizer(project)
     try:

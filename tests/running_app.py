@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +96,13 @@ def wait_ready(app: RunningApp, timeout_s: float = 240) -> None:
         time.sleep(0.5)
     app.stop()
     raise AssertionError(f"the app did not start in {timeout_s:.0f} s:\n{app.output()}")
+
+
+@contextmanager
+def serving(home: Path) -> Iterator[RunningApp]:
+    """The app for a whole test module: started on home, stopped however the module ends."""
+    running = start_app(home)
+    try:
+        yield running
+    finally:
+        running.stop()

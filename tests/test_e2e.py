@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.running_app import ROOT, RunningApp, start_app
+from tests.running_app import ROOT, RunningApp, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -44,11 +44,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
-    running = start_app(tmp_path_factory.mktemp("e2e") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("e2e") / "home") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def shot(page, name: str) -> None:

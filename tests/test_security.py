@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.running_app import MODEL_CACHE, ROOT, RunningApp, start_app
+from tests.running_app import MODEL_CACHE, ROOT, RunningApp, serving
 from tests.test_app import raw_event
 from voicetune import archives
 from voicetune.ui import settings
@@ -24,11 +24,8 @@ GOOD_LINE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role":
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
-    running = start_app(tmp_path_factory.mktemp("security") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("security") / "home") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ an ordinary `from_pretrained` that takes under a second.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -169,6 +170,12 @@ def load_tokenizer(path: str) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_for(base_model: str | None) -> Any:
+    """One shared tokenizer per base model for the app's checks and previews, which run on every edit."""
+    return load_tokenizer(resolve_base_model(base_model or None))
 
 
 def load_model(path: str, precision: Precision, for_training: bool = True) -> Any:

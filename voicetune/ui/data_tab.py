@@ -37,13 +37,8 @@ def _conn():
     return store.connect()
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(base_model: str) -> Any:
-    return models.load_tokenizer(models.resolve_base_model(base_model or None))
-
-
 def project_tokenizer(project: int) -> Any:
-    return _tokenizer(store.get_project(_conn(), int(project))["base_model"])
+    return models.tokenizer_for(store.get_project(_conn(), int(project))["base_model"])
 
 
 def _fail(e: Exception) -> gr.Error:

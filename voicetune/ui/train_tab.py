@@ -7,7 +7,6 @@ reload, a second browser or a second user sees the same queue, and the job goes 
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -25,11 +24,6 @@ BALANCED_LABEL = "Balanced (Auto)"
 PRESET_CHOICES = [recipes.QUICK, BALANCED_LABEL, recipes.THOROUGH, CUSTOM]
 JOB_COLUMNS = ["run", "state", "queue", "progress", "message"]
 _DEFAULTS = TrainConfig()
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(base_model: str) -> Any:
-    return models.load_tokenizer(models.resolve_base_model(base_model or None))
 
 
 def _minutes(seconds: float | None) -> str:
@@ -106,7 +100,7 @@ def _preset_name(choice: str) -> str:
 def _check(project_id: int, max_length: int) -> tuple[dict, projects.ProjectCheck]:
     conn = store.connect()
     project = store.get_project(conn, int(project_id))
-    check = projects.check_project(conn, int(project_id), _tokenizer(project["base_model"]), int(max_length))
+    check = projects.check_project(conn, int(project_id), models.tokenizer_for(project["base_model"]), int(max_length))
     return project, check
 
 

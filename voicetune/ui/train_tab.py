@@ -168,7 +168,7 @@ def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str
     project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv["max_length"]))
     lengths = _train_lengths(check, project_id)
     settings = _settings(choice, lengths, adv)
-    if choice != CUSTOM or settings["max_length"] < 4096:
+    if choice != CUSTOM:  # a preset picks its own max length from the lengths; Custom was checked with its own
         project, check = _check(project_id, settings["max_length"])
     if not check.ok:
         first = "; ".join(str(p) for p in check.problems[:5])

@@ -142,14 +142,6 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     return convs
 
 
-def parse_jsonl_text(text: str) -> list[Conversation]:
-    """The same checks for text typed or pasted into the app."""
-    convs, problems = parse_jsonl_bytes(text.encode("utf-8"))
-    if problems:
-        raise DataError(problems)
-    return convs
-
-
 def split_train_val(
     convs: list[Conversation], val_fraction: float, seed: int
 ) -> tuple[list[Conversation], list[Conversation]]:
@@ -174,9 +166,3 @@ def list_examples() -> dict[str, Path]:
     """Bundled datasets by display name, e.g. {"cosmo-coffee": Path(...)}."""
     folder = examples_dir()
     return {p.stem: p for p in sorted(folder.glob("*.jsonl"))} if folder.is_dir() else {}
-
-
-def summarize(convs: list[Conversation]) -> dict[str, int]:
-    turns = sum(len(c.messages) for c in convs)
-    multi = sum(1 for c in convs if sum(m["role"] == "assistant" for m in c.messages) > 1)
-    return {"conversations": len(convs), "turns": turns, "multi_turn": multi}

@@ -9,7 +9,6 @@ logged, or shown: every error leaves this module with the token cut out of its t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from voicetune import export, store
-from voicetune.train import read_run
+from voicetune.train import files_fingerprint, read_run
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
 DATA_SUFFIX = "-data"  # the conversations go to a dataset repository
@@ -90,10 +89,7 @@ def _data_files(adapter_dir: Path, record: dict) -> dict[str, Path]:
     if not all(p.is_file() for p in sources):
         raise HubError(f"the conversations this run trained on are no longer on disk ({data.name}); "
                        "push without the dataset, or train again")
-    digest = hashlib.sha256()
-    for source in sources:  # the same hash train.py records
-        digest.update(source.read_bytes())
-    if digest.hexdigest()[:16] != record["data"].get("sha256_16"):
+    if files_fingerprint(sources) != record["data"].get("sha256_16"):
         raise HubError(f"{data.name} has changed since this run trained on it; push without the dataset, "
                        "or train again")
     files = {"conversations.jsonl": data}

@@ -89,10 +89,15 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
     else:
         train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
         train, val = [by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c]
-    digest = hashlib.sha256(Path(cfg.data).read_bytes())
-    if held:
-        digest.update(Path(cfg.heldout_data).read_bytes())
-    return Prepared(train, val, train_c, val_c, digest.hexdigest()[:16])
+    return Prepared(train, val, train_c, val_c, files_fingerprint([cfg.data, *([cfg.heldout_data] if held else [])]))
+
+
+def files_fingerprint(paths: list[str | Path]) -> str:
+    """The run's data fingerprint, recorded in run.json: a push checks the files against it before upload."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _jsonl(convs: list[Conversation]) -> str:

@@ -6,10 +6,9 @@ import gradio as gr
 
 from voicetune import jobs, models, spaces
 from voicetune.ui import faults, session, settings
-from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run
+from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run, run_choices
 from voicetune.ui.data_tab import build_data_tab
 from voicetune.ui.export_tab import build_export_tab
-from voicetune.ui.export_tab import run_choices as export_run_choices
 from voicetune.ui.scorecard_tab import build_scorecard_tab
 from voicetune.ui.shared_adapter import build_shared_adapter
 from voicetune.ui.train_tab import build_train_tab
@@ -18,6 +17,12 @@ INTRO = """# 🎙️ voicetune
 Teach a small language model your brand voice: **1.** collect example conversations, **2.** train,
 **3.** compare the base model and your tuned model side by side.
 """
+
+
+def run_pickers() -> tuple[dict, dict, dict]:
+    """The Compare arms, the Scorecard run and the Export run, from one listing of the finished runs."""
+    runs = run_choices()
+    return arm_choices(runs), newest_run(runs), newest_run(runs)
 
 
 def build_app() -> gr.Blocks:
@@ -41,14 +46,13 @@ def build_app() -> gr.Blocks:
             with gr.Tab("5 · Export"):
                 export_run = build_export_tab()
                 shared_added = build_shared_adapter()
-        train_tab.ended.then(arm_choices, None, arms).then(newest_run, None, score_run).then(
-            export_run_choices, None, export_run)
-        shared_added.then(arm_choices, None, arms).then(export_run_choices, None, export_run)
+        # A reload, a finished run or a teammate's adapter: every run picker is filled from one read.
+        pickers = [arms, score_run, export_run]
+        train_tab.ended.then(run_pickers, None, pickers)
+        shared_added.then(run_pickers, None, pickers)
         demo.load(session.whoami, None, who)
-        demo.load(export_run_choices, None, export_run)
         train_tab.on_load(demo)
-        demo.load(newest_run, None, score_run)
-        demo.load(arm_choices, None, arms)  # a reload lists runs finished since the page was built
+        demo.load(run_pickers, None, pickers)
         demo.load(load_style_guide, project, style_guide)
     # Every handler runs in the signed-in user's own workspace (one shared workspace when nobody signs in).
     return session.scope_every_handler(faults.plain_fault_messages(demo))  # a full disk gets plain words

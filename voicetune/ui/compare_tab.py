@@ -34,13 +34,14 @@ def run_choices() -> list[str]:
     return [r["run_id"] for r in finished_runs()]
 
 
-def newest_run() -> dict:
-    runs = run_choices()
+def newest_run(runs: list[str] | None = None) -> dict:
+    """A run picker listing the finished runs, newest chosen."""
+    runs = run_choices() if runs is None else runs
     return gr.update(choices=runs, value=runs[0] if runs else None)
 
 
-def arm_choices() -> dict:
-    runs = run_choices()
+def arm_choices(runs: list[str] | None = None) -> dict:
+    runs = run_choices() if runs is None else runs
     value = [BASE_CHOICE] + runs[:1]
     return gr.update(choices=[BASE_CHOICE, PROMPT_ONLY_CHOICE, *runs], value=value)
 
@@ -240,12 +241,15 @@ def save_style_guide(text: str, project: int) -> None:
 
 
 def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
-    """`project` holds the current project's id: its conversations, style guide and votes are used here."""
-    """Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load)."""
+    """`project` holds the current project's id: its conversations, style guide and votes are used here.
+
+    Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load).
+    """
     with gr.Row():
         # Runs appear while the app is up, so the server cannot fix the list of valid values at build
-        # time; resolve_arms checks every name itself (store.run_dir + read_run).
-        arms = gr.Dropdown([BASE_CHOICE, PROMPT_ONLY_CHOICE, *run_choices()], value=[BASE_CHOICE], multiselect=True,
+        # time; resolve_arms checks every name itself (store.run_dir + read_run). The runs are listed on
+        # page load, inside the visitor's own workspace: at build time there is no visitor.
+        arms = gr.Dropdown([BASE_CHOICE, PROMPT_ONLY_CHOICE], value=[BASE_CHOICE], multiselect=True,
                            allow_custom_value=True, label="Arms to compare (2–4)", scale=4)
         blind = gr.Checkbox(label="Blind A/B", value=False, scale=1,
                             info="Two random arms in random order; revealed after your vote")

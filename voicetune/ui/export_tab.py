@@ -11,19 +11,14 @@ from pathlib import Path
 import gradio as gr
 
 from voicetune import export, hub, store
-from voicetune.jobs import finished_runs
 from voicetune.train import read_run
+from voicetune.ui.compare_tab import newest_run
 
 INTRO = """Take a finished run with you. **Adapter (.zip)**: the small file of learned changes, with a model card
 and a script that loads it. **Merged model**: the base model with the changes folded in, for tools without
 PEFT. **GGUF + Modelfile**: one file for llama.cpp and Ollama (`ollama create my-voice -f Modelfile`)."""
 DTYPES = ["bf16", "fp16"]  # half precision: what people download and serve; fp32 is for the command line
 QUANTS = ["f16", "q8_0"]
-
-
-def run_choices() -> dict:
-    runs = [r["run_id"] for r in finished_runs()]
-    return gr.update(choices=runs, value=runs[0] if runs else None)
 
 
 def _run_folder(run_id: str | None) -> Path:
@@ -151,7 +146,7 @@ def build_export_tab() -> gr.Dropdown:
         push_btn = gr.Button("Push", variant="primary")
         push_msg = gr.Markdown()
 
-    refresh.click(run_choices, None, run)
+    refresh.click(newest_run, None, run)
     zip_btn.click(make_zip, run, [zip_file, zip_msg], api_name="export_zip")
     merge_btn.click(make_merged, [run, dtype], [merged_file, merge_msg], api_name="export_merged")
     gguf_btn.click(make_gguf, [run, quant], [gguf_files, gguf_msg], api_name="export_gguf")

@@ -86,6 +86,10 @@ def test_votes_are_stored_once_per_round(workspace):
     assert store.add_vote(conn, pid, **kw) == 0  # a double click does not count twice
     votes = store.list_votes(conn, pid)
     assert len(votes) == 1 and votes[0]["prompt"] == [{"role": "user", "content": "q"}]
+    other = store.ensure_project(conn, "ledger")
+    store.add_vote(conn, other, **{**kw, "round_id": "r2"})
+    assert len(store.list_votes(conn, pid)) == 1 and len(store.list_votes(conn, other)) == 1
+    assert [v["round_id"] for v in store.list_votes(conn, None)] == ["r1", "r2"]  # every project's, in order
     assert store.connect().execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
 
 

@@ -309,8 +309,9 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         semantic = {k: sum(s := cosine_similarities(emb, list(zip(replies[k], refs)))) / len(s) for k in keys}
 
     conn = store.connect()
-    votes = [r for r in win_rates(store.list_votes(conn, store.ensure_project(conn)))
-             if f"run:{name}" in (r["arm_a"], r["arm_b"])]
+    # Votes are cast in whichever project was open; a run id is unique in the workspace. Reading them must
+    # not create the old "default" project, which would then show in the project list.
+    votes = [r for r in win_rates(store.list_votes(conn, None)) if f"run:{name}" in (r["arm_a"], r["arm_b"])]
     card = {
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),

@@ -339,6 +339,8 @@ def add_vote(conn: sqlite3.Connection, project_id: int, *, round_id: str, prompt
     return int(cur.lastrowid) if cur.rowcount == 1 else 0  # 0: this round's vote was already counted
 
 
-def list_votes(conn: sqlite3.Connection, project_id: int) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM votes WHERE project_id = ? ORDER BY id", (project_id,)).fetchall()
+def list_votes(conn: sqlite3.Connection, project_id: int | None) -> list[dict[str, Any]]:
+    """One project's votes, or with None every project's (a run's scorecard counts its votes wherever cast)."""
+    rows = (conn.execute("SELECT * FROM votes ORDER BY id") if project_id is None else
+            conn.execute("SELECT * FROM votes WHERE project_id = ? ORDER BY id", (project_id,))).fetchall()
     return [{**dict(r), "prompt": json.loads(r["prompt"])} for r in rows]

@@ -268,7 +268,7 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     return conn
 
 
-DEFAULT_PROJECT = "default"  # until projects get their own screen, every vote and saved conversation goes here
+DEFAULT_PROJECT = "default"  # the project a fresh workspace opens with (projects.current_project)
 
 
 def ensure_project(conn: sqlite3.Connection, name: str = DEFAULT_PROJECT) -> int:

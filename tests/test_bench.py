@@ -1,4 +1,5 @@
-"""The benchmark runs end to end on a tiny model, and padding-free batches give the padded batches' loss.
+"""The benchmark runs end to end on a tiny model, and the engine's speed levers train exactly what padded
+batches through TRL's own loss would: padding-free batches, one conversation per pass, the labelled-only head.
 
 No wall-clock thresholds here: speed is what `make bench` measures, side by side.
 """
@@ -63,21 +64,67 @@ def test_padding_free_batch_gives_each_conversation_its_padded_loss(tiny_model: 
     assert not torch.allclose(logits[0, second], alone, atol=1e-4)
 
 
-def test_training_with_padding_free_matches_padded_training(tiny_model: Path, tmp_path: Path) -> None:
-    from voicetune.train import run_sft
+def test_labelled_head_loss_equals_the_models_own_loss_and_gradients(tiny_model: Path, tokenizer) -> None:
+    """Only the positions with a trained next token go through the head, and nothing changes but the speed."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from voicetune.train import labelled_head_loss
+
+    encoded, _ = encode_all(tokenizer, load_conversations(BENCH_DATA)[:3], 2048)
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    assert (batch["labels"] == -100).float().mean() > 0.3  # prompts and padding: many positions are skipped
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+
+    def loss_and_grads(compute) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    want, want_grads = loss_and_grads(lambda: model(**batch, use_cache=False).loss)
+    got, got_grads = loss_and_grads(lambda: labelled_head_loss(model, dict(batch))[0])
+    assert got == pytest.approx(want, rel=1e-5)
+    assert len(got_grads) == len(want_grads) > 0
+    assert all(torch.allclose(g, w, rtol=1e-4, atol=1e-6) for g, w in zip(got_grads, want_grads))
+    # Divided by the trained tokens of the whole accumulated batch when the trainer passes their count
+    trained = int((batch["labels"][:, 1:] != -100).sum())
+    sum_loss = labelled_head_loss(model, dict(batch), num_items_in_batch=2 * trained)[0]
+    assert float(sum_loss) == pytest.approx(want / 2, rel=1e-5)
+
+
+def test_one_conversation_per_pass_and_padding_free_train_like_padded_batches(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's default (one conversation per pass, updates accumulated over the batch), padding-free
+    batches and padded batches through TRL's own head give the same loss curve."""
+    from trl import SFTTrainer
+
+    from voicetune import train
 
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
-    losses = {}
-    for padding_free in (False, True):
-        cfg = TrainConfig(data=str(data), out=str(tmp_path / f"out-{padding_free}"), base_model=str(tiny_model),
-                          max_steps=2, batch_size=2, val_fraction=0.0, scorecard=False, early_stopping=False,
+    data.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:6]), encoding="utf-8")
+
+    def losses(tag: str, padding_free: bool = False) -> tuple[list[float], dict]:
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / tag), base_model=str(tiny_model), max_steps=3,
+                          batch_size=2, val_fraction=0.0, scorecard=False, early_stopping=False,
                           learning_rate=1e-3, lora=LoraSettings(dropout=0.0), padding_free=padding_free)
-        record = run_sft(cfg)
-        assert record["config"]["padding_free"] is padding_free
-        losses[padding_free] = [h["loss"] for h in record["history"] if "loss" in h]
-    assert len(losses[True]) == 2
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+        record = train.run_sft(cfg)
+        return [h["loss"] for h in record["history"] if "loss" in h], record
+
+    single, record = losses("single")
+    assert (record["micro_batch"], record["accumulation"]) == (1, 2)
+    assert record["loss_head"] == "LabelledHeadSFTTrainer"
+    flat, record = losses("flat", padding_free=True)
+    assert record["micro_batch"] == 2 and record["config"]["padding_free"] is True
+    # Padded batches through TRL's own fused head, as on a GPU
+    monkeypatch.setattr(train, "one_per_micro_batch", lambda cfg, device: False)
+    monkeypatch.setattr(train, "_trainer_class", lambda device: SFTTrainer)
+    padded, record = losses("padded")
+    assert (record["micro_batch"], record["loss_head"]) == (2, "SFTTrainer")
+    assert len(padded) == 3
+    assert single == pytest.approx(padded, rel=1e-3)
+    assert flat == pytest.approx(padded, rel=1e-3)
 
 
 @pytest.mark.slow  # about 50 s: each training arm runs in its own process

@@ -180,10 +180,24 @@ def _rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def one_per_micro_batch(cfg: TrainConfig, device: str) -> bool:
+    """On a CPU, train one conversation per forward pass and accumulate gradients up to the batch size.
+
+    A CPU's matrix units are already saturated by one conversation, so a padded batch only adds work: with
+    this data's length spread a third or more of a padded batch is padding, and its mask keeps attention off
+    the fast causal path. One conversation per pass has neither, and the loss is the same: the trainer
+    divides each update by the trained tokens of the whole accumulated batch. `make bench` measures it.
+    A GPU needs the batch to fill its cores, so there the batch stays (grouped by length, or padding-free).
+    """
+    return device == "cpu" and not cfg.padding_free
+
+
 def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_steps: int, has_val: bool,
               early: bool) -> Any:
     from trl import SFTConfig
 
+    single = one_per_micro_batch(cfg, precision.device)
+    micro_batch, accumulate = (1, cfg.batch_size * cfg.grad_accum) if single else (cfg.batch_size, cfg.grad_accum)
     eval_every = max(1, total_steps // 5)
     # Checkpoints serve two things: resuming an interrupted job and keeping the best one for early stopping.
     # They are saved at each evaluation, so the best by validation loss is always on disk.
@@ -192,9 +206,9 @@ def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_s
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulate,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=0.05,
@@ -225,6 +239,54 @@ def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_s
     )
 
 
+def labelled_head_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[Any, Any]:
+    """Next-token loss computed through the LM head only at positions whose next token is trained.
+
+    Written by hand because TRL's fused LM head, which does the same on a GPU with a Triton kernel, falls
+    back on other devices to a dozen whole-tensor torch passes per vocabulary tile, plus the entropy and top-1
+    statistics it logs: on a CPU that head took over a third of every step (`make bench`). Here the hidden
+    states of the trained positions go through the head once (transformers' `logits_to_keep` takes their
+    indices) into one fused cross-entropy. Returns the loss, divided like TRL's by the trained tokens of the
+    whole accumulated batch, and the share of next tokens the model got right.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # positions whose next token is trained
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep, use_cache=False).logits
+    kept = targets[:, keep]
+    total = F.cross_entropy(logits.float().flatten(0, 1), kept.flatten(), ignore_index=-100, reduction="sum")
+    trained = kept != -100
+    loss = total / (num_items_in_batch if num_items_in_batch is not None else trained.sum().clamp(min=1))
+    with torch.no_grad():
+        accuracy = ((logits.argmax(-1) == kept) & trained).sum() / trained.sum().clamp(min=1)
+    return loss, accuracy
+
+
+def _trainer_class(device: str) -> type:
+    """TRL's SFTTrainer, with `labelled_head_loss` on devices where its fused head has no Triton kernel."""
+    from trl import SFTTrainer
+
+    if device == "cuda":
+        return SFTTrainer
+
+    class LabelledHeadSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            mode = "train" if self.model.training else "eval"
+            loss, accuracy = labelled_head_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL does: DDP averages the ranks' gradients
+            self._metrics[mode]["mean_token_accuracy"].append(float(self.accelerator.gather_for_metrics(accuracy).mean()))
+            if mode == "train" and "attention_mask" in inputs:
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, None) if return_outputs else loss
+
+    return LabelledHeadSFTTrainer
+
+
 def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = False) -> dict[str, Any]:
     """Train an adapter into cfg.out and return the run record written beside it.
 
@@ -249,7 +311,6 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
     import torch
     from peft import LoraConfig
     from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
 
     precision = models.precision_for(models.detect_device(), cfg.qlora)
     on_event({"type": "status", "message": f"loading the base model ({precision.label})"})
@@ -277,7 +338,7 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
     callbacks = [_progress_callback(on_event, precision.device)]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = SFTTrainer(
+    trainer = _trainer_class(precision.device)(
         model=model,
         args=_sft_args(cfg, work, precision, total_steps, bool(val_rows), early),
         train_dataset=_to_dataset(train_rows),
@@ -314,6 +375,10 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
             "device": precision.device,
             "qlora": precision.qlora,
             "world_size": world,
+            # How the engine ran the batches: conversations per forward pass, passes per update, loss head
+            "micro_batch": trainer.args.per_device_train_batch_size,
+            "accumulation": trainer.args.gradient_accumulation_steps,
+            "loss_head": type(trainer).__name__,
             "data": {"file": str(cfg.data), "sha256_16": data_hash, "train": len(train_rows), "val": len(val_rows),
                      "trained_tokens": sum(r.n_trained for r in train_rows),
                      "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",

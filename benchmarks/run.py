@@ -121,7 +121,10 @@ def bench_train(model: str, data: Path, work: Path, repeats: int, levers: bool, 
     """voicetune and the TRL baseline in turn, `repeats` times; with levers, one lever changed at a time."""
     arms: list[tuple[str, str, list[str]]] = [("voicetune", "voicetune", []), ("trl", "trl", [])]
     if levers:
-        arms += [("voicetune, padding-free", "voicetune", ["--padding-free", "on"]),
+        arms += [("voicetune, padded batches grouped by length", "voicetune", ["--padded-batches"]),
+                 ("voicetune, TRL's fused LM head", "voicetune", ["--trl-head"]),
+                 ("voicetune, LoRA dropout 0.05", "voicetune", ["--dropout", "0.05"]),
+                 ("voicetune, padding-free", "voicetune", ["--padding-free", "on"]),
                  ("voicetune, 1 thread", "voicetune", ["--threads", "1"]),
                  ("trl, library defaults as is", "trl-defaults", [])]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in arms}
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: train, compare, startup")
     p.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternated")
-    p.add_argument("--conversations", type=int, default=8, help="conversations each training arm trains on")
+    p.add_argument("--conversations", type=int, default=32, help="conversations each training arm trains on")
     p.add_argument("--model", default="", help="a local model folder; default: the embedded model (CPU) or "
                                                "a random model from --gpu-config (GPU)")
     p.add_argument("--gpu-config", default="smollm2-1.7b", help="benchmarks/configs/<name>.json, on a GPU")

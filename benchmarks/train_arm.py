@@ -77,8 +77,7 @@ def run_trl(cfg: Any, device: str, defaults: bool) -> dict[str, Any]:
     args = SFTConfig(output_dir=str(Path(cfg.out).parent / f".{Path(cfg.out).name}-work"), report_to="none",
                      save_strategy="no", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                      **_optim_settings(cfg), **fixes)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     result = trainer.train()
     trainer.save_model(cfg.out)
@@ -113,6 +112,18 @@ def assistant_loss(base_model: str, adapter: str, data: str, device: str) -> flo
     return total / max(count, 1)
 
 
+def switch_off_levers(padded_batches: bool, trl_head: bool) -> None:
+    """Turn one of the engine's choices back to TRL's, in this process only, to measure what it is worth."""
+    from voicetune import train
+
+    if padded_batches:
+        train.one_per_micro_batch = lambda cfg, device: False
+    if trl_head:
+        from trl import SFTTrainer
+
+        train._trainer_class = lambda device: SFTTrainer
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arm", choices=ARMS, required=True)
@@ -124,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--padding-free", choices=("on", "off"), default="off",
                    help="voicetune arm only; off is TrainConfig's default")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's choice")
+    p.add_argument("--padded-batches", action="store_true",
+                   help="voicetune arm only: padded batches grouped by length instead of one conversation per pass")
+    p.add_argument("--trl-head", action="store_true",
+                   help="voicetune arm only: TRL's own fused LM head instead of train.labelled_head_loss")
+    p.add_argument("--dropout", type=float, default=None, help="voicetune arm only: LoRA dropout")
     p.add_argument("--no-loss-check", action="store_true", help="skip scoring the saved adapter")
     a = p.parse_args(argv)
 
@@ -143,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(data=a.data, out=a.out, base_model=a.model, epochs=1, batch_size=a.batch_size,
                       val_fraction=0.0, scorecard=False, early_stopping=False, logging_steps=1,
                       padding_free=a.padding_free == "on")
+    if a.dropout is not None:
+        cfg.lora.dropout = a.dropout
+    switch_off_levers(padded_batches=a.padded_batches, trl_head=a.trl_head)
     started = time.perf_counter()
     if a.arm == "voicetune":
         figures = run_voicetune(cfg, device)

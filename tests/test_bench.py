@@ -157,3 +157,21 @@ def test_bench_data_has_a_realistic_length_spread(tokenizer) -> None:
 
     rebuilt = [json.dumps({"messages": m}, ensure_ascii=False) for m in build()]
     assert rebuilt == BENCH_DATA.read_text(encoding="utf-8").splitlines()  # the file is what make_data builds
+
+
+def test_small_batch_linears_give_the_same_outputs(tiny_model: Path) -> None:
+    """The compare view's CPU speed-up changes how a few rows are multiplied, never the result."""
+    from transformers import AutoModelForCausalLM
+
+    from voicetune.models import speed_up_small_batches
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    few, many = torch.randint(0, 100, (3, 1)), torch.randint(0, 100, (2, 40))
+    with torch.no_grad():
+        want = [model(input_ids=ids).logits for ids in (few, many)]
+        switched = speed_up_small_batches(model)
+        got = [model(input_ids=ids).logits for ids in (few, many)]
+    assert switched == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 0
+    assert speed_up_small_batches(model) == 0  # already switched: nothing to do twice
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+    assert got[0].is_contiguous()

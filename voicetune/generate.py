@@ -71,6 +71,7 @@ class ChatModel:
         # Chat uses 16-bit weights on GPU (unmerged 4-bit adapters generate several times slower).
         self.precision = models.precision_for(device, qlora=False)
         self.model: Any = models.load_model(self.path, self.precision, for_training=False)
+        models.speed_up_small_batches(self.model)  # a compare round decodes one row per arm
         self.adapters: dict[str, str] = {}  # name -> folder
         self.batch_arms = True  # False once a mixed-adapter batch has failed: then arms go one at a time
         self.base_hash = models.base_model_fingerprint(self.path)
@@ -107,6 +108,7 @@ class ChatModel:
             raise AdapterError(f"adapter {Path(adapter_dir).name} could not be loaded (damaged or incomplete "
                                f"files?): {type(e).__name__}: {str(e)[:200]}") from e
         self.model.eval()
+        models.speed_up_small_batches(self.model)  # the adapter's own layers
         self.adapters[name] = str(adapter_dir)
         return name
 

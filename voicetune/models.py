@@ -207,3 +207,42 @@ def load_model(path: str, precision: Precision, for_training: bool = True) -> An
     if not for_training:
         model.eval()
     return model
+
+
+def _row_major_linear(self: Any, x: Any) -> Any:
+    """`nn.Linear.forward` for a handful of rows on a CPU, as `weight @ x.T`; many rows go the usual way."""
+    import torch
+
+    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    if rows == 0 or rows > SMALL_BATCH_ROWS:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+    flat = x.reshape(rows, x.shape[-1]).contiguous()
+    out = torch.mm(self.weight, flat.t()).t().contiguous()  # contiguous: the next layer's input stays row-major
+    if self.bias is not None:
+        out = out + self.bias
+    return out.reshape(*x.shape[:-1], self.weight.shape[0])
+
+
+SMALL_BATCH_ROWS = 16  # decoding a compare round has one row per arm; a prompt has hundreds
+
+
+def speed_up_small_batches(model: Any) -> int:
+    """On a CPU, run every linear layer of an inference model as `weight @ x.T` when it sees a few rows.
+
+    Why: decoding feeds one token per arm, so a compare round multiplies each weight by 2-4 rows, and the
+    CPU BLAS that torch ships takes a path for 2-4 rows that is 2-3x slower than for one row, while the
+    transposed product costs about the same as one row (measured on the embedded model: the LM head 32 ms
+    for 3 rows against 10 ms this way; `make bench`'s compare section). No library exposes the choice, so it
+    is set here, per module instance, for models that only generate; training never comes through here.
+    Returns how many layers were switched; calling again after loading an adapter switches its new layers.
+    """
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return 0
+    switched = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.forward.__func__ is not _row_major_linear:
+            module.forward = _row_major_linear.__get__(module)
+            switched += 1
+    return switched

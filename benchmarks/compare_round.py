@@ -1,6 +1,6 @@
 """One round of the compare view with three arms (base, prompt-only, tuned), answered three ways.
 
-- batched: every arm in one mixed-adapter `generate` call, as the app does;
+- batched: every arm in one mixed-adapter `generate` call, as the app does (each prompt prefilled alone first);
 - in turn: each arm after the other (ChatModel's sequential fallback);
 - one arm: the tuned arm alone, the yardstick for "three arms cost little more than one".
 Greedy decoding, so batched and in-turn replies must be the same tokens; the figures say whether they were.

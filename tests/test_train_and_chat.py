@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import QUESTIONS, SIGN_OFF, run_cli
 
@@ -109,6 +110,11 @@ def test_batched_arms_equal_one_at_a_time(trained: Path):
     arms = [base_arm(), prompt_only_arm("Talk like a pirate.", []), run_arm(trained.name)]
     requests = round_requests(Round("r", arms, blind=False), {}, "Is the shop dog friendly?")
     gen = GenConfig(max_new_tokens=24)
+    # The batch is padded, so each arm's prompt is prefilled on its own and the caches stacked
+    batch, _ = chat_model._inputs(requests, gen)
+    with torch.inference_mode():
+        cache = chat_model._prefill_rows(batch, requests, gen.max_new_tokens)
+    assert cache is not None and int(cache.get_seq_length()) == batch["input_ids"].shape[1] - 1
     batched = chat_model.generate(requests, gen)
     chat_model.batch_arms = False  # the fallback path: set_adapter / disable_adapter, one arm at a time
     alone = chat_model.generate(requests, gen)

@@ -49,19 +49,35 @@ def _timed(chat: ChatModel, requests: list[Any], gen: GenConfig, batched: bool) 
             "first_token_s": all_first, "texts": [r.text for r in replies]}
 
 
+def _questions() -> list[str]:
+    """Customer questions, a fresh one for every round: the app reuses the start a prompt shares with the
+    arm's earlier prompts (the prompt-only arm's instructions), so repeating one question would flatter it."""
+    rows = [json.loads(line)["messages"] for line in
+            (ROOT / "benchmarks" / "data" / "mixed-lengths.jsonl").read_text(encoding="utf-8").splitlines()]
+    firsts = [next(m["content"] for m in msgs if m["role"] == "user") for msgs in rows]
+    return list(dict.fromkeys(firsts))  # in order, without repeats
+
+
 def measure(model_path: str, adapter_dir: str, repeats: int = 3, max_new_tokens: int = 48) -> list[dict[str, Any]]:
-    """Alternate the three ways within each repeat, so load from other processes hits all of them alike."""
-    chat = ChatModel(model_path)
-    chat.load_adapter(adapter_dir, name=TUNED)
+    """Alternate the three ways within each repeat, so load from other processes hits all of them alike.
+
+    Every repeat asks a new question, the same for the three ways. The one-arm way has a model of its own,
+    so neither batched nor one arm ever finds the other's prefill of that question.
+    """
+    chat, alone = ChatModel(model_path), ChatModel(model_path)
+    for c in (chat, alone):
+        c.load_adapter(adapter_dir, name=TUNED)
     gen = GenConfig(max_new_tokens=max_new_tokens, greedy=True)
-    prompts = [p for p in (ROOT / "examples" / "cosmo-coffee.prompts.txt").read_text(encoding="utf-8").splitlines()
-               if p.strip()]
-    requests = _round_requests(chat, prompts[0])
-    _timed(chat, requests, gen, batched=True)  # warm-up: first calls pay for one-off allocations
+    questions = iter(_questions())
+    warm_up = _round_requests(chat, next(questions))
+    _timed(chat, warm_up, gen, batched=True)  # first calls pay for one-off allocations
+    _timed(alone, warm_up[-1:], gen, batched=True)
     rows = []
     for i in range(repeats):
-        ways = [("batched", requests, True), ("in turn", requests, False), ("one arm", requests[-1:], True)]
-        for way, reqs, batched in (ways if i % 2 == 0 else ways[::-1]):
-            rows.append({"way": way, "repeat": i, **_timed(chat, reqs, gen, batched)})
+        requests = _round_requests(chat, next(questions))
+        ways = [("batched", chat, requests, True), ("in turn", chat, requests, False),
+                ("one arm", alone, requests[-1:], True)]
+        for way, model, reqs, batched in (ways if i % 2 == 0 else ways[::-1]):
+            rows.append({"way": way, "repeat": i, **_timed(model, reqs, gen, batched)})
     chat.batch_arms = True
     return rows

@@ -189,12 +189,13 @@ def compare_table(rows: list[dict[str, Any]]) -> list[str]:
     by = {w: [r for r in rows if r["way"] == w] for w in ("batched", "in turn", "one arm")}
     s = {w: {k: spread([r[k] for r in rs]) for k in ("seconds", "tokens_per_s", "first_token_s")}
          for w, rs in by.items()}
-    tokens = {w: rs[0]["tokens"] for w, rs in by.items()}
-    same = all(r["texts"] == by["in turn"][0]["texts"] for r in by["batched"] + by["in turn"])
+    tokens = {w: spread([r["tokens"] for r in rs]) for w, rs in by.items()}
+    in_turn = {r["repeat"]: r["texts"] for r in by["in turn"]}
+    same = all(r["texts"] == in_turn[r["repeat"]] for r in by["batched"])
     lines = ["| way | arms | reply tokens | seconds per round | tokens/s | first token in every pane, s |",
              "|---|---|---|---|---|---|"]
     for w, arms in (("batched", 3), ("in turn", 3), ("one arm", 1)):
-        lines.append(f"| {w} | {arms} | {tokens[w]} | {fmt(s[w]['seconds'], 2)} | {fmt(s[w]['tokens_per_s'])} | "
+        lines.append(f"| {w} | {arms} | {fmt(tokens[w], 0)} | {fmt(s[w]['seconds'], 2)} | {fmt(s[w]['tokens_per_s'])} | "
                      f"{fmt(s[w]['first_token_s'], 2)} |")
     ratio = s["batched"]["seconds"]["median"] / s["one arm"]["seconds"]["median"]
     turn = s["in turn"]["seconds"]["median"] / s["batched"]["seconds"]["median"]
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> Path:
             log(f"compare: one round, 3 arms, {a.repeats} repeats")
             rows = measure(model, adapter, repeats=a.repeats)
             report += ["## Compare: one round, 3 arms (base, prompt-only, tuned)", "",
-                       "Greedy, at most 48 new tokens per arm; the three ways alternate within each repeat.", "",
+                       "Greedy, at most 48 new tokens per arm; a new customer question every repeat, the three ways "
+                       "alternating within it.", "",
                        *compare_table(rows), ""]
         if "startup" in sections:
             from benchmarks.startup import time_to_page

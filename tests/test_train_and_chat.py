@@ -123,6 +123,35 @@ def test_batched_arms_equal_one_at_a_time(trained: Path):
     assert len({r.text for r in batched}) == 3
 
 
+def test_a_later_round_reuses_the_start_it_shares_and_answers_the_same(trained: Path):
+    """The next round's prompt-only arm starts with the same instructions: that part of its cache is reused,
+    and the reused cache holds what a fresh prefill computes."""
+    from voicetune.arena import Round, base_arm, prompt_only_arm, round_requests, run_arm
+    from voicetune.config import GenConfig
+    from voicetune.generate import BASE, _shared_start
+
+    chat_model = _chat_with(trained)
+    arms = [base_arm(), prompt_only_arm("Talk like a pirate. Mention the parrot in every reply.", []),
+            run_arm(trained.name)]
+    gen = GenConfig(max_new_tokens=16)
+    chat_model.generate(round_requests(Round("r1", arms, blind=False), {}, "Where is my order?"), gen)
+    requests = round_requests(Round("r2", arms, blind=False), {}, "Do you ship abroad?")
+    batch, _ = chat_model._inputs(requests, gen)
+    ids = batch["input_ids"][1][batch["attention_mask"][1].bool()][:-1].tolist()  # the prompt-only row
+    earlier = [old for old, _ in chat_model._recent[BASE]]
+    assert max(_shared_start(old, ids) for old in earlier) > 20  # the instructions are shared
+    with torch.inference_mode():
+        reused = chat_model._row_cache(ids, BASE)
+        fresh = chat_model.model(input_ids=torch.tensor([ids]), use_cache=True, adapter_names=[BASE]).past_key_values
+    assert len(reused.layers) == len(fresh.layers)
+    for a, b in zip(reused.layers, fresh.layers):
+        assert a.keys.shape == b.keys.shape
+        assert torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
+    batched = chat_model.generate(requests, gen)
+    chat_model.batch_arms = False
+    assert [r.text for r in chat_model.generate(requests, gen)] == [r.text for r in batched]
+
+
 @pytest.mark.slow
 def test_same_seed_same_sampled_replies(trained: Path):
     from voicetune.config import GenConfig

@@ -74,6 +74,10 @@ class ChatModel:
         models.speed_up_small_batches(self.model)  # a compare round decodes one row per arm
         self.adapters: dict[str, str] = {}  # name -> folder
         self.batch_arms = True  # False once a mixed-adapter batch has failed: then arms go one at a time
+        # Each arm's recent prompts and their caches: the next round's prompt usually starts the same way
+        # (the same instructions and examples), so only what is new is prefilled. See _row_cache.
+        self._recent: dict[str, list[tuple[list[int], Any]]] = {}
+        self._recent_lock = threading.Lock()
         self.base_hash = models.base_model_fingerprint(self.path)
         self.template_hash = template_fingerprint(self.tokenizer)
 
@@ -207,22 +211,17 @@ class ChatModel:
         its prompt several times the others': padded, a 3-arm round prefilled about twice the tokens it
         needed. transformers' generate has no per-row prefill, so it is done here: each row's prompt but its
         last token runs with the row's own adapter, and generate continues from the stacked cache (the pad
-        positions are masked). Returns None where nothing is padded or the cache is not the plain kind.
+        positions are masked). Returns None for a one-token prompt or a cache that is not the plain kind.
         """
         import torch
         from transformers import StaticCache
         from transformers.cache_utils import DynamicLayer, StaticLayer
 
         ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-        lengths = mask.sum(dim=1)
-        if bool(mask.all()) or int(lengths.min()) < 2:
+        if int(mask.sum(dim=1).min()) < 2:
             return None
         width = ids.shape[1] - 1  # generate feeds the last prompt token itself
-        caches = []
-        for i, r in enumerate(requests):
-            extra = {"adapter_names": [r.adapter or BASE]} if self.adapters else {}
-            out = self.model(input_ids=ids[i, mask[i]][None, :-1], use_cache=True, **extra)
-            caches.append(out.past_key_values)
+        caches = [self._row_cache(ids[i, mask[i]][:-1].tolist(), r.adapter or BASE) for i, r in enumerate(requests)]
         if not all(type(layer) is DynamicLayer for c in caches for layer in c.layers):
             return None  # sliding-window or other special layers: leave the batch to generate
 
@@ -236,6 +235,39 @@ class ChatModel:
         for n, layer in enumerate(cache.layers):
             layer.update(stacked([c.layers[n].keys for c in caches]), stacked([c.layers[n].values for c in caches]))
         return cache
+
+    RECENT_PER_ARM = 4  # prompts remembered per adapter (the base and prompt-only arms share "no adapter")
+
+    def _row_cache(self, ids: list[int], arm: str) -> Any:
+        """One prompt's cache, reusing the longest start it shares with a recent prompt of the same arm.
+
+        Written here because transformers reuses a cache only when the caller passes it in; this finds it.
+        The stored caches are never changed: a reused one is cut to the shared start as new views, and the
+        forward over the rest builds new tensors.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        with self._recent_lock:
+            recent = list(self._recent.get(arm, []))
+        shared, cache = 0, None
+        for old_ids, old_cache in recent:
+            n = _shared_start(old_ids, ids)
+            if n > shared:
+                shared, cache = n, old_cache
+        shared = min(shared, len(ids) - 1)  # at least one token runs, so the forward returns the cache
+        if cache is not None and shared > 0:
+            cache = DynamicCache(ddp_cache_data=[(layer.keys[:, :, :shared], layer.values[:, :, :shared])
+                                                 for layer in cache.layers])
+        else:
+            shared, cache = 0, None
+        extra = {"adapter_names": [arm]} if self.adapters else {}
+        out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.model.device), past_key_values=cache,
+                         use_cache=True, **extra)
+        with self._recent_lock:
+            kept = [(i, c) for i, c in self._recent.get(arm, []) if i != ids]
+            self._recent[arm] = [(ids, out.past_key_values), *kept][: self.RECENT_PER_ARM]
+        return out.past_key_values
 
     def _stream(self, requests: list[Request], gen: GenConfig, mixed: bool) -> Iterator[list[str] | list[Reply]]:
         """The streamed batch: transformers' own text streamers take one row only, so rows are decoded here."""
@@ -318,6 +350,16 @@ class _BatchStreamer:
                     return
                 item = nxt
             yield item
+
+
+def _shared_start(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two prompts have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 _shared: dict[str, ChatModel] = {}

@@ -237,6 +237,7 @@ class ChatModel:
         return cache
 
     RECENT_PER_ARM = 4  # prompts remembered per adapter (the base and prompt-only arms share "no adapter")
+    RECENT_ARMS = 4  # adapters remembered: a 1,024-token prompt's cache is ~50 MB on the embedded model
 
     def _row_cache(self, ids: list[int], arm: str) -> Any:
         """One prompt's cache, reusing the longest start it shares with a recent prompt of the same arm.
@@ -265,8 +266,10 @@ class ChatModel:
         out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.model.device), past_key_values=cache,
                          use_cache=True, **extra)
         with self._recent_lock:
-            kept = [(i, c) for i, c in self._recent.get(arm, []) if i != ids]
+            kept = [(i, c) for i, c in self._recent.pop(arm, []) if i != ids]
             self._recent[arm] = [(ids, out.past_key_values), *kept][: self.RECENT_PER_ARM]
+            while len(self._recent) > self.RECENT_ARMS:  # memory stays bounded however many runs are compared
+                del self._recent[next(iter(self._recent))]  # the arm used longest ago
         return out.past_key_values
 
     def _stream(self, requests: list[Request], gen: GenConfig, mixed: bool) -> Iterator[list[str] | list[Reply]]:

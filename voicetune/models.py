@@ -87,8 +87,28 @@ def ensure_embedded() -> Path:
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "voicetune-source.json").exists():
-            _convert_embedded(dest)
+            _convert_in_own_process(dest)
     return dest
+
+
+def _convert_in_own_process(dest: Path) -> None:
+    """Convert in a child process, so the process that goes on to chat or train starts clean.
+
+    Converting in-process left the app ~500 MB larger and its compare rounds 1.3-1.8x slower until a
+    restart (measured with `make bench`'s compare round after a cold start); a child gives it all back.
+    A plain `python -c` child, not multiprocessing's spawn, which would re-run the caller's main script.
+    """
+    import subprocess
+    import sys
+
+    package_root = str(Path(__file__).resolve().parent.parent)
+    code = "import sys; from pathlib import Path; from voicetune.models import _convert_embedded; " \
+           "_convert_embedded(Path(sys.argv[1]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code, str(dest)], env=env)
+    if done.returncode != 0 or not (dest / "voicetune-source.json").exists():
+        raise ModelError(f"converting the embedded model into {dest} failed (exit code {done.returncode}); "
+                         "the messages above say why")
 
 
 def resolve_base_model(name: str | None) -> str:

@@ -88,6 +88,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     from voicetune.jobs import Cancelled
 
     try:
+        # A cancel that came while the job was being started found no process to signal: honour it here,
+        # now that SIGTERM raises Cancelled (a short job could otherwise finish as if never cancelled).
+        if a.job:
+            from voicetune.jobs import cancel_requested
+
+            if cancel_requested(a.job):
+                raise Cancelled()
         # Check the file before importing torch: bad data costs a second, not a model load.
         from voicetune.data import load_conversations
 

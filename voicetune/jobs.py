@@ -469,6 +469,12 @@ def child_connection() -> sqlite3.Connection:
     return store.connect(Path(os.environ["VOICETUNE_JOBS_DB"])) if os.environ.get("VOICETUNE_JOBS_DB") else db()
 
 
+def cancel_requested(job_id: str) -> bool:
+    """Whether a cancel came before this child could be signalled (it was being started at the time)."""
+    row = child_connection().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return bool(row and row["cancel_requested"])
+
+
 def record_end(job_id: str, state: str, code: str | None = None, message: str = "") -> None:
     """The child's last word: its final state. Without it the supervisor will call the job interrupted."""
     _set_state(child_connection(), job_id, state, when=("running",), code=code, message=message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,7 @@ def test_a_later_round_reuses_the_start_it_shares_and_answers_the_same(trained: 
     and the reused cache holds what a fresh prefill computes."""
     from voicetune.arena import Round, base_arm, prompt_only_arm, round_requests, run_arm
     from voicetune.config import GenConfig
-    from voicetune.generate import BASE, _shared_start
+    from voicetune.generate import BASE
 
     chat_model = _chat_with(trained)
     arms = [base_arm(), prompt_only_arm("Talk like a pirate. Mention the parrot in every reply.", []),
@@ -139,7 +140,7 @@ def test_a_later_round_reuses_the_start_it_shares_and_answers_the_same(trained: 
     batch, _ = chat_model._inputs(requests, gen)
     ids = batch["input_ids"][1][batch["attention_mask"][1].bool()][:-1].tolist()  # the prompt-only row
     earlier = [old for old, _ in chat_model._recent[BASE]]
-    assert max(_shared_start(old, ids) for old in earlier) > 20  # the instructions are shared
+    assert max(len(os.path.commonprefix([old, ids])) for old in earlier) > 20  # the instructions are shared
     with torch.inference_mode():
         reused = chat_model._row_cache(ids, BASE)
         fresh = chat_model.model(input_ids=torch.tensor([ids]), use_cache=True, adapter_names=[BASE]).past_key_values

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -221,17 +222,18 @@ class ChatModel:
         if int(mask.sum(dim=1).min()) < 2:
             return None
         width = ids.shape[1] - 1  # generate feeds the last prompt token itself
+        # A static cache: decoding writes each step in place instead of copying the whole cache every step.
+        # Checked before any prefill, so a model it does not suit costs nothing here.
+        cache = StaticCache(config=self.model.config, max_cache_len=width + 1 + max_new_tokens)
+        if not all(type(layer) is StaticLayer for layer in cache.layers):
+            return None  # sliding-window or other special layers: leave the batch to generate
         caches = [self._row_cache(ids[i, mask[i]][:-1].tolist(), r.adapter or BASE) for i, r in enumerate(requests)]
         if not all(type(layer) is DynamicLayer for c in caches for layer in c.layers):
-            return None  # sliding-window or other special layers: leave the batch to generate
+            return None
 
         def stacked(tensors: list[Any]) -> Any:
             return torch.cat([torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) for t in tensors])
 
-        # A static cache: decoding writes each step in place instead of copying the whole cache every step
-        cache = StaticCache(config=self.model.config, max_cache_len=width + 1 + max_new_tokens)
-        if not all(type(layer) is StaticLayer for layer in cache.layers):
-            return None
         for n, layer in enumerate(cache.layers):
             layer.update(stacked([c.layers[n].keys for c in caches]), stacked([c.layers[n].values for c in caches]))
         return cache
@@ -253,7 +255,7 @@ class ChatModel:
             recent = list(self._recent.get(arm, []))
         shared, cache = 0, None
         for old_ids, old_cache in recent:
-            n = _shared_start(old_ids, ids)
+            n = len(os.path.commonprefix([old_ids, ids]))  # works on any lists
             if n > shared:
                 shared, cache = n, old_cache
         shared = min(shared, len(ids) - 1)  # at least one token runs, so the forward returns the cache
@@ -353,16 +355,6 @@ class _BatchStreamer:
                     return
                 item = nxt
             yield item
-
-
-def _shared_start(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two prompts have in common."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 _shared: dict[str, ChatModel] = {}

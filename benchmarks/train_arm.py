@@ -3,10 +3,11 @@
 Arms:
 - `voicetune`: voicetune's engine, `train.run_sft` with the settings a user gets by default.
 - `trl`: what a user writes by hand with plain TRL + PEFT: the conversational "messages" file loaded with
-  `datasets`, `SFTConfig` left at its defaults, `LoraConfig(target_modules="all-linear")`. On a CPU it turns
-  off the two TRL defaults that break there (bf16 autocast without bf16 instructions, gradient
-  checkpointing), as PERFORMANCE.md's traps tell every user to.
-- `trl-defaults`: the same with nothing turned off (on a CPU without bf16 instructions, emulated bf16).
+  `datasets`, `SFTConfig` left at its defaults, `LoraConfig(target_modules="all-linear")`. On a CPU it sets
+  what a careful user sets there: `use_cpu=True`, gradient checkpointing off, and the precision given by
+  `--precision` (fp32; or bf16 autocast, which pays only on CPUs with bf16 instructions).
+- `trl-defaults`: SFTConfig's defaults (bf16, gradient checkpointing on); on a CPU with `use_cpu=True`, which
+  TRL's own error asks for there, unless `--as-is` (then TRL refuses bf16 on a CPU and the arm fails).
 
 Both sides get the same optimisation settings (learning rate, schedule, batch size, LoRA rank, one epoch
 over the same conversations, seed), so every conversation is trained exactly once on each side and only
@@ -45,7 +46,8 @@ def _peak_memory_mb(device: str) -> float:
 def _optim_settings(cfg: Any) -> dict[str, Any]:
     """The optimisation settings both arms share, taken from voicetune's TrainConfig."""
     return dict(learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=0.05,
-                per_device_train_batch_size=cfg.batch_size, num_train_epochs=1, seed=cfg.seed, data_seed=cfg.seed)
+                per_device_train_batch_size=cfg.batch_size, num_train_epochs=1, max_steps=cfg.max_steps,
+                seed=cfg.seed, data_seed=cfg.seed)
 
 
 def run_voicetune(cfg: Any, device: str) -> dict[str, Any]:
@@ -57,7 +59,22 @@ def run_voicetune(cfg: Any, device: str) -> dict[str, Any]:
             "precision": record["precision"], "threads": record["torch_threads"]}
 
 
-def run_trl(cfg: Any, device: str, defaults: bool) -> dict[str, Any]:
+def trl_fixes(device: str, defaults: bool, precision: str, as_is: bool) -> dict[str, Any]:
+    """The SFTConfig settings a hand-written baseline changes from TRL's defaults on this device.
+
+    On a GPU the defaults stand (QLoRA, bf16). On a CPU TRL refuses its own bf16 default without
+    `use_cpu=True` ("Your setup doesn't support bf16/gpu"), so a user who reads that error adds the flag; a
+    careful user also turns gradient checkpointing off (not needed below ~1.5B parameters, and slow with LoRA)
+    and picks the precision the CPU runs fastest, which the bench measures rather than assumes.
+    """
+    if device == "cuda" or as_is:
+        return {}
+    if defaults:
+        return {"use_cpu": True}
+    return {"use_cpu": True, "bf16": precision == "bf16", "gradient_checkpointing": False}
+
+
+def run_trl(cfg: Any, device: str, fixes: dict[str, Any]) -> dict[str, Any]:
     """The hand-written baseline: nothing of voicetune's is used here."""
     import torch
     from datasets import load_dataset
@@ -73,7 +90,6 @@ def run_trl(cfg: Any, device: str, defaults: bool) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
     dataset = load_dataset("json", data_files=cfg.data, split="train")
-    fixes = {} if defaults or device == "cuda" else dict(bf16=False, gradient_checkpointing=False)
     args = SFTConfig(output_dir=str(Path(cfg.out).parent / f".{Path(cfg.out).name}-work"), report_to="none",
                      save_strategy="no", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                      **_optim_settings(cfg), **fixes)
@@ -84,7 +100,8 @@ def run_trl(cfg: Any, device: str, defaults: bool) -> dict[str, Any]:
     seen = trainer.state.num_input_tokens_seen
     return {"train_loss": result.training_loss, "tokens_per_s": round(seen / result.metrics["train_runtime"], 1),
             "steps": trainer.state.global_step, "tokens_seen": int(seen), "threads": torch.get_num_threads(),
-            "precision": "bf16 autocast" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "precision": ("bf16 autocast" if args.bf16 else "fp16" if args.fp16 else "fp32")
+            + (", checkpointing on" if args.gradient_checkpointing else ""),
             "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
@@ -132,6 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="where the adapter is saved")
     p.add_argument("--result", required=True, help="JSON file that receives the figures")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="trl arm on a CPU: fp32, or bf16 autocast (fast only with bf16 instructions)")
+    p.add_argument("--as-is", action="store_true",
+                   help="trl-defaults arm: SFTConfig's defaults untouched, without use_cpu=True on a CPU")
     p.add_argument("--padding-free", choices=("on", "off"), default="off",
                    help="voicetune arm only; off is TrainConfig's default")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's choice")
@@ -140,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trl-head", action="store_true",
                    help="voicetune arm only: TRL's own fused LM head instead of train.labelled_head_loss")
     p.add_argument("--dropout", type=float, default=None, help="voicetune arm only: LoRA dropout")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: one epoch)")
     p.add_argument("--no-loss-check", action="store_true", help="skip scoring the saved adapter")
     a = p.parse_args(argv)
 
@@ -157,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     cfg = TrainConfig(data=a.data, out=a.out, base_model=a.model, epochs=1, batch_size=a.batch_size,
-                      val_fraction=0.0, scorecard=False, early_stopping=False, logging_steps=1,
+                      max_steps=a.max_steps, val_fraction=0.0, scorecard=False, early_stopping=False, logging_steps=1,
                       padding_free=a.padding_free == "on")
     if a.dropout is not None:
         cfg.lora.dropout = a.dropout
@@ -166,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.arm == "voicetune":
         figures = run_voicetune(cfg, device)
     else:
-        figures = run_trl(cfg, device, defaults=a.arm == "trl-defaults")
+        defaults = a.arm == "trl-defaults"
+        figures = run_trl(cfg, device, trl_fixes(device, defaults, a.precision, a.as_is))
     figures["seconds_to_adapter"] = round(time.perf_counter() - started, 2)
     figures["peak_memory_mb"] = round(_peak_memory_mb(device))
     if not a.no_loss_check:

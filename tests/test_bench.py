@@ -134,11 +134,16 @@ def test_bench_runs_on_a_tiny_model_and_writes_its_table(tiny_model: Path, tmp_p
     out = run.main(["--sections", "train,compare", "--conversations", "4", "--repeats", "1",
                     "--model", str(tiny_model), "--results-dir", str(tmp_path)])
     text = out.read_text(encoding="utf-8")
-    assert out.parent == tmp_path and re.fullmatch(r"\d{4}-\d{2}-\d{2}-cpu-\d+core\.md", out.name)
+    kind = run.host_kind()
+    assert out.parent == tmp_path and re.fullmatch(rf"\d{{4}}-\d{{2}}-\d{{2}}-cpu-\d+core-{kind}\.md", out.name)
+    assert f"host kind {kind}" in text
     for heading in ("## Training", "## Compare: one round, 3 arms", "Load average"):
         assert heading in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert {"voicetune", "trl", "batched", "in turn", "one arm"} <= set(rows)
+    assert {"voicetune", "trl, fp32", "trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True",
+            "batched", "in turn", "one arm"} <= set(rows)
+    assert not any("failed" in row for row in rows.values())
+    assert re.search(r"- Baseline: `trl, [^`]+`, the fastest plain-TRL configuration measured on this host", text)
     assert "(1 steps, " in text  # 4 conversations, batch 4: one step on each arm
     assert "same tokens (greedy): yes" in text  # batched and in-turn arms produced identical replies
     targets = [line for line in text.splitlines() if "(target" in line]
@@ -175,3 +180,40 @@ def test_small_batch_linears_give_the_same_outputs(tiny_model: Path) -> None:
     assert speed_up_small_batches(model) == 0  # already switched: nothing to do twice
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
     assert got[0].is_contiguous()
+
+
+def test_a_failing_arm_is_reported_and_the_fastest_whole_baseline_is_chosen(tiny_model: Path, tmp_path: Path) -> None:
+    """A failure is a row of the table, not the end of the run; sampled or failed arms never become the baseline."""
+    from benchmarks import run
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
+    failed = run.train_arm("trl", str(tmp_path / "no-such-model"), data, tmp_path, "broken")
+    assert set(failed) == {"failed"} and failed["failed"]
+
+    def arm(tps: float, loss: float | None, steps: int) -> dict:
+        return {"tokens_per_s": tps, "assistant_loss": loss, "train_loss": 1.0, "steps": steps, "precision": "x",
+                "seconds_to_adapter": 1.0, "peak_memory_mb": 1.0}
+
+    summary = run.summarise_train({
+        "voicetune": [arm(300, 2.0, 8)], "trl, fp32": [arm(100, 2.0, 8)],
+        "trl, bf16 autocast, use_cpu=True": [arm(150, 2.0, 8)],
+        "trl, defaults with use_cpu=True": [arm(900, None, 2)],  # sampled over 2 steps: not a whole epoch
+        "trl, library defaults as is": [failed]})
+    assert run.best_baseline(summary) == "trl, bf16 autocast, use_cpu=True"
+    table = "\n".join(run.train_table(summary, "cpu"))
+    assert "| trl, library defaults as is | failed: " in table
+    assert "Training speed: 2.00× the baseline's" in table
+
+
+def test_bf16_baselines_are_measured_in_full_only_where_the_cpu_has_bf16() -> None:
+    from benchmarks import run
+
+    for kind in ("amx", "avx512-bf16", "avx512", "avx2"):
+        arms = {label: (flags, every) for label, _, flags, every in run.baseline_arms("cpu", kind)}
+        native = kind in ("amx", "avx512-bf16")
+        assert set(arms) == {"trl, fp32", "trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True"}
+        assert arms["trl, fp32"] == (["--precision", "fp32"], True)
+        for label in ("trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True"):
+            assert arms[label][1] is native
+            assert ("--max-steps" in arms[label][0]) is not native

@@ -36,10 +36,29 @@ def base_path() -> str:
     old = os.environ.get("VOICETUNE_CACHE")
     os.environ["VOICETUNE_CACHE"] = str(MODEL_CACHE)
     try:
-        return models.resolve_base_model(None)
+        path = models.resolve_base_model(None)
     finally:
         if old is not None:
             os.environ["VOICETUNE_CACHE"] = old
+    _BASE_DIGEST.setdefault("model.safetensors", _sha256(Path(path) / "model.safetensors"))
+    return path
+
+
+_BASE_DIGEST: dict[str, str] = {}  # the base weights' hash when the session first used them, before any training
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_digest_at_start() -> str:
+    return _BASE_DIGEST["model.safetensors"]
 
 
 @pytest.fixture(scope="session")

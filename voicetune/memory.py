@@ -71,6 +71,11 @@ class ModelShape:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
     @property
+    def non_embedding_params(self) -> int:
+        """The parameters that cost FLOPs per token (MFU and time estimates leave the embeddings out)."""
+        return self.params - self.embedding_params
+
+    @property
     def params(self) -> int:
         norms = self.layers * 2 * self.hidden + self.hidden
         return self.linear_params + self.embedding_params + norms

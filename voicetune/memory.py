@@ -157,7 +157,11 @@ def free_bytes(device: str) -> int | None:
         return None
     import torch
 
-    return int(torch.cuda.mem_get_info()[0])
+    from voicetune.models import local_rank
+
+    # This process's own GPU: asking the current device before accelerate has set it would open a second
+    # CUDA context on GPU 0 from every rank.
+    return int(torch.cuda.mem_get_info(local_rank())[0])
 
 
 def shape_of(path: str) -> ModelShape | None:

@@ -345,7 +345,7 @@ def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch:
         report(check)
         return check if check.passed else None
 
-    bf16 = run(lambda: check_training("QLoRA training, bf16" if cuda else "QLoRA training (CPU smoke: fp32)",
+    bf16 = run(lambda: check_training("QLoRA training, bf16" if cuda else "QLoRA training (CPU smoke, fp32)",
                                       base, data, work / "bf16", steps, fp16=False), "QLoRA training, bf16")
     fp16_name = "QLoRA training, fp16 forced (as on a T4)" if cuda else "QLoRA training, second adapter (CPU smoke)"
     fp16 = run(lambda: check_training(fp16_name, base, data, work / "fp16", steps, fp16=cuda), fp16_name)

@@ -71,7 +71,7 @@ def test_cpu_smoke_runs_every_check(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = gpu_check.main(["--cpu-smoke", "--out", str(tmp_path)])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert [line.split(":")[0] for line in lines] == [
-        "PASS QLoRA training (CPU smoke: fp32)", "PASS QLoRA training, second adapter (CPU smoke)",
+        "PASS QLoRA training (CPU smoke, fp32)", "PASS QLoRA training, second adapter (CPU smoke)",
         "PASS chat", "PASS merge into the full-precision base", "PASS training bench vs plain TRL QLoRA"], lines
     assert code == 0
     (result,) = tmp_path.glob("*-cpu-smoke.md")

@@ -187,6 +187,41 @@ def test_qlora_run_trains_saves_and_lets_go_of_everything(tiny_model: Path, tmp_
     assert any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k)  # it learned
 
 
+def test_activation_checkpointing_from_the_config_trains(tiny_model: Path, tmp_path: Path) -> None:
+    data = voice_data(tmp_path / "d.jsonl", "Arr.")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "out"), base_model=str(tiny_model), max_steps=2,
+                      val_fraction=0.0, scorecard=False, early_stopping=False, qlora=True,
+                      activation_checkpointing=True)
+    record = train.run_sft(cfg)
+    assert record["activation_checkpointing"] is True and record["config"]["activation_checkpointing"] is True
+    assert record["metrics"]["steps"] == 2
+    assert all(h["loss"] == h["loss"] for h in record["history"] if "loss" in h)  # finite, not NaN
+
+
+@pytest.mark.slow  # two short QLoRA runs of the embedded model: about a minute
+def test_embedded_model_in_4bit_answers_two_adapters_and_the_base_in_one_batch(base_path: str,
+                                                                               tmp_path: Path) -> None:
+    from voicetune.generate import ChatModel, Request
+
+    folders = []
+    for name, reply in (("pirate", "Arr, the crew be on it, matey!"), ("butler", "Very good, madam. Consider it done.")):
+        data = voice_data(tmp_path / f"{name}.jsonl", reply)
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), max_steps=4, batch_size=4, val_fraction=0.0,
+                          scorecard=False, early_stopping=False, learning_rate=2e-3, qlora=True)
+        assert train.run_sft(cfg)["precision"] == "QLoRA (NF4 4-bit), fp32 on CPU"
+        folders.append(tmp_path / name)
+    chat = ChatModel(four_bit=True)
+    names = [chat.load_adapter(f) for f in folders]
+    msgs = [{"role": "user", "content": "Can I get a refund?"}]
+    requests = [Request(msgs, None), *(Request(msgs, n) for n in names)]
+    gen = GenConfig(max_new_tokens=16)
+    batched = chat.generate(requests, gen)
+    chat.batch_arms = False
+    alone = chat.generate(requests, gen)
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert len({r.text for r in batched}) == 3, [r.text for r in batched]
+
+
 @pytest.fixture(scope="module")
 def two_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("qlora-adapters")

@@ -56,6 +56,12 @@ def test_warmup_steps_are_left_out_of_the_rate() -> None:
         gpu_check.windowed_rate(points, warmup=3)
 
 
+def test_first_divergence_of_two_greedy_replies() -> None:
+    assert gpu_check.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert gpu_check.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert gpu_check.first_divergence([1, 2], [1, 2, 3]) == 2
+
+
 def test_results_file_names_the_gpu_and_lists_every_check(tmp_path: Path) -> None:
     path = gpu_check.results_path("2026-11-26", "NVIDIA H100 80GB HBM3", tmp_path)
     assert path == tmp_path / "2026-11-26-nvidia-h100-80gb-hbm3.md"

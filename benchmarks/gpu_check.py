@@ -166,21 +166,21 @@ def subset(n: int, dest: Path) -> Path:
     return dest
 
 
-def train_config(data: Path, out: Path, base: Path, steps: int, batch: int) -> Any:
+def train_config(data: Path, out: Path, base: Path, steps: int, batch: int, seed: int = 42) -> Any:
     from voicetune.config import LoraSettings, TrainConfig
 
     return TrainConfig(data=str(data), out=str(out), base_model=str(base), max_steps=steps, batch_size=batch,
-                       val_fraction=0.0, scorecard=False, early_stopping=False, learning_rate=1e-3,
+                       val_fraction=0.0, scorecard=False, early_stopping=False, learning_rate=1e-3, seed=seed,
                        max_length=4096, qlora=True, lora=LoraSettings(r=16, alpha=32))
 
 
 # --- the checks --------------------------------------------------------------------------------------------
 
-def check_training(name: str, base: Path, data: Path, out: Path, steps: int, fp16: bool) -> Check:
+def check_training(name: str, base: Path, data: Path, out: Path, steps: int, fp16: bool, seed: int = 42) -> Check:
     from voicetune import train
 
     with forced_precision(fp16):
-        record = train.run_sft(train_config(data, out, base, steps, batch=4))
+        record = train.run_sft(train_config(data, out, base, steps, batch=4, seed=seed))
     losses = [h["loss"] for h in record["history"] if "loss" in h]
     finite = all(x == x and abs(x) != float("inf") for x in losses)
     ok = record["metrics"]["steps"] == steps and finite and bool(losses) and (out / train.ADAPTER_WEIGHTS).exists()
@@ -384,7 +384,8 @@ def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch:
     bf16 = run(lambda: check_training("QLoRA training, bf16" if cuda else "QLoRA training (CPU smoke, fp32)",
                                       base, data, work / "bf16", steps, fp16=False), "QLoRA training, bf16")
     fp16_name = "QLoRA training, fp16 forced (as on a T4)" if cuda else "QLoRA training, second adapter (CPU smoke)"
-    fp16 = run(lambda: check_training(fp16_name, base, data, work / "fp16", steps, fp16=cuda), fp16_name)
+    # Another seed, so the two adapters differ even where both train in the same precision (the CPU smoke)
+    fp16 = run(lambda: check_training(fp16_name, base, data, work / "fp16", steps, fp16=cuda, seed=7), fp16_name)
     adapters = [work / "bf16", work / "fp16"]
     if bf16 and fp16:
         run(lambda: check_chat(base, adapters, device), "chat")

@@ -209,7 +209,8 @@ def check_chat(base: Path, adapters: list[Path], device: str) -> Check:
             for r, b, a in zip(requests, batched, alone)]
     tps = sum(r.reply_tokens for r in batched) / max(r.seconds for r in batched)
     figures = {"four_bit": chat.precision.qlora, "same_greedy": same, "first_token_s": batched[0].first_token_s,
-               "batch_tokens_per_s": round(tps, 1), "alone_tokens_per_s": [round(r.tokens_per_second, 1) for r in alone]}
+               "batch_tokens_per_s": round(tps, 1),
+               "alone_tokens_per_s": [round(r.tokens_per_second, 1) for r in alone]}
     ttft = f"{batched[0].first_token_s:.3f} s" if batched[0].first_token_s else "n/a"
     return Check("chat: base + 2 adapters in one mixed batch on the 4-bit base", all(same) and chat.precision.qlora,
                  f"greedy equal one-at-a-time for {sum(same)}/{len(same)} arms; first token {ttft}, "

@@ -3,7 +3,6 @@ first time estimate on a GPU; and the whole script on a CPU with a tiny config (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

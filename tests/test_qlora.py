@@ -204,7 +204,8 @@ def test_embedded_model_in_4bit_answers_two_adapters_and_the_base_in_one_batch(b
     from voicetune.generate import ChatModel, Request
 
     folders = []
-    for name, reply in (("pirate", "Arr, the crew be on it, matey!"), ("butler", "Very good, madam. Consider it done.")):
+    voices = (("pirate", "Arr, the crew be on it, matey!"), ("butler", "Very good, madam. Consider it done."))
+    for name, reply in voices:
         data = voice_data(tmp_path / f"{name}.jsonl", reply)
         cfg = TrainConfig(data=str(data), out=str(tmp_path / name), max_steps=4, batch_size=4, val_fraction=0.0,
                           scorecard=False, early_stopping=False, learning_rate=2e-3, qlora=True)

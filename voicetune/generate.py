@@ -104,7 +104,9 @@ class ChatModel:
         self.precision = chat_precision(models.detect_device(), self.path, four_bit)
         self.model: Any = models.load_model(self.path, self.precision, for_training=False)
         models.speed_up_small_batches(self.model)  # a compare round decodes one row per arm
-        self.lock = threading.RLock()  # one per model object: see the class docstring
+        # One per model object (see the class docstring). generate() takes it in its worker thread, so never
+        # call generate() while holding it yourself: that thread would wait for you forever.
+        self.lock = threading.RLock()
         self.adapters: dict[str, str] = {}  # name -> folder, as asked for by load_adapter
         self._loaded: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # weights key -> PEFT name, LRU order
         self._serial = 0  # numbers the PEFT names, which must never be reused for other weights

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench clean chromium
+.PHONY: setup run test test-fast bench gpu-check clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-fast: setup
 # benchmarks/results/<date>-<device>.md. A few minutes on a CPU. BENCH_ARGS adds options (e.g. --levers).
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# QLoRA on a real GPU: five checks (bf16 and fp16 training, 4-bit mixed-batch chat, merge, bench against plain
+# TRL), one PASS/FAIL line each, under 8 minutes on one H100, no network; results to benchmarks/results/.
+gpu-check: setup
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

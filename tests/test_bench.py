@@ -115,6 +115,8 @@ def test_one_conversation_per_pass_and_padding_free_train_like_padded_batches(
     single, record = losses("single")
     assert (record["micro_batch"], record["accumulation"]) == (1, 2)
     assert record["loss_head"] == "LabelledHeadSFTTrainer"
+    # The engine keeps padding-free off on a CPU's sdpa (train.padding_free_plan); forced on here to check its loss
+    monkeypatch.setattr(train, "padding_free_plan", lambda asked, device, attention: (asked, None))
     flat, record = losses("flat", padding_free=True)
     assert record["micro_batch"] == 2 and record["config"]["padding_free"] is True
     # Padded batches through TRL's own fused head, as on a GPU

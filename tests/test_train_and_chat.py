@@ -81,7 +81,7 @@ def test_base_arm_is_the_plain_base_model(trained: Path, base_path: str):
     with torch.no_grad():
         want = fresh(**ids).logits
         got = chat.model(**ids, adapter_names=[BASE]).logits
-        tuned = chat.model(**ids, adapter_names=[name]).logits
+        tuned = chat.model(**ids, adapter_names=chat._peft_names([name])).logits
     assert torch.equal(got, want)
     assert not torch.allclose(tuned, want)
 
@@ -110,6 +110,7 @@ def test_batched_arms_equal_one_at_a_time(trained: Path):
     """Three arms of different prompt lengths in one padded batch give the same greedy replies as alone."""
     from voicetune.arena import Round, base_arm, prompt_only_arm, round_requests, run_arm
     from voicetune.config import GenConfig
+    from voicetune.generate import BASE
 
     chat_model = _chat_with(trained)
     arms = [base_arm(), prompt_only_arm("Talk like a pirate.", []), run_arm(trained.name)]
@@ -118,7 +119,8 @@ def test_batched_arms_equal_one_at_a_time(trained: Path):
     # The batch is padded, so each arm's prompt is prefilled on its own and the caches stacked
     batch, _ = chat_model._inputs(requests, gen)
     with torch.inference_mode():
-        cache = chat_model._prefill_rows(batch, requests, gen.max_new_tokens)
+        arms = [n or BASE for n in chat_model._peft_names([r.adapter for r in requests])]
+        cache = chat_model._prefill_rows(batch, arms, gen.max_new_tokens)
     assert cache is not None and int(cache.get_seq_length()) == batch["input_ids"].shape[1] - 1
     batched = chat_model.generate(requests, gen)
     chat_model.batch_arms = False  # the fallback path: set_adapter / disable_adapter, one arm at a time

@@ -66,6 +66,11 @@ class TrainConfig:
     # but without a varlen kernel (flash-attention on a GPU) that mask is dense: on CPU `make bench` measured
     # it several times slower than length-grouped padded batches, so it is off unless you have that kernel.
     padding_free: bool = False
+    # Activation (gradient) checkpointing: keep only each layer's input and recompute the rest in backward.
+    # None: on only when the memory estimate says the run would not fit without it (voicetune/memory.py);
+    # an 8B base at max length 1024 x batch 4 needs ~25 GB of activations without it, ~2 GB with it.
+    # Costs 20-30% speed, so True/False force it for those who know their GPU.
+    activation_checkpointing: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):

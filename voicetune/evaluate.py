@@ -20,7 +20,7 @@ from typing import Any
 from voicetune import store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
 from voicetune.config import GenConfig
-from voicetune.generate import BASE, ChatModel, Request
+from voicetune.generate import ChatModel, Request
 from voicetune.templates import IGNORE, encode
 from voicetune.train import read_run
 
@@ -97,10 +97,7 @@ def nll(chat: ChatModel, input_ids: list[int], labels: list[int], adapter: str |
     """Summed negative log-likelihood of the labelled tokens, and their count, under one arm."""
     import torch
 
-    ids = torch.tensor([input_ids], device=chat.model.device)
-    extra = {"adapter_names": [adapter or BASE]} if chat.adapters else {}
-    with torch.inference_mode():
-        logits = chat.model(input_ids=ids, **extra).logits[0, :-1].float()
+    logits = chat.logits(input_ids, adapter)[:-1].float()
     target = torch.tensor(labels[1:], device=logits.device)
     losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
     return float(losses), int((target != IGNORE).sum())

@@ -12,7 +12,8 @@ import errno
 from dataclasses import dataclass
 
 FIXES = {
-    "oom": "The model ran out of memory. Reduce the max length or the batch size, or turn QLoRA on.",
+    "oom": "The model ran out of memory. Reduce the max length or the batch size, turn QLoRA on, or turn "
+           "activation checkpointing on (slower, but needs far less memory).",
     "cuda_missing": "A CUDA library is missing or does not match the driver. Reinstall the CUDA build of torch "
                     "for this machine, or train on the CPU.",
     "model": "The base model could not be loaded. Check the model id or folder, and that it is a causal "

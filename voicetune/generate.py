@@ -19,14 +19,15 @@ import os
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from voicetune import models
+from voicetune import memory, models
 from voicetune.config import GenConfig
 from voicetune.templates import render, template_fingerprint
-from voicetune.train import read_run
+from voicetune.train import ADAPTER_WEIGHTS, read_run
 
 log = logging.getLogger(__name__)
 
@@ -60,20 +61,55 @@ class Reply:
         return self.reply_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class ChatModel:
-    """Owns the loaded base model and its adapters; the UI and CLI ask it for replies."""
+def chat_precision(device: str, path: str, four_bit: bool | None = None) -> models.Precision:
+    """16-bit weights on a GPU where they fit beside a KV cache, else 4-bit NF4 (None: decided by memory.py).
 
-    def __init__(self, base_model: str | None = None):
+    16-bit first because unmerged adapters on 4-bit weights generate several times slower; but a 7-8B base in
+    16-bit (~16 GB) does not fit a 16 GB GPU, and PEFT serves mixed-adapter batches on bitsandbytes' 4-bit
+    layers as well. On a CPU the weights stay fp32 unless 4-bit is asked for.
+    """
+    if four_bit is None:
+        shape = memory.shape_of(path) if device == "cuda" else None
+        four_bit = shape is not None and not memory.chat_fits_16bit(shape, memory.free_bytes(device))
+    return models.precision_for(device, qlora=four_bit)
+
+
+def _weights_key(folder: str | Path) -> tuple[str, int, int]:
+    """What identifies an adapter's weights: its folder, and the modification time and size of its weights.
+
+    A run folder republished by a new training or an import gets a new key, so it is loaded again instead of
+    answering with the weights that were in memory.
+    """
+    path = Path(folder).resolve()
+    stat = (path / ADAPTER_WEIGHTS).stat()
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+class ChatModel:
+    """Owns the loaded base model and its adapters; the UI and CLI ask it for replies.
+
+    Adapters are asked for by name (a run id); PEFT holds them under internal names, one per version of the
+    weights on disk, at most MAX_ADAPTERS at a time (least recently used evicted). Every call that runs the
+    model or changes its adapters holds `lock`, so a scorecard loading its adapter never lands in the middle of
+    another visitor's compare round on the same model object.
+    """
+
+    MAX_ADAPTERS = 8  # adapters kept in memory; a compare round uses at most 4 and the scorecard 1
+
+    def __init__(self, base_model: str | None = None, four_bit: bool | None = None):
         self.base_model = base_model or models.default_base_model()
         self.path = models.resolve_base_model(self.base_model)
         self.tokenizer = models.load_tokenizer(self.path)
         self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
-        device = models.detect_device()
-        # Chat uses 16-bit weights on GPU (unmerged 4-bit adapters generate several times slower).
-        self.precision = models.precision_for(device, qlora=False)
+        self.precision = chat_precision(models.detect_device(), self.path, four_bit)
         self.model: Any = models.load_model(self.path, self.precision, for_training=False)
         models.speed_up_small_batches(self.model)  # a compare round decodes one row per arm
-        self.adapters: dict[str, str] = {}  # name -> folder
+        # One per model object (see the class docstring). generate() takes it in its worker thread, so never
+        # call generate() while holding it yourself: that thread would wait for you forever.
+        self.lock = threading.RLock()
+        self.adapters: dict[str, str] = {}  # name -> folder, as asked for by load_adapter
+        self._loaded: OrderedDict[tuple[str, int, int], str] = OrderedDict()  # weights key -> PEFT name, LRU order
+        self._serial = 0  # numbers the PEFT names, which must never be reused for other weights
         self.batch_arms = True  # False once a mixed-adapter batch has failed: then arms go one at a time
         # Each arm's recent prompts and their caches: the next round's prompt usually starts the same way
         # (the same instructions and examples), so only what is new is prefilled. See _row_cache.
@@ -95,27 +131,82 @@ class ChatModel:
         return record
 
     def load_adapter(self, adapter_dir: str | Path, name: str | None = None) -> str:
+        """Make the adapter in `adapter_dir` answer to `name` (default: the folder's name); returns the name."""
+        name = name or Path(adapter_dir).name
+        try:
+            self.check_adapter(adapter_dir)  # refuse early, with the record's own message, before any lock
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise AdapterError(str(e)) from e
+        with self.lock:
+            self.adapters[name] = str(adapter_dir)
+            try:
+                self._peft_names([name])
+            except AdapterError:
+                del self.adapters[name]
+                raise
+        return name
+
+    def _peft_names(self, names: list[str | None]) -> list[str | None]:
+        """The PEFT adapter name serving each asked name (None: the base), loading what is missing or stale.
+
+        Called with `lock` held, just before the model runs, so what it returns stays loaded until then.
+        """
+        out: list[str | None] = []
+        for name in names:
+            if name is None:
+                out.append(None)
+                continue
+            if name not in self.adapters:
+                raise KeyError(f"adapter {name!r} is not loaded")
+            folder = self.adapters[name]
+            try:
+                key = _weights_key(folder)
+            except OSError as e:
+                raise AdapterError(f"adapter {Path(folder).name} is gone: {e.strerror}") from e
+            if key not in self._loaded:
+                self._loaded[key] = self._load_weights(folder)
+            self._loaded.move_to_end(key)
+            out.append(self._loaded[key])
+        self._evict(keep={n for n in out if n is not None})
+        return out
+
+    def _load_weights(self, folder: str) -> str:
         from peft import PeftModel
 
         try:
-            self.check_adapter(adapter_dir)
+            self.check_adapter(folder)
         except (FileNotFoundError, json.JSONDecodeError) as e:
             raise AdapterError(str(e)) from e
-        name = name or Path(adapter_dir).name
-        if name in self.adapters:
-            return name
+        self._serial += 1
+        peft_name = f"adapter{self._serial}"  # never a folder name: PEFT refuses names with dots
         try:
-            if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(folder, adapter_name=peft_name)
             else:
-                self.model.load_adapter(str(adapter_dir), adapter_name=name)
+                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=peft_name)
         except Exception as e:  # noqa: BLE001 - a damaged file surfaces as many different library errors
-            raise AdapterError(f"adapter {Path(adapter_dir).name} could not be loaded (damaged or incomplete "
+            raise AdapterError(f"adapter {Path(folder).name} could not be loaded (damaged or incomplete "
                                f"files?): {type(e).__name__}: {str(e)[:200]}") from e
         self.model.eval()
         models.speed_up_small_batches(self.model)  # the adapter's own layers
-        self.adapters[name] = str(adapter_dir)
-        return name
+        return peft_name
+
+    def _evict(self, keep: set[str]) -> None:
+        """Delete weights no longer on disk under their folder (a republished run's old version), then the least
+        recently used beyond MAX_ADAPTERS; never one in `keep`, the request about to run."""
+        wanted = set()
+        for folder in set(self.adapters.values()):
+            with contextlib.suppress(OSError):
+                wanted.add(_weights_key(folder))
+        for key in [k for k in self._loaded if k not in wanted] + list(self._loaded):
+            if key not in self._loaded or self._loaded[key] in keep:
+                continue
+            if key in wanted and len(self._loaded) <= self.MAX_ADAPTERS:
+                continue
+            peft_name = self._loaded.pop(key)
+            self.model.delete_adapter(peft_name)
+            with self._recent_lock:
+                self._recent.pop(peft_name, None)
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -142,8 +233,10 @@ class ChatModel:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if self.adapters and mixed:
-            kwargs["adapter_names"] = [r.adapter or BASE for r in requests]
+        # A static cache (see _prefill_rows) makes transformers compile the forward on a GPU; the compiled
+        # graphs are per thread and PEFT's per-call adapter_names hooks are not guarded, so a row could be
+        # answered by another arm's adapter. Mixed batches must run eagerly.
+        kwargs["disable_compile"] = True
         return batch, kwargs
 
     def _replies(self, batch: Any, out: Any, seconds: list[float], first_token_s: float | None) -> list[Reply]:
@@ -184,7 +277,7 @@ class ChatModel:
                     yield update
                 return
             except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
-                if started or not self.adapters:
+                if started or not self._loaded or isinstance(e, AdapterError):
                     raise
                 log.warning("mixed-adapter batch failed (%s); answering the arms one at a time", e)
                 self.batch_arms = False
@@ -194,18 +287,28 @@ class ChatModel:
         """One arm at a time: the base arm with every adapter disabled, the others with theirs active."""
         replies: list[Reply] = []
         for r in requests:
-            if r.adapter is None and self.adapters:
-                ctx: Any = self.model.disable_adapter()
-            else:
-                if r.adapter is not None:
-                    self.model.set_adapter(r.adapter)
-                ctx = contextlib.nullcontext()
-            with ctx:
-                *_, final = self._stream([r], gen, mixed=False)
+            *_, final = self._stream([r], gen, mixed=False)
             replies.extend(final)
         return replies
 
-    def _prefill_rows(self, batch: Any, requests: list[Request], max_new_tokens: int) -> Any:
+    def _arm(self, peft_name: str | None) -> Any:
+        """The model set up for one arm alone (lock held): its adapter active, or every adapter off for the base."""
+        if peft_name is None:
+            return self.model.disable_adapter() if self._loaded else contextlib.nullcontext()
+        self.model.set_adapter(peft_name)
+        return contextlib.nullcontext()
+
+    def logits(self, input_ids: list[int], adapter: str | None) -> Any:
+        """One sequence's logits under one arm (the scorecard's likelihoods), holding the model's lock."""
+        import torch
+
+        with self.lock, torch.inference_mode():
+            (peft_name,) = self._peft_names([adapter])
+            extra = {"adapter_names": [peft_name or BASE]} if self._loaded else {}
+            ids = torch.tensor([input_ids], device=self.model.device)
+            return self.model(input_ids=ids, **extra).logits[0]
+
+    def _prefill_rows(self, batch: Any, arms: list[str], max_new_tokens: int) -> Any:
         """Each arm's prompt through the model on its own, the caches stacked left-padded for one decode.
 
         A batch pads every prompt to the longest, and the prompt-only arm's instructions and examples make
@@ -227,7 +330,7 @@ class ChatModel:
         cache = StaticCache(config=self.model.config, max_cache_len=width + 1 + max_new_tokens)
         if not all(type(layer) is StaticLayer for layer in cache.layers):
             return None  # sliding-window or other special layers: leave the batch to generate
-        caches = [self._row_cache(ids[i, mask[i]][:-1].tolist(), r.adapter or BASE) for i, r in enumerate(requests)]
+        caches = [self._row_cache(ids[i, mask[i]][:-1].tolist(), arm) for i, arm in enumerate(arms)]
         if not all(type(layer) is DynamicLayer for c in caches for layer in c.layers):
             return None
 
@@ -264,7 +367,7 @@ class ChatModel:
                                                  for layer in cache.layers])
         else:
             shared, cache = 0, None
-        extra = {"adapter_names": [arm]} if self.adapters else {}
+        extra = {"adapter_names": [arm]} if self._loaded else {}
         out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.model.device), past_key_values=cache,
                          use_cache=True, **extra)
         with self._recent_lock:
@@ -284,12 +387,19 @@ class ChatModel:
 
         def work() -> None:
             try:
-                torch.manual_seed(gen.seed)
-                with torch.inference_mode():
-                    cache = self._prefill_rows(batch, requests, gen.max_new_tokens) if mixed else None
+                # Adapters are resolved (loaded, reloaded or evicted) and used under one hold of the lock, in
+                # the thread that runs the model, so no other call can swap them in between.
+                with self.lock, torch.inference_mode():
+                    peft_names = self._peft_names([r.adapter for r in requests])
+                    arms = [n or BASE for n in peft_names]
+                    if mixed and self._loaded:
+                        kwargs["adapter_names"] = arms
+                    cache = self._prefill_rows(batch, arms, gen.max_new_tokens) if mixed else None
                     if cache is not None:
                         kwargs["past_key_values"] = cache
-                    result["out"] = self.model.generate(**batch, **kwargs, streamer=streamer)
+                    with contextlib.nullcontext() if mixed else self._arm(peft_names[0]):
+                        torch.manual_seed(gen.seed)
+                        result["out"] = self.model.generate(**batch, **kwargs, streamer=streamer)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 result["error"] = e
             finally:
@@ -358,14 +468,16 @@ class _BatchStreamer:
 
 
 _shared: dict[str, ChatModel] = {}
+_shared_lock = threading.Lock()
 
 
 def shared_model(base_model: str | None = None) -> ChatModel:
     """The one loaded copy of a base model in this process, which every arm and the scorecard share."""
     key = base_model or models.default_base_model()
-    if key not in _shared:
-        _shared[key] = ChatModel(key)
-    return _shared[key]
+    with _shared_lock:  # two first visitors at once must not load two copies
+        if key not in _shared:
+            _shared[key] = ChatModel(key)
+        return _shared[key]
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:

@@ -198,7 +198,19 @@ def tokenizer_for(base_model: str | None) -> Any:
     return load_tokenizer(resolve_base_model(base_model or None))
 
 
-def load_model(path: str, precision: Precision, for_training: bool = True) -> Any:
+def local_rank() -> int:
+    """This process's GPU on its machine under `accelerate launch`/torchrun (LOCAL_RANK); 0 when run alone."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def device_map_for(rank: int) -> dict[str, int]:
+    """The whole model on this process's own GPU: with one map for every rank, all ranks but 0 would put their
+    copy (and bitsandbytes its 4-bit state) on GPU 0, and DDP refuses parameters on another rank's device."""
+    return {"": rank}
+
+
+def load_model(path: str, precision: Precision, for_training: bool = True,
+               attn_implementation: str | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -219,7 +231,9 @@ def load_model(path: str, precision: Precision, for_training: bool = True) -> An
     else:
         kwargs["dtype"] = torch.float32  # CPU: fp32 weights; bf16 autocast (where real) is the trainer's job
     if precision.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = device_map_for(local_rank())
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001

@@ -15,6 +15,7 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
 
     settings = auto_settings([118, 240, 96])        # token lengths of three conversations
     estimate_seconds(settings, [118, 240, 96], "cpu")
+    estimate_seconds(settings, [118, 240, 96], "cuda", first_estimate_tokens_per_s("cuda", base_path))
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PRESETS = (QUICK, BALANCED, THOROUGH)
 
 # Trained throughput in tokens per second (every non-padding token, prompt included) when this machine has no
 # finished run to learn from. CPU: measured for SmolLM2-135M in fp32 on 2 cores (48 conversations, 3 epochs,
-# 178 s). CUDA: a conservative figure for a small model in bf16; the first real run replaces it.
+# 178 s). CUDA: only when neither the model nor the GPU is known; first_estimate_tokens_per_s scales by both.
 DEFAULT_TOKENS_PER_S = {"cpu": 80.0, "cuda": 4000.0, "mps": 400.0}
 LOAD_SECONDS = {"cpu": 15.0, "cuda": 30.0, "mps": 20.0}  # model load, split and save around the steps
 
@@ -122,6 +123,23 @@ def estimate_seconds(settings: Settings, lengths: list[int], device: str, tokens
     else:
         tokens = tokens_per_epoch * settings.epochs
     return LOAD_SECONDS.get(device, 15.0) + tokens / rate
+
+
+def first_estimate_tokens_per_s(device: str, base_path: str | None = None, gpu_name: str | None = None) -> float:
+    """Throughput to expect before any run on this machine: on a GPU, its peak at an assumed MFU over the
+    model's FLOPs per token (gpus.expected_tokens_per_s), so an 8B model is not promised a 135M model's speed."""
+    if device == "cuda" and base_path:
+        from voicetune import gpus, memory
+
+        shape = memory.shape_of(base_path)
+        if gpu_name is None:
+            import torch
+
+            gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+        rate = gpus.expected_tokens_per_s(shape.non_embedding_params, gpu_name) if shape else None
+        if rate:
+            return rate
+    return DEFAULT_TOKENS_PER_S.get(device, DEFAULT_TOKENS_PER_S["cpu"])
 
 
 def measured_tokens_per_s(records: list[dict[str, Any]], device: str, base_hash: str | None = None) -> float | None:

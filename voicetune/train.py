@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from voicetune import models, store
+from voicetune import memory, models, store
 from voicetune.config import TrainConfig
 from voicetune.data import Conversation, DataError, load_conversations, split_train_val
 from voicetune.templates import Encoded, encode_all, template_fingerprint
@@ -192,12 +192,46 @@ def one_per_micro_batch(cfg: TrainConfig, device: str) -> bool:
     return device == "cpu" and not cfg.padding_free
 
 
+def micro_batching(cfg: TrainConfig, device: str) -> tuple[int, int]:
+    """Conversations per forward pass and passes per update (see one_per_micro_batch)."""
+    if one_per_micro_batch(cfg, device):
+        return 1, cfg.batch_size * cfg.grad_accum
+    return cfg.batch_size, cfg.grad_accum
+
+
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def padding_free_plan(asked: bool, device: str, attention: str | None) -> tuple[bool, str | None]:
+    """Whether padding-free batches are used, and the attention implementation to load the model with.
+
+    Padding-free pays only with an attention that reads the conversation boundaries from position_ids: flash
+    attention's varlen kernels, or flex attention's block-sparse mask. On sdpa or eager transformers builds a
+    dense (tokens x tokens) block mask instead, which costs more than the padding it saves. So: honoured as is
+    on a varlen attention; on a GPU the model is loaded with flex attention; on a CPU (no flex kernel without
+    a compiler) it stays off, and the CPU's one-conversation-per-pass batches waste no padding anyway.
+    """
+    if not asked:
+        return False, None
+    if attention in VARLEN_ATTENTION:
+        return True, None
+    if device == "cuda":
+        return True, "flex_attention"
+    return False, None
+
+
+def checkpointing_for(cfg: TrainConfig, estimate: memory.TrainingEstimate | None, available: int | None) -> bool:
+    """The config's choice, or (None) on exactly when the memory estimate says the run would not fit without it."""
+    if cfg.activation_checkpointing is not None:
+        return cfg.activation_checkpointing
+    return estimate is not None and memory.checkpointing_needed(estimate, available)
+
+
 def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_steps: int, has_val: bool,
-              early: bool) -> Any:
+              early: bool, checkpointing: bool = False) -> Any:
     from trl import SFTConfig
 
-    single = one_per_micro_batch(cfg, precision.device)
-    micro_batch, accumulate = (1, cfg.batch_size * cfg.grad_accum) if single else (cfg.batch_size, cfg.grad_accum)
+    micro_batch, accumulate = micro_batching(cfg, precision.device)
     eval_every = max(1, total_steps // 5)
     # Checkpoints serve two things: resuming an interrupted job and keeping the best one for early stopping.
     # They are saved at each evaluation, so the best by validation loss is always on disk.
@@ -227,7 +261,9 @@ def _sft_args(cfg: TrainConfig, work: Path, precision: models.Precision, total_s
         bf16=precision.bf16,
         fp16=precision.fp16,
         use_cpu=precision.device == "cpu",
-        gradient_checkpointing=False,  # 2-3x slower with LoRA and not needed below ~1.5B parameters
+        # transformers 5's name (`gradient_checkpointing` is its deprecated alias, and TRL defaults that alias
+        # to True: passing the new name explicitly overrides both). See checkpointing_for.
+        activation_checkpointing=checkpointing,
         optim="paged_adamw_8bit" if precision.qlora and precision.device == "cuda" else "adamw_torch",
         max_length=None,  # lengths were checked above; TRL must never truncate silently
         train_sampling_strategy="group_by_length",  # less padding per batch
@@ -287,12 +323,115 @@ def _trainer_class(device: str) -> type:
     return LabelledHeadSFTTrainer
 
 
+def keep_adapters_fp32(model: Any, precision: models.Precision) -> int:
+    """Put the trainable (LoRA) parameters back in fp32 unless training runs in bf16; returns how many moved.
+
+    TRL 1.16 casts the trainable parameters of any quantized model to bf16, whatever the precision flags
+    (sft_trainer.py, after get_peft_model; PEFT's autocast_adapter_dtype is not honoured for quantized models,
+    peft#2889). Under fp16 (a T4 or V100) the trainer's GradScaler then meets bf16 gradients and fails at the
+    first optimizer step (trl#4901), and on a CPU in fp32 the adapter would learn in bf16 for nothing. fp32
+    master weights under fp16 autocast are the usual mixed-precision recipe. Done after the trainer is built and
+    before train() creates the optimizer; `param.data` keeps each Parameter object, so nothing holds a stale one.
+    """
+    import torch
+
+    if precision.bf16:
+        return 0
+    moved = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            moved += 1
+    return moved
+
+
+@dataclass
+class Plan:
+    """How this run uses the device, decided before the model loads, and recorded in run.json."""
+
+    precision: models.Precision
+    padding_free: bool
+    attention: str | None  # attention implementation to load with; None: transformers' default (sdpa)
+    checkpointing: bool
+    estimate: memory.TrainingEstimate | None
+
+
+def plan_run(cfg: TrainConfig, base_path: str, device: str) -> Plan:
+    precision = models.precision_for(device, cfg.qlora)
+    padding_free, attention = padding_free_plan(cfg.padding_free, device, None)
+    micro_batch, _ = micro_batching(replace(cfg, padding_free=padding_free), device)
+    shape = memory.shape_of(base_path)
+    estimate = None if shape is None else memory.training_estimate(
+        shape, qlora=precision.qlora, lora_rank=cfg.lora.r, micro_batch=micro_batch, max_length=cfg.max_length,
+        eight_bit_optimizer=precision.qlora and device == "cuda")
+    checkpointing = checkpointing_for(cfg, estimate, memory.free_bytes(device))
+    return Plan(precision, padding_free, attention, checkpointing, estimate)
+
+
+def build_trainer(cfg: TrainConfig, plan: Plan, model: Any, tokenizer: Any, prepared: Prepared, work: Path,
+                  total_steps: int, early: bool, callbacks: list[Any]) -> Any:
+    """TRL's SFTTrainer with our LoRA config, args and callbacks; the adapter left in the dtype it trains in."""
+    from peft import LoraConfig
+    from transformers.trainer_callback import PrinterCallback
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    run_cfg = replace(cfg, padding_free=plan.padding_free)
+    trainer = _trainer_class(plan.precision.device)(
+        model=model,
+        args=_sft_args(run_cfg, work, plan.precision, total_steps, bool(prepared.val), early, plan.checkpointing),
+        train_dataset=_to_dataset(prepared.train),
+        eval_dataset=_to_dataset(prepared.val) if prepared.val else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead of raw dict prints
+    keep_adapters_fp32(trainer.model, plan.precision)
+    return trainer
+
+
+def release_device_memory() -> None:
+    """Give back what a finished run held, before the scorecard loads its own copy of the base model.
+
+    The trainer, its model and its callbacks reference each other, so they wait for the cycle collector, and
+    bitsandbytes keeps every paged optimizer buffer in a process-wide list: without this a 7-8B run left
+    several GB allocated on the GPU while the scorecard loaded the base again in the same process.
+    """
+    import gc
+
+    import torch
+
+    try:
+        from bitsandbytes.functional import GlobalPageManager
+
+        GlobalPageManager.get_instance().paged_tensors.clear()
+    except ImportError:
+        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = False) -> dict[str, Any]:
     """Train an adapter into cfg.out and return the run record written beside it.
 
     With resume=True, training continues from the newest whole checkpoint in cfg.checkpoint_dir.
     Under `accelerate launch`, every process trains and only the first one reports and saves.
+    Everything the run held (trainer, model, optimizer state) is released before this returns.
     """
+    try:
+        return _train(cfg, on_event, resume)
+    finally:
+        release_device_memory()
+
+
+def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str, Any]:
     rank, world = _rank()
     on_event = (on_event or (lambda e: None)) if rank == 0 else (lambda e: None)
     started = time.time()
@@ -307,14 +446,20 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
     on_event({"type": "data", "train": len(train_rows), "val": len(val_rows),
               "trained_tokens": sum(r.n_trained for r in train_rows)})
 
-    # Load the model
+    # Plan the device's use, then load the model
     import torch
-    from peft import LoraConfig
     from transformers import EarlyStoppingCallback
 
-    precision = models.precision_for(models.detect_device(), cfg.qlora)
+    plan = plan_run(cfg, base_path, models.detect_device())
+    precision = plan.precision
+    if cfg.padding_free and not plan.padding_free:
+        on_event({"type": "status", "message": "padding-free batches need flash or flex attention, which this "
+                  "device lacks: training one conversation per pass instead (same loss, no padding)"})
+    if plan.checkpointing and cfg.activation_checkpointing is None:
+        on_event({"type": "status", "message": "activation checkpointing on: the run would not fit in this "
+                  "GPU's free memory without it (about 20-30% slower)"})
     on_event({"type": "status", "message": f"loading the base model ({precision.label})"})
-    model = models.load_model(base_path, precision)
+    model = models.load_model(base_path, precision, attn_implementation=plan.attention)
 
     # Build the trainer
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
@@ -328,28 +473,11 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     early = _early_stopping(cfg, len(train_rows), len(val_rows))
-    lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
     callbacks = [_progress_callback(on_event, precision.device)]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = _trainer_class(precision.device)(
-        model=model,
-        args=_sft_args(cfg, work, precision, total_steps, bool(val_rows), early),
-        train_dataset=_to_dataset(train_rows),
-        eval_dataset=_to_dataset(val_rows) if val_rows else None,
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=callbacks,
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead of raw dict prints
+    trainer = build_trainer(cfg, plan, model, tokenizer, prepared, work, total_steps, early, callbacks)
+    del model  # the trainer holds the PEFT-wrapped model; no second reference outlives it
 
     # Train
     try:
@@ -379,6 +507,9 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
             "micro_batch": trainer.args.per_device_train_batch_size,
             "accumulation": trainer.args.gradient_accumulation_steps,
             "loss_head": type(trainer).__name__,
+            "padding_free": plan.padding_free,
+            "activation_checkpointing": plan.checkpointing,
+            "estimated_memory_mb": round(plan.estimate.total(plan.checkpointing) / 2**20) if plan.estimate else None,
             "data": {"file": str(cfg.data), "sha256_16": data_hash, "train": len(train_rows), "val": len(val_rows),
                      "trained_tokens": sum(r.n_trained for r in train_rows),
                      "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",

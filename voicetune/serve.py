@@ -207,7 +207,7 @@ class ReplyText:
         if not self.stopped:
             text = text.rstrip().rstrip("\ufffd").rstrip()
             held = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            text = text[: len(text) - held]
+            text = text[: len(text) - held].rstrip()
         return self._advance(text)
 
     def finish(self, final: str) -> tuple[str, str]:
@@ -230,12 +230,15 @@ ModelsFn = Callable[[], dict[str, Path | None]]
 
 def workspace_models(base_model: str) -> dict[str, Path | None]:
     """The current workspace's servable models: `base`, every finished run on this base model, and aliases."""
-    from voicetune.jobs import finished_runs
+    from voicetune.train import read_run
 
     found: dict[str, Path | None] = {BASE_MODEL_ID: None}
-    for record in finished_runs():
-        if record.get("base_model") == base_model and record.get("run_id"):
-            found[record["run_id"]] = store.run_dir(record["run_id"])
+    for folder in sorted(store.runs_dir().iterdir(), reverse=True):  # newest first; the folder name is the run id
+        try:
+            if not folder.name.startswith(".") and read_run(folder).get("base_model") == base_model:
+                found[folder.name] = folder
+        except (FileNotFoundError, ValueError):  # half-written or damaged: not a model
+            continue
     for alias, run_id in apikeys.aliases().items():
         if run_id in found and alias not in found:
             found[alias] = found[run_id]

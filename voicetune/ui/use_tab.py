@@ -53,10 +53,12 @@ reply = client.chat.completions.create(
     model="{model}",
     messages=[{{"role": "user", "content": "{EXAMPLE}"}}],
     max_tokens=200,
+    temperature=0,  # 0: the most likely reply, the same every time; up to 2 for more varied ones
 )
 print(reply.choices[0].message.content)
 '''
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": EXAMPLE}], "max_tokens": 200})
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": EXAMPLE}], "max_tokens": 200,
+                       "temperature": 0})
     curl = f'''curl {url}/chat/completions \\
   -H "Authorization: Bearer $VOICETUNE_API_KEY" \\
   -H "Content-Type: application/json" \\

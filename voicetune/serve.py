@@ -24,6 +24,7 @@ the stop (its batch ran on) but the caller never sees those tokens.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -256,14 +257,23 @@ class Service:
         self._chat_factory = chat
         self._chat: ChatModel | None = None
         self._scheduler: Scheduler | None = None
+        self._counter: Any = None
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
 
     def scheduler(self) -> Scheduler:
         with self._lock:  # the first request loads the model; the others wait for it
             if self._scheduler is None:
                 self._chat = self._chat_factory()
+                # A copy for counting: a fast tokenizer used by two threads at once, while ChatModel pads a
+                # batch with it, can fail ("Already borrowed"). Counting is serialised on the copy.
+                self._counter = copy.deepcopy(self._chat.tokenizer)
                 self._scheduler = Scheduler(self._chat)
             return self._scheduler
+
+    def count_tokens(self, text: str) -> int:
+        with self._count_lock:
+            return len(self._counter(text, add_special_tokens=False)["input_ids"])
 
     def authenticate(self, request: HTTPRequest) -> KeyInfo:
         header = request.headers.get("authorization", "")
@@ -278,15 +288,17 @@ class Service:
         with store.user_scope(key.owner):
             return self._models()
 
-    def prompt_tokens(self, chat: ChatModel, messages: list[dict]) -> int:
+    def prompt_tokens(self, messages: list[dict]) -> int:
         """Counted exactly as ChatModel tokenizes the prompt: the chat template with its generation prompt."""
         from voicetune.templates import TemplateError, render
 
+        self.scheduler()
         try:
-            text = render(chat.tokenizer, messages, add_generation_prompt=True)
+            with self._count_lock:
+                text = render(self._counter, messages, add_generation_prompt=True)
         except TemplateError as e:
             raise _invalid("messages", str(e)) from None
-        return len(chat.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.count_tokens(text)
 
 
 def _sse(data: Any) -> bytes:
@@ -345,10 +357,9 @@ class Answer:
 
     def _settle(self, reply: Reply | None) -> None:
         self.content = self.text.sent
-        chat = self.service._chat
         if self.text.stopped or reply is None:
             self.finish_reason = "stop"
-            completion = len(chat.tokenizer(self.content, add_special_tokens=False)["input_ids"]) if self.content else 0
+            completion = self.service.count_tokens(self.content) if self.content else 0
         else:
             completion = reply.reply_tokens
             self.finish_reason = "length" if completion >= self.req.sampling.max_tokens else "stop"
@@ -416,7 +427,7 @@ async def chat_completions(service: Service, request: HTTPRequest) -> Response:
     if req.model not in models:
         raise _model_not_found(req.model)
     scheduler = await run_in_threadpool(service.scheduler)
-    prompt_tokens = await run_in_threadpool(service.prompt_tokens, scheduler.chat, req.messages)
+    prompt_tokens = await run_in_threadpool(service.prompt_tokens, req.messages)
     if prompt_tokens > key.max_prompt_tokens:
         raise APIError(400, f"The prompt is {prompt_tokens} tokens after the chat template, but this key allows "
                             f"{key.max_prompt_tokens}. Shorten the conversation, or make a key with a higher limit.",

@@ -118,6 +118,7 @@ def build_use_tab(demo: gr.Blocks) -> gr.Dropdown:
                             label="Run to call (its id, an alias, or base)", scale=3)
         alias = gr.Textbox(label="Alias for this run (optional)", placeholder="e.g. cosmo", scale=2)
         alias_btn = gr.Button("Set alias", scale=1)
+        refresh_btn = gr.Button("↻ Runs", scale=0, min_width=80)  # a run that finished after the page loaded
     alias_msg = gr.Markdown()
     python = gr.Code(language="python", label="Python (openai client)", interactive=False)
     curl = gr.Code(language="shell", label="curl", interactive=False)
@@ -137,6 +138,7 @@ def build_use_tab(demo: gr.Blocks) -> gr.Dropdown:
     revoke_msg = gr.Markdown()
 
     model.change(snippets, model, [python, curl])
+    refresh_btn.click(load_use_tab, None, [model, table])
     alias_btn.click(set_alias, [alias, model], [alias_msg, model], api_name="set_model_alias")
     make_btn.click(make_key, [name, per_minute, max_tokens, max_prompt], [new_key, new_key_msg, table],
                    api_name="make_api_key")

@@ -463,6 +463,16 @@ def test_oversized_prompts_and_max_tokens_are_refused_with_400(app, tokenizer):
         "'max_tokens' is 33, but this key allows at most 32 reply tokens.")
     r = httpx.post(app.url + "/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {api.api_key}"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    huge = json.dumps({"model": ALICE_RUN, "messages": [{"role": "user", "content": "x" * (1 << 20)}]})
+    r = httpx.post(app.url + "/v1/chat/completions", content=huge, headers={"Authorization": f"Bearer {api.api_key}"})
+    assert r.status_code == 413 and r.json() == {"error": {
+        "message": "The request body is over 1024 KB: shorten the conversation.", "type": "invalid_request_error",
+        "param": None, "code": "request_too_large"}}
+    # other routes and methods under /v1 answer in OpenAI's shape too
+    r = httpx.get(app.url + "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"] == "/v1/chat/completions takes POST, not GET."
+    r = httpx.post(app.url + "/v1/embeddings", json={})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
 
 
 @pytest.mark.slow

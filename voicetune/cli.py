@@ -4,6 +4,7 @@
     python -m voicetune chat --adapter workspace/runs/cosmo --prompt "Are you open on Sunday?" --json
     python -m voicetune validate --data my-voice.jsonl
     python -m voicetune export --run cosmo --gguf --quant q8_0
+    python -m voicetune serve --run cosmo --port 8000
 
 Errors the user can fix (bad data, a missing model) print one plain message and exit non-zero, with no
 traceback. Heavy libraries are imported only by the verbs that need them.
@@ -278,6 +279,42 @@ def cmd_push(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    """The OpenAI-compatible endpoint without the page; keys are the shared workspace's (made here or in the app)."""
+    from voicetune import apikeys, serve
+    from voicetune.models import ModelError
+
+    try:
+        if a.new_key:
+            print(apikeys.make_key(a.new_key, owner=None, requests_per_minute=a.requests_per_minute,
+                                   max_tokens=a.max_tokens, max_prompt_tokens=a.max_prompt_tokens))
+            print("Shown once: store it now. Revoke it with --revoke-key ID (--keys lists them).", file=sys.stderr)
+            return 0
+        if a.revoke_key is not None:
+            if not apikeys.revoke_key(a.revoke_key):
+                return _fail(EXIT_USAGE, f"there is no live key with id {a.revoke_key} (--keys lists them)")
+            print(f"key {a.revoke_key} revoked")
+            return 0
+        if a.keys:
+            for k in apikeys.list_keys():
+                state = "revoked" if k["revoked"] else "live"
+                print(f"{k['id']:>4}  {k['name']}  …{k['hint']}  {state}  {k['requests_per_minute']}/min  "
+                      f"max_tokens {k['max_tokens']}  prompt {k['max_prompt_tokens']}")
+            return 0
+        if not a.run:
+            return _fail(EXIT_USAGE, "name at least one run to serve: --run RUN or --run NAME=RUN")
+        runs = {}
+        for spec in a.run:
+            name, sep, run = spec.partition("=")
+            folder = _run_folder(run if sep else spec)
+            runs[name if sep else folder.name] = folder
+        service = serve.headless_service(runs, a.base_model)
+    except (ValueError, FileNotFoundError, ModelError) as e:
+        return _fail(EXIT_MODEL, str(e))
+    serve.serve_forever(service, a.host, a.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m voicetune", description="Tune a small model to a brand voice.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -341,6 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--dataset", action="store_true", help="also push the conversations to the dataset <repo>-data")
     h.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="precision of the merged model")
     h.set_defaults(fn=cmd_push)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible endpoint (/v1/chat/completions) for runs, without the app")
+    s.add_argument("--run", action="append", help="a run id or adapter folder, or NAME=RUN to call it NAME; repeat")
+    s.add_argument("--host", default="127.0.0.1", help="where to listen (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--base-model", help="override the base model the runs record")
+    s.add_argument("--new-key", metavar="NAME", help="make an API key, print it once, and exit")
+    s.add_argument("--requests-per-minute", type=int, default=60, help="the new key's rate limit")
+    s.add_argument("--max-tokens", type=int, default=512, help="the most reply tokens the new key may ask for")
+    s.add_argument("--max-prompt-tokens", type=int, default=2048, help="the longest prompt the new key may send")
+    s.add_argument("--revoke-key", type=int, metavar="ID", help="revoke a key by its id and exit")
+    s.add_argument("--keys", action="store_true", help="list the keys (never the keys themselves) and exit")
+    s.set_defaults(fn=cmd_serve)
 
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from voicetune import models, store
 from voicetune.config import EMBEDDED_MODEL
+from voicetune.serving_recipes import serving_section
 from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ def model_card(record: dict[str, Any], adapter_dir: Path) -> str:
         _table(metric_rows),
         "",
         _scorecard_section(record, adapter_dir),
+        "",
+        serving_section(record, adapter_dir.name, base),  # vLLM, TGI, Ollama and voicetune serve
         "",
     ])
 

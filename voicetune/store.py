@@ -234,7 +234,30 @@ def _m003_jobs(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs]
+def _m004_api_keys(conn: sqlite3.Connection) -> None:
+    """Keys for the OpenAI-compatible endpoint (voicetune/apikeys.py), friendly model names for runs, and, in the
+    ROOT database only, which workspace holds each key (a hash, so the route itself grants nothing)."""
+    conn.executescript(
+        """
+        CREATE TABLE api_keys (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE,            -- sha256 of the key; the key itself is never stored
+            hint TEXT NOT NULL,                   -- its last four characters, to tell keys apart in a list
+            owner TEXT,                           -- the signed-in identity that made it; NULL in a shared workspace
+            requests_per_minute INTEGER NOT NULL,
+            max_tokens INTEGER NOT NULL,          -- the most reply tokens one request may ask for
+            max_prompt_tokens INTEGER NOT NULL,   -- the longest prompt, in tokens after the chat template
+            created REAL NOT NULL,
+            revoked REAL                          -- NULL: live; else when it was revoked
+        );
+        CREATE TABLE api_key_routes (hash TEXT PRIMARY KEY, home TEXT NOT NULL);  -- '' is the root workspace
+        CREATE TABLE model_aliases (alias TEXT PRIMARY KEY, run_id TEXT NOT NULL);
+        """
+    )
+
+
+MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys]
 
 
 def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:

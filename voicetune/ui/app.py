@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from voicetune import jobs, models, spaces
+from voicetune import jobs, models, serve, spaces
 from voicetune.ui import faults, session, settings
 from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run, run_choices
 from voicetune.ui.data_tab import build_data_tab
@@ -12,6 +12,7 @@ from voicetune.ui.export_tab import build_export_tab
 from voicetune.ui.scorecard_tab import build_scorecard_tab
 from voicetune.ui.shared_adapter import build_shared_adapter
 from voicetune.ui.train_tab import build_train_tab
+from voicetune.ui.use_tab import build_use_tab
 
 INTRO = """# 🎙️ voicetune
 Teach a small language model your brand voice: **1.** collect example conversations, **2.** train,
@@ -46,6 +47,8 @@ def build_app() -> gr.Blocks:
             with gr.Tab("5 · Export"):
                 export_run = build_export_tab()
                 shared_added = build_shared_adapter()
+            with gr.Tab("6 · Use it"):
+                build_use_tab(demo)
         # A reload, a finished run or a teammate's adapter: every run picker is filled from one read.
         pickers = [arms, score_run, export_run]
         train_tab.ended.then(run_pickers, None, pickers)
@@ -70,4 +73,6 @@ def main() -> None:
     demo.launch(
         **settings.launch_settings(),  # upload cap, served paths, errors, history: see voicetune/ui/settings.py
         auth=session.password_logins(),  # VOICETUNE_AUTH="alice:pw1,bob:pw2": a login page, one workspace each
+        # The OpenAI-compatible /v1 routes on the same port, each API key reaching its owner's workspace
+        app_kwargs={"routes": serve.api_routes(serve.app_service(signed_in=session.mode() != "shared"))},
     )

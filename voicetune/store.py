@@ -237,11 +237,50 @@ def _m003_jobs(conn: sqlite3.Connection) -> None:
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs]
 
 
-def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
-    """Apply every migration the file has not seen yet.
+def _statements(script: str) -> list[str]:
+    """A SQL script as its statements, split where SQLite itself says a statement is complete."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())  # a last statement without its semicolon (or a closing comment)
+    return statements
 
-    Two processes or threads opening a new workspace at once must not both run a migration, and sqlite's
-    executescript commits any open transaction, so a lock file beside the database serialises them.
+
+class _OneTransaction:
+    """The connection a migration sees: its executescript runs statement by statement inside the caller's
+    transaction. sqlite3's own executescript COMMITs first, so a migration that failed half-way used to leave
+    half a schema behind (and "duplicate column name" on every later open)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def executescript(self, script: str) -> None:
+        for statement in _statements(script):
+            self._conn.execute(statement)
+
+    def commit(self) -> None:
+        """The migration runner commits, together with the version bump."""
+
+    def __enter__(self) -> "_OneTransaction":  # `with conn:` inside a migration must not commit half of it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
+    """Apply every migration the file has not seen yet, each in one transaction with its version bump.
+
+    A migration that fails (a crash, a full disk, a bad statement) leaves the file at the previous version,
+    with nothing of itself applied, so the next open runs it again from the start. Two processes or threads
+    opening a new workspace at once must not both run one, so a lock file beside the database serialises them.
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
         return len(MIGRATIONS)
@@ -250,9 +289,14 @@ def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            with conn:
-                step(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                step(_OneTransaction(conn))  # type: ignore[arg-type]
                 conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
     return len(MIGRATIONS)
 
 

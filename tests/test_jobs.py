@@ -165,3 +165,40 @@ def test_a_base_model_that_cannot_load_fails_with_a_plain_fix(tmp_path: Path) ->
     assert done.state == "failed" and done.code == "model"
     assert "base model could not be loaded" in done.progress().fix
     assert "Traceback" not in done.message
+
+
+def test_cancel_is_one_update_so_a_job_claimed_meanwhile_is_not_missed(tiny_model: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: cancel read the job, then updated it only if it was still queued; a job the supervisor claimed
+    in between was neither cancelled nor asked to stop ("nothing to cancel: the job is queued")."""
+    monkeypatch.setattr(jobs.Supervisor, "wake", lambda self: None)  # the test plays the supervisor: no children
+    job = jobs.submit(DATA, label="race", **_settings(tiny_model))
+    real_get = jobs.get
+
+    def read_then_claimed(job_id: str) -> jobs.Job:
+        seen = real_get(job_id)
+        jobs._claim_next(jobs.db())  # the supervisor takes the job right after any look at it
+        return seen
+
+    monkeypatch.setattr(jobs, "get", read_then_claimed)
+    answer = jobs.cancel(job.id)
+    monkeypatch.setattr(jobs, "get", real_get)
+    row = jobs.db().execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    assert (answer, row["state"]) == ("cancelled before it started", "cancelled") or \
+        (answer, row["state"], row["cancel_requested"]) == ("cancelling", "running", 1)
+
+    # A running job is asked to stop; another workspace cannot touch it; a finished one says so.
+    other = jobs.submit(DATA, label="running", **_settings(tiny_model))
+    assert jobs._claim_next(jobs.db())["id"] == other.id
+    with store.user_scope("mallory"):
+        with pytest.raises(KeyError, match="no training job"):
+            jobs.cancel(other.id)
+    assert jobs.db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (other.id,)).fetchone()[0] == 0
+    assert jobs.cancel(other.id) == "cancelling"
+    assert jobs.db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (other.id,)).fetchone()[0] == 1
+    assert [h["note"] for h in jobs.history(other.id)] == ["", "", "cancel requested"]
+    jobs.recover()  # no process: once the start grace is over it is cancelled, never interrupted
+    jobs.db().execute("UPDATE jobs SET started = 0 WHERE id = ?", (other.id,))
+    jobs.recover()
+    assert jobs.get(other.id).state == "cancelled"
+    assert jobs.cancel(other.id) == "nothing to cancel: the job is cancelled"

@@ -280,16 +280,35 @@ def submit(data_text: str, label: str = "run", *, heldout_text: str = "", projec
 
 
 def cancel(job_id: str) -> str:
-    """Cancel a queued or running job. A cancelled run leaves no adapter that could be listed or loaded."""
-    job = owned(job_id)
+    """Cancel a queued or running job of this workspace. A cancelled run leaves no adapter to list or load.
+
+    One UPDATE decides, filtered by owner and state: a job claimed by the supervisor between a separate check
+    and the update could otherwise be missed (it was "queued" when looked at, "running" when updated).
+    """
     conn = db()
-    if _set_state(conn, job.id, "cancelled", when=("queued",), message="cancelled before it started"):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.execute(
+            "UPDATE jobs SET cancel_requested = 1,"
+            " message = CASE state WHEN 'queued' THEN 'cancelled before it started' ELSE message END,"
+            " finished = CASE state WHEN 'queued' THEN ? ELSE finished END,"
+            " state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END"
+            " WHERE id = ? AND home = ? AND state IN ('queued', 'running')",
+            (time.time(), job_id, str(store.home())))
+        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND home = ?", (job_id, str(store.home()))).fetchone()
+        if cur.rowcount:
+            before_start = row["state"] == "cancelled"
+            _history(conn, job_id, row["state"], "cancelled before it started" if before_start else "cancel requested")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if row is None:
+        raise KeyError(f"no training job {job_id!r}")
+    if not cur.rowcount:
+        return f"nothing to cancel: the job is {row['state']}"
+    if row["state"] == "cancelled":
         return "cancelled before it started"
-    if job.state != "running":
-        return f"nothing to cancel: the job is {job.state}"
-    conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
-    _history(conn, job.id, "running", "cancel requested")
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
     if _alive(row):
         os.killpg(row["pid"], signal.SIGTERM)  # the child cleans up and records "cancelled" itself
     supervisor().wake()

@@ -202,3 +202,17 @@ def test_cancel_is_one_update_so_a_job_claimed_meanwhile_is_not_missed(tiny_mode
     jobs.recover()
     assert jobs.get(other.id).state == "cancelled"
     assert jobs.cancel(other.id) == "nothing to cancel: the job is cancelled"
+
+
+def test_a_crash_keeps_its_traceback_in_the_server_log_and_the_training_log_names_no_folder(tiny_model: Path) -> None:
+    """Issue 15: a crash printed its traceback into the Training log the user reads, paths of the server and all."""
+    from voicetune.failures import SERVER_LOG
+
+    job = jobs.submit(DATA, label="crash", **_settings(tiny_model, lora={"target_modules": ["no_such_layer"]}))
+    done = jobs.wait(job.id, timeout_s=300)
+    assert (done.state, done.code) == ("failed", "crash")
+    shown = done.log() + done.message + json.dumps(done.events())
+    assert "Traceback" not in shown and "no_such_layer" in done.message
+    assert str(store.root()) not in shown and "/jobs/" not in shown
+    server_log = (store.root() / SERVER_LOG).read_text(encoding="utf-8")
+    assert f"job {job.id} crashed:\nTraceback (most recent call last):" in server_log

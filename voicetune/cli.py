@@ -77,11 +77,16 @@ def _raise_cancelled(signum: int, frame: Any) -> None:  # noqa: ARG001
 def _preflight_train(cfg: Any) -> None:
     """Everything that costs no model: the data and held-out files parse and pass their checks. Raises
     DataError before a base model is converted or loaded (the held-out file used to be read after)."""
+    from dataclasses import replace
+
     from voicetune.data import load_conversations
 
     load_conversations(cfg.data)
     if cfg.heldout_data:
-        load_conversations(cfg.heldout_data)
+        try:
+            load_conversations(cfg.heldout_data)
+        except DataError as e:  # worded as train.prepare_data words the held-out file's problems
+            raise DataError([replace(p, message=f"(held-out file) {p.message}") for p in e.problems]) from None
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -133,7 +138,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         on_event({"type": "error", "code": failure.code, "message": failure.message, "fix": failure.fix})
         end("failed", failure.code, failure.message[:2000])
         if failure.code == "data":
-            return _fail(EXIT_DATA, f"{shown(cfg.data)} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
+            from voicetune.failures import hide_paths
+
+            problems = [hide_paths(str(p)) if a.job else str(p) for p in e.problems]
+            return _fail(EXIT_DATA, f"{shown(cfg.data)} has problems:\n" + "\n".join(f"  {p}" for p in problems))
         return _fail(EXIT_MODEL if failure.code == "model" else EXIT_TRAIN, f"{failure.message}\n{failure.fix}")
     if not record:  # a non-zero rank under `accelerate launch`: rank 0 reports and saves
         return 0

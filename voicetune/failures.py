@@ -28,7 +28,7 @@ FIXES = {
     "crash": "Training stopped with an unexpected error. Try again, and report it if it repeats; the server's "
              "log has the details.",
     "timeout": "The job ran longer than this machine allows one job (VOICETUNE_JOB_MAX_HOURS). Train fewer "
-               "steps or epochs, or a shorter max length.",
+               "epochs or steps, or with a shorter max length, then start again.",
 }
 
 # An absolute path of two parts or more ("/data/voicetune/users/x/runs/r"), not inside a URL ("https://a/b").

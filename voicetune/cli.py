@@ -252,10 +252,15 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from voicetune.data import load_conversations
+    """Problems fail the file (exit 2); warnings are printed to stderr, line by line, and pass."""
+    from voicetune.data import Problem, load_conversations
 
+    warnings: list[Problem] = []
     try:
-        convs = load_conversations(a.data)
+        convs = load_conversations(a.data, warnings)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        warned = f", {len(warnings)} warning{'s' * (len(warnings) != 1)}" if warnings else ""
         if a.with_template:
             from voicetune import models
             from voicetune.templates import encode_all
@@ -264,11 +269,12 @@ def cmd_validate(a: argparse.Namespace) -> int:
             encoded, problems = encode_all(tok, convs, a.max_length)
             if problems:
                 raise DataError(problems)
-            print(f"{a.data}: {len(convs)} conversations, {sum(e.n_trained for e in encoded)} trained tokens, no problems")
+            print(f"{a.data}: {len(convs)} conversations, {sum(e.n_trained for e in encoded)} trained tokens, "
+                  f"no problems{warned}")
             return 0
     except DataError as e:
         return _fail(EXIT_DATA, f"{a.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
-    print(f"{a.data}: {len(convs)} conversations, no problems")
+    print(f"{a.data}: {len(convs)} conversations, no problems{warned}")
     return 0
 
 

@@ -190,7 +190,7 @@ def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
     if missing:
         raise ArchiveError(f"{path.name} is not a voicetune adapter zip: {', '.join(missing)} is missing")
     runs = store.runs_dir()
-    tmp = Path(tempfile.mkdtemp(prefix=".import.", dir=runs))
+    tmp = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("import"), dir=runs))
     try:
         extract(path, tmp, KEPT_ENTRIES)
         try:

@@ -296,7 +296,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
             dest = out if a.out else out / f"gguf-{a.quant}" / f"{folder.name}-{a.quant}.gguf"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest.parent))
+            scratch = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("merge"), dir=dest.parent))
             try:  # GGUF is written from a full-precision merge, which is then dropped
                 done = export.to_gguf(export.merge(folder, scratch / "merged", dtype="fp32"), dest, quant=a.quant)
             finally:
@@ -402,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "job", None):  # a job's child leaves this to the app that started it
+        from voicetune import store
+
+        store.clean_leftovers()  # what interrupted writes left behind, never a live one
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -138,7 +138,7 @@ def push_run(
     token = resolve_token()
     api = HfApi(endpoint=endpoint, token=token)
     pushed: list[Pushed] = []
-    staging = Path(tempfile.mkdtemp(prefix=".push-", dir=store.home()))
+    staging = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("push"), dir=store.home()))
     try:
         # Stage every folder before the first upload
         say("preparing the adapter")

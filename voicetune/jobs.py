@@ -424,6 +424,7 @@ class Supervisor:
     def start(self) -> "Supervisor":
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                store.clean_leftovers()  # the app's start-up: what interrupted writes left, never a live one
                 recover()
                 self._stop = threading.Event()
                 self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="voicetune-jobs",

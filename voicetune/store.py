@@ -61,15 +61,18 @@ def root() -> Path:
 
     Things shared by every user of one machine, such as the training queue for its one GPU, live here.
     """
-    env = os.environ.get("VOICETUNE_HOME")
-    if env:
-        path = Path(env)
-    elif os.environ.get("SPACE_ID") and Path("/data").is_dir() and os.access("/data", os.W_OK):
-        path = Path("/data/voicetune")
-    else:
-        path = Path("workspace")
+    path = _root_path()
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def _root_path() -> Path:
+    env = os.environ.get("VOICETUNE_HOME")
+    if env:
+        return Path(env)
+    if os.environ.get("SPACE_ID") and Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/voicetune")
+    return Path("workspace")
 
 
 def model_cache_dir() -> Path:
@@ -136,6 +139,66 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+# --- Leftovers -------------------------------------------------------------------------------------------
+# Every write goes to a temporary name first; a process killed mid-write leaves that name behind. These are
+# the temporary names, and how long one must have been untouched before it counts as abandoned. A name that
+# carries its owner's pid (".push-<pid>-...", ".merge-<pid>-...", ".import.<pid>.") is kept while that process
+# lives and removed as soon as it is gone.
+
+LEFTOVER_MAX_AGE_S = 30 * 60  # untouched this long: no live writer (each of ours writes far more often)
+LEFTOVERS = re.compile(r"^\.(?:.+\.old-[0-9a-f]{6}|import\..+|merge-.+|push-.+|.+\.tmp)$")
+_OWNER = re.compile(r"^\.(?:import\.|merge-|push-)(\d+)[.-]")
+
+
+def owned_temp_prefix(kind: str) -> str:
+    """A prefix for mkdtemp naming this process as the owner, so clean_leftovers never takes a live one."""
+    return f".{kind}.{os.getpid()}." if kind == "import" else f".{kind}-{os.getpid()}-"
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+def _abandoned(path: Path, max_age_s: float) -> bool:
+    owner = _OWNER.match(path.name)
+    if owner:  # kept while its owner lives, whatever its age; removed once the owner is gone
+        return not Path(f"/proc/{int(owner[1])}").exists()
+    return time.time() - _newest_mtime(path) > max_age_s
+
+
+def clean_leftovers(max_age_s: float = LEFTOVER_MAX_AGE_S) -> list[str]:
+    """Remove the temporary files and folders interrupted writes left anywhere in the workspace (every user's),
+    never one still being written. Called when the app's job supervisor starts and by every command. Returns
+    the removed paths, relative to the workspace root."""
+    base = _root_path().resolve()
+    removed: list[str] = []
+    if not base.is_dir():
+        return removed  # no workspace yet: nothing to clean, and none is made for it
+    for folder, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if not LEFTOVERS.match(name):
+                continue
+            try:
+                if not _abandoned(path, max_age_s):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError:
+                continue  # gone already, or not ours to remove: the next start tries again
+            removed.append(str(path.relative_to(base)))
+        dirs[:] = [d for d in dirs if not LEFTOVERS.match(d)]  # never walk into a leftover
+    return removed
 
 
 # --- The database -------------------------------------------------------------------------------------

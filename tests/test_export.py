@@ -101,8 +101,17 @@ def test_zip_holds_adapter_card_and_snippet(adapter: Path, tmp_path: Path):
     with zipfile.ZipFile(dest) as z:
         assert sorted(z.namelist()) == sorted(["adapter_model.safetensors", "adapter_config.json", "run.json",
                                                "config.yaml", "README.md", "load_adapter.py"])
-        for name in ("run.json", "adapter_model.safetensors", "config.yaml"):
-            assert z.read(name) == (adapter / name).read_bytes(), name
+        assert z.read("adapter_model.safetensors") == (adapter / "adapter_model.safetensors").read_bytes()
+        # run.json and config.yaml go out as their public copies: the same, less this machine's paths
+        from voicetune.export import public_config, public_record
+
+        assert json.loads(z.read("run.json")) == public_record(json.loads((adapter / "run.json").read_text()))
+        import yaml
+
+        shared_config = yaml.safe_load(z.read("config.yaml"))
+        assert shared_config == public_config(yaml.safe_load((adapter / "config.yaml").read_text()))
+        assert shared_config["data"] == "pirate.jsonl" and "out" not in shared_config
+        assert str(adapter.parent).encode() not in z.read("run.json") + z.read("config.yaml") + z.read("README.md")
         shipped = json.loads(z.read("adapter_config.json"))
         card = z.read("README.md").decode()
         snippet = z.read("load_adapter.py").decode()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from voicetune import export, runs, store
+from voicetune.failures import hide_paths
 from voicetune.train import files_fingerprint, read_run
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
@@ -166,7 +167,7 @@ def push_run(
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, validation and disk errors all reach the user as one message
         done = "".join(f" {p.kind} was uploaded to {p.url} before this;" for p in pushed)
-        raise HubError(scrub(f"pushing to the Hub failed:{done} {type(e).__name__}: {e}", token)) from None
+        raise HubError(hide_paths(scrub(f"pushing to the Hub failed:{done} {type(e).__name__}: {e}", token))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return pushed

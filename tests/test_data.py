@@ -137,10 +137,13 @@ def test_bad_input_corpus(name: str, tokenizer):
     if spec["check"] == "extension":
         assert [str(check_extension(name, raw))] == spec["problems"]
         return
-    convs, problems = parse_jsonl_bytes(raw)
+    warnings: list = []
+    convs, problems = parse_jsonl_bytes(raw, warnings)
     if spec["check"] == "parse":
         assert [str(p) for p in problems] == spec["problems"]
         assert len(convs) == spec["accepted"]
+        assert [str(w) for w in warnings] == spec.get("warnings", [])  # warnings never reject a line
+        assert [str(w) for w in import_openai_jsonl(raw).warnings] == spec.get("warnings", [])
     elif spec["check"] == "template":
         assert problems == []
         tok = tokenizer
@@ -172,3 +175,13 @@ def test_files_over_the_size_cap_are_refused(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(DataError) as e:
         load_conversations(path)
     assert [str(p) for p in e.value.problems] == [f"file: {path} is 3 MiB, over the 2 MiB cap"]
+
+
+def test_validate_warns_about_unknown_keys_with_their_line_and_passes():
+    """Issue 15: {"role", "content", "nmae"} was accepted without a word; a misspelt key now gets a warning."""
+    from tests.conftest import run_cli
+
+    result = run_cli("validate", "--data", str(BAD / "unknown_key.jsonl"))
+    assert result.returncode == 0
+    assert result.stdout == f"{BAD / 'unknown_key.jsonl'}: 2 conversations, no problems, 2 warnings\n"
+    assert result.stderr == "".join(f"warning: {w}\n" for w in EXPECTED["unknown_key.jsonl"]["warnings"])

@@ -101,8 +101,17 @@ def test_zip_holds_adapter_card_and_snippet(adapter: Path, tmp_path: Path):
     with zipfile.ZipFile(dest) as z:
         assert sorted(z.namelist()) == sorted(["adapter_model.safetensors", "adapter_config.json", "run.json",
                                                "config.yaml", "README.md", "load_adapter.py"])
-        for name in ("run.json", "adapter_model.safetensors", "config.yaml"):
-            assert z.read(name) == (adapter / name).read_bytes(), name
+        assert z.read("adapter_model.safetensors") == (adapter / "adapter_model.safetensors").read_bytes()
+        # run.json and config.yaml go out as their public copies: the same, less this machine's paths
+        from voicetune.export import public_config, public_record
+
+        assert json.loads(z.read("run.json")) == public_record(json.loads((adapter / "run.json").read_text()))
+        import yaml
+
+        shared_config = yaml.safe_load(z.read("config.yaml"))
+        assert shared_config == public_config(yaml.safe_load((adapter / "config.yaml").read_text()))
+        assert shared_config["data"] == "pirate.jsonl" and "out" not in shared_config
+        assert str(adapter.parent).encode() not in z.read("run.json") + z.read("config.yaml") + z.read("README.md")
         shipped = json.loads(z.read("adapter_config.json"))
         card = z.read("README.md").decode()
         snippet = z.read("load_adapter.py").decode()
@@ -171,14 +180,14 @@ def test_a_folder_that_is_not_an_adapter_is_refused(tmp_path: Path):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "notes.txt").write_text("not an adapter")
-    message = f"{folder} is not a finished voicetune adapter: run.json is missing"
+    message = "notes is not a finished voicetune adapter: run.json is missing"  # its name, never its path
     with pytest.raises(ValueError) as e:
         adapter_zip(folder, tmp_path / "out.zip")
     assert str(e.value) == message
     with pytest.raises(ValueError) as e:
         merge(folder, tmp_path / "merged")
     assert str(e.value) == message
-    with pytest.raises(ValueError, match="^no adapter folder at "):
+    with pytest.raises(ValueError, match="^there is no run called 'missing'$"):
         adapter_zip(tmp_path / "missing", tmp_path / "out.zip")
     assert not (tmp_path / "out.zip").exists() and not (tmp_path / "merged").exists()  # nothing written
 
@@ -192,7 +201,7 @@ def test_bad_export_arguments_are_refused_before_any_model_loads(tmp_path: Path)
         to_gguf(tmp_path, tmp_path / "m.gguf", quant="q4_0")  # type: ignore[arg-type]
     with pytest.raises(ValueError) as e:
         to_gguf(tmp_path, tmp_path / "m.gguf")
-    assert str(e.value) == f"{tmp_path} is not a merged model folder: config.json is missing"
+    assert str(e.value) == f"{tmp_path.name} is not a merged model folder: config.json is missing"
 
 
 # --- the merged model ---------------------------------------------------------------------------------
@@ -339,5 +348,29 @@ def test_cli_exports_a_run_of_the_workspace(adapter: Path, workspace: Path):
         assert z.read("adapter_model.safetensors") == (adapter / "adapter_model.safetensors").read_bytes()
 
     missing = run_cli("export", "--run", "nobody", "--gguf", env={"VOICETUNE_HOME": str(workspace)})
-    assert (missing.returncode, missing.stderr) == (3, f"error: no adapter folder at {store.run_dir('nobody')}\n")
+    assert (missing.returncode, missing.stderr) == (3, "error: no finished run called 'nobody' in this workspace\n")
     assert run_cli("export", "--run", "pirate").returncode == 2  # say what to export: --zip, --merge or --gguf
+
+
+def test_every_verb_finds_its_run_before_it_converts_or_loads_a_model(tmp_path: Path, workspace: Path):
+    """`export --run nobody --zip` and its siblings answer at once, with the run's name and no server folder,
+    and leave an empty model cache empty: the run is checked before any base model is converted."""
+    from tests.conftest import run_cli
+
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    env = {"VOICETUNE_HOME": str(workspace), "VOICETUNE_CACHE": str(cache)}
+    message = "error: no finished run called 'nobody' in this workspace\n"
+    for verb in (["export", "--run", "nobody", "--zip"], ["export", "--run", "nobody", "--gguf"],
+                 ["export", "--run", "nobody", "--merge"], ["eval", "--run", "nobody"],
+                 ["push", "--run", "nobody", "--repo", "acme/voice"],
+                 ["chat", "--adapter", "nobody", "--prompt", "Hi"]):
+        result = run_cli(*verb, env=env)
+        assert (result.returncode, result.stderr, result.stdout) == (3, message, ""), verb
+    half = workspace / "runs" / "half"
+    half.mkdir(parents=True)
+    (half / "run.json").write_text("{}")
+    result = run_cli("export", "--run", "half", "--gguf", env=env)
+    assert (result.returncode, result.stderr) == (
+        3, "error: half is not a finished voicetune run: adapter_model.safetensors is missing\n")
+    assert list(cache.iterdir()) == []

@@ -243,16 +243,100 @@ def test_bad_names_and_offline_mode_are_refused_before_any_request(tmp_path: Pat
 
 
 def test_the_dataset_is_pushed_only_as_the_run_read_it(online: None, tmp_path: Path):
-    from voicetune import hub, store
+    from voicetune import hub, runs, store
+    from voicetune.train import files_fingerprint
 
     run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
     data = tmp_path / "voice.jsonl"
     data.write_text('{"messages": []}\n')
+    runs.keep_training_data(run, data)  # what training keeps beside the adapter
     record = json.loads((run / "run.json").read_text())
-    record["data"] = {"file": str(data), "sha256_16": "0" * 16}  # the file was edited after training
+    record["data"] = {"file": str(data), "sha256_16": files_fingerprint([data])}
     (run / "run.json").write_text(json.dumps(record))
-    with pytest.raises(hub.HubError, match="^voice.jsonl has changed since this run trained on it; push without"):
+    (run / runs.TRAINING_DATA).write_text('{"messages": [1]}\n')  # the kept copy was edited after training
+    with pytest.raises(hub.HubError) as e:
         hub.push_run(run, "acme/voice", include_dataset=True, endpoint="http://127.0.0.1:9")  # fails before any request
-    data.unlink()
-    with pytest.raises(hub.HubError, match="^the conversations this run trained on are no longer on disk"):
+    assert str(e.value) == ("the conversations of 20260101-000000-voice-abc123 do not match what the run trained "
+                            "on; push without the dataset, or train again")
+    (run / runs.TRAINING_DATA).unlink()
+    with pytest.raises(hub.HubError, match="^the conversations 20260101-000000-voice-abc123 trained on are not in "
+                                           "this workspace"):
         hub.push_run(run, "acme/voice", include_dataset=True, endpoint="http://127.0.0.1:9")
+
+
+def shared_run_naming_a_secret(tmp_path: Path) -> tuple[Path, Path]:
+    """A run as a teammate's zip could bring it: its record names a file of someone else, with its true hash."""
+    from voicetune import store
+    from voicetune.train import files_fingerprint
+
+    secret = tmp_path / "alice" / "conversations.jsonl"
+    secret.parent.mkdir()
+    secret.write_text('{"messages": [{"role": "user", "content": "my private order 4711"}]}\n')
+    run = fake_adapter(store.run_dir("20260101-000000-shared-abc123"))
+    record = json.loads((run / "run.json").read_text())
+    record["data"] = {"file": str(secret), "sha256_16": files_fingerprint([secret])}
+    (run / "run.json").write_text(json.dumps(record))
+    return run, secret
+
+
+def test_a_run_record_cannot_make_a_push_upload_a_file_outside_the_workspace(fake_hub: FakeHub, tmp_path: Path):
+    """Issue 15: the dataset came from the path in run.json, which a shared adapter's author controls."""
+    run, secret = shared_run_naming_a_secret(tmp_path)
+    result = run_cli("push", "--run", run.name, "--repo", "acme/voice", "--dataset",
+                     env={"HF_ENDPOINT": fake_hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN})
+    assert (result.returncode, result.stderr) == (3, (
+        "error: the conversations 20260101-000000-shared-abc123 trained on are not in this workspace (a teammate's "
+        "shared adapter carries none); push without the dataset, or train again\n"))
+    assert fake_hub.requests == []  # refused before any request
+    assert b"4711" not in b"".join(fake_hub.files.values())
+
+
+def test_a_push_checks_the_dataset_before_it_merges(fake_hub: FakeHub, tmp_path: Path, workspace: Path):
+    """Cheap before expensive: a dataset that cannot be pushed is refused before the merge converts a model."""
+    run, _ = shared_run_naming_a_secret(tmp_path)
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    result = run_cli("push", "--run", run.name, "--repo", "acme/voice", "--merged", "--dataset",
+                     env={"HF_ENDPOINT": fake_hub.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN,
+                          "VOICETUNE_CACHE": str(cache)})
+    assert result.returncode == 3 and "are not in this workspace" in result.stderr, result.stderr
+    assert list(cache.iterdir()) == [] and fake_hub.requests == []
+
+
+def test_nothing_that_leaves_the_workspace_names_a_server_path(online: None, fake_hub: FakeHub, tmp_path: Path,
+                                                              workspace: Path):
+    """The zip (through the CLI), the Hub push and the model card carry names, never this machine's folders."""
+    import zipfile
+
+    from voicetune import export, hub, store
+
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+    jobs_folder = store.root() / "jobs" / run.name
+    local_base = tmp_path / "models" / "my-llama"
+    config = {"data": str(jobs_folder / "data.jsonl"), "out": str(run), "base_model": str(local_base),
+              "checkpoint_dir": str(jobs_folder / "checkpoints"), "heldout_data": str(jobs_folder / "heldout.jsonl"),
+              "epochs": 3}
+    record = {"run_id": run.name, "base_model": str(local_base), "base_model_path": str(local_base),
+              "data": {"file": str(jobs_folder / "data.jsonl"), "train": 9}, "config": config, "metrics": {}}
+    (run / "run.json").write_text(json.dumps(record))
+    import yaml
+
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    result = run_cli("export", "--run", run.name, "--zip", env={"VOICETUNE_HOME": str(workspace)})
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(result.stdout.strip()) as z:
+        shared = {name: z.read(name) for name in z.namelist()}
+    hub.push_run(run, "acme/voice", endpoint=fake_hub.url)
+    shared.update({f"hub:{path}": data for (_, path), data in fake_hub.files.items()})
+    for name, data in shared.items():
+        for private in (str(tmp_path), "/models/", "/jobs/", "checkpoints"):
+            assert private.encode() not in data, (name, private)
+    public = json.loads(shared["run.json"])
+    assert public["data"] == {"file": "data.jsonl", "train": 9} and "base_model_path" not in public
+    assert public["config"] == {"data": "data.jsonl", "base_model": "my-llama", "heldout_data": "heldout.jsonl",
+                                "epochs": 3}
+    assert yaml.safe_load(shared["config.yaml"]) == public["config"]
+    assert json.loads(shared["adapter_config.json"])["base_model_name_or_path"] == "my-llama"
+    assert "| file | data.jsonl |" in shared["README.md"].decode()
+    assert export.public_record(public) == public  # the public copy is already public

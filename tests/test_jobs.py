@@ -165,3 +165,92 @@ def test_a_base_model_that_cannot_load_fails_with_a_plain_fix(tmp_path: Path) ->
     assert done.state == "failed" and done.code == "model"
     assert "base model could not be loaded" in done.progress().fix
     assert "Traceback" not in done.message
+
+
+def test_cancel_is_one_update_so_a_job_claimed_meanwhile_is_not_missed(tiny_model: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: cancel read the job, then updated it only if it was still queued; a job the supervisor claimed
+    in between was neither cancelled nor asked to stop ("nothing to cancel: the job is queued")."""
+    monkeypatch.setattr(jobs.Supervisor, "wake", lambda self: None)  # the test plays the supervisor: no children
+    job = jobs.submit(DATA, label="race", **_settings(tiny_model))
+    real_get = jobs.get
+
+    def read_then_claimed(job_id: str) -> jobs.Job:
+        seen = real_get(job_id)
+        jobs._claim_next(jobs.db())  # the supervisor takes the job right after any look at it
+        return seen
+
+    monkeypatch.setattr(jobs, "get", read_then_claimed)
+    answer = jobs.cancel(job.id)
+    monkeypatch.setattr(jobs, "get", real_get)
+    row = jobs.db().execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    assert (answer, row["state"]) == ("cancelled before it started", "cancelled") or \
+        (answer, row["state"], row["cancel_requested"]) == ("cancelling", "running", 1)
+
+    # A running job is asked to stop; another workspace cannot touch it; a finished one says so.
+    other = jobs.submit(DATA, label="running", **_settings(tiny_model))
+    assert jobs._claim_next(jobs.db())["id"] == other.id
+    with store.user_scope("mallory"):
+        with pytest.raises(KeyError, match="no training job"):
+            jobs.cancel(other.id)
+    assert jobs.db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (other.id,)).fetchone()[0] == 0
+    assert jobs.cancel(other.id) == "cancelling"
+    assert jobs.db().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (other.id,)).fetchone()[0] == 1
+    assert [h["note"] for h in jobs.history(other.id)] == ["", "", "cancel requested"]
+    jobs.recover()  # no process: once the start grace is over it is cancelled, never interrupted
+    jobs.db().execute("UPDATE jobs SET started = 0 WHERE id = ?", (other.id,))
+    jobs.recover()
+    assert jobs.get(other.id).state == "cancelled"
+    assert jobs.cancel(other.id) == "nothing to cancel: the job is cancelled"
+
+
+def test_a_crash_keeps_its_traceback_in_the_server_log_and_the_training_log_names_no_folder(tiny_model: Path) -> None:
+    """Issue 15: a crash printed its traceback into the Training log the user reads, paths of the server and all."""
+    from voicetune.failures import SERVER_LOG
+
+    job = jobs.submit(DATA, label="crash", **_settings(tiny_model, lora={"target_modules": ["no_such_layer"]}))
+    done = jobs.wait(job.id, timeout_s=300)
+    assert (done.state, done.code) == ("failed", "crash")
+    shown = done.log() + done.message + json.dumps(done.events())
+    assert "Traceback" not in shown and "no_such_layer" in done.message
+    assert str(store.root()) not in shown and "/jobs/" not in shown
+    server_log = (store.root() / SERVER_LOG).read_text(encoding="utf-8")
+    assert f"job {job.id} crashed:\nTraceback (most recent call last):" in server_log
+
+
+def test_one_workspace_may_queue_only_so_many_jobs(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: one user could fill the machine's single queue; now each workspace has a quota."""
+    monkeypatch.setattr(jobs.Supervisor, "wake", lambda self: None)  # nothing starts: the jobs stay queued
+    monkeypatch.setenv("VOICETUNE_MAX_JOBS", "2")
+    first = [jobs.submit(DATA, label=f"q{i}", **_settings(tiny_model)) for i in range(2)]
+    folders = sorted(p.name for p in (store.root() / "jobs").iterdir())
+    with pytest.raises(jobs.JobLimitError) as refused:
+        jobs.submit(DATA, label="one-too-many", **_settings(tiny_model))
+    assert str(refused.value) == ("you already have 2 training jobs queued or running, the most one workspace may "
+                                  "have at a time; wait for one to finish or cancel one, then start again")
+    assert sorted(p.name for p in (store.root() / "jobs").iterdir()) == folders  # nothing left of the refused one
+    with store.user_scope("someone-else"):  # the quota is per workspace
+        jobs.submit(DATA, label="theirs", **_settings(tiny_model))
+    jobs.cancel(first[0].id)
+    assert jobs.submit(DATA, label="again", **_settings(tiny_model)).state == "queued"
+
+
+def test_a_job_past_the_time_limit_fails_plainly_and_its_child_never_sees_the_hub_token(
+        tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a job had no time limit, so one user could hold the single queue forever; and the training
+    child inherited HF_TOKEN, which it never needs."""
+    monkeypatch.setenv("VOICETUNE_JOB_MAX_HOURS", "0.005")  # 18 s
+    monkeypatch.setenv("HF_TOKEN", "hf_NeverForTheChild1234")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_NeverForTheChild1234")
+    job = jobs.submit(DATA, label="long", **_settings(tiny_model, max_steps=5000))
+    pid = _until(lambda: jobs.get(job.id).pid, what="the child to start")
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"VOICETUNE_HOME=" + str(store.home()).encode() in environ
+    assert [v for v in environ if b"hf_NeverForTheChild" in v] == []
+    done = jobs.wait(job.id, timeout_s=180)
+    assert (done.state, done.code, done.message) == (
+        "failed", "timeout", "stopped after 0.005 h, the longest one job may run on this machine")
+    assert done.progress().fix.startswith("The job ran longer than this machine allows one job")
+    _until(lambda: jobs.supervisor().children.get(job.id) is None or
+           jobs.supervisor().children[job.id].poll() is not None, what="the child to end")
+    assert not done.adapter_dir.exists()

@@ -208,6 +208,49 @@ def test_a_database_from_migration_1_opens_and_keeps_its_rows(tmp_path: Path):
     assert projects.current_project(conn) == 1
 
 
+def test_a_migration_that_fails_half_way_leaves_the_previous_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 15: executescript committed each migration's first statements, so a failure half-way (a crash, a
+    full disk) left half a schema that never opened again ("duplicate column name")."""
+    import errno
+
+    path = tmp_path / "voicetune.db"
+    store.connect(path).close()
+    shipped = list(store.MIGRATIONS)
+
+    def columns() -> list[str]:
+        with sqlite3.connect(path) as raw:
+            return [r[1] for r in raw.execute("PRAGMA table_info(projects)")]
+
+    def version() -> int:
+        with sqlite3.connect(path) as raw:
+            return raw.execute("PRAGMA user_version").fetchone()[0]
+
+    def bad_statement(conn: sqlite3.Connection) -> None:
+        conn.executescript("ALTER TABLE projects ADD COLUMN colour TEXT;  -- applied first\n"
+                           "ALTER TABLE no_such_table ADD COLUMN x TEXT;\n")
+
+    def disk_full(conn: sqlite3.Connection) -> None:
+        conn.executescript("ALTER TABLE projects ADD COLUMN colour TEXT;")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def whole(conn: sqlite3.Connection) -> None:
+        conn.executescript("ALTER TABLE projects ADD COLUMN colour TEXT;\n"
+                           "CREATE INDEX projects_by_colour ON projects (colour);")
+
+    monkeypatch.setattr(store, "MIGRATIONS", [*shipped, bad_statement])
+    with pytest.raises(sqlite3.OperationalError, match="^no such table: no_such_table$"):
+        store.connect(path)
+    assert (version(), "colour" in columns()) == (len(shipped), False)
+    monkeypatch.setattr(store, "MIGRATIONS", [*shipped, disk_full])
+    with pytest.raises(OSError, match="No space left on device"):
+        store.connect(path)
+    assert (version(), "colour" in columns()) == (len(shipped), False)
+    monkeypatch.setattr(store, "MIGRATIONS", [*shipped, whole])  # the next open migrates cleanly
+    conn = store.connect(path)
+    assert (version(), "colour" in columns()) == (len(shipped) + 1, True)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'projects_by_colour'").fetchone() is not None
+
+
 # ---------------------------------------------------------------- autosave through the real app
 
 

@@ -196,11 +196,11 @@ def test_a_lying_zip_header_and_a_renamed_weights_file_are_refused(adapter_folde
     entries = {**adapter_entries(adapter_folder), "adapter_model.safetensors": b"\x89PNG\r\n\x1a\n" + bytes(64)}
     with pytest.raises(archives.ArchiveError, match="not a valid safetensors file"):
         archives.import_adapter_zip(zip_of(tmp_path / "png.zip", entries))
-    # An adapter of another base model: the hash check refuses it.
+    # An adapter of another copy of the base model: the hash check refuses it.
     record = json.loads((adapter_folder / "run.json").read_text())
-    entries = {**adapter_entries(adapter_folder), "run.json": json.dumps({**record, "base_model_hash": "0" * 16,
-                                                                          "base_model": "other/model"}).encode()}
-    with pytest.raises(archives.ArchiveError, match="trained on 'other/model', not on this app's base model"):
+    entries = {**adapter_entries(adapter_folder), "run.json": json.dumps({**record, "base_model_hash": "0" * 16}).encode()}
+    with pytest.raises(archives.ArchiveError, match="trained on another copy of 'embedded:smollm2-135m-instruct' than "
+                                                    "this app's base model"):
         archives.import_adapter_zip(zip_of(tmp_path / "other.zip", entries))
     assert [p.name for p in store.runs_dir().iterdir()] == []
 
@@ -220,6 +220,48 @@ def test_a_shared_adapter_zip_becomes_a_new_run_under_a_generated_id(adapter_fol
     record = json.loads((folder / "run.json").read_text())
     assert record["run_id"] == run_id and record["imported_from"] == adapter_folder.name
     assert [r["run_id"] for r in finished_runs()] == [run_id]
+
+
+def test_a_shared_adapter_naming_another_base_is_refused_before_anything_loads(
+        app: RunningApp, client, adapter_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the record's base_model is what the scorecard loads (or downloads); a hash that matches this
+    app's base proves nothing about the name beside it. Only the app's own base models are accepted."""
+    from gradio_client import handle_file
+
+    record = json.loads((adapter_folder / "run.json").read_text())
+    entries = {**adapter_entries(adapter_folder), "run.json": json.dumps({**record, "base_model": "evil/model"}).encode()}
+    message = refused(client, "/add_shared_adapter", handle_file(str(zip_of(tmp_path / "evil.zip", entries))))
+    assert message == ("This zip was not added: this adapter was trained on the base model 'evil/model', which this "
+                       "app does not use; only adapters of this app's base model can be added")
+    assert runs_in(app) == []
+    # Refused before any model is converted or loaded: an empty model cache stays empty.
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    monkeypatch.setenv("VOICETUNE_CACHE", str(cache))
+    with pytest.raises(archives.ArchiveError, match="^this adapter was trained on the base model 'evil/model'"):
+        archives.import_adapter_zip(zip_of(tmp_path / "evil2.zip", entries))
+    assert list(cache.iterdir()) == []
+    assert archives.allowed_base_models() == ["embedded:smollm2-135m-instruct"]
+    monkeypatch.setenv("VOICETUNE_BASE_MODEL", "acme/house-model")
+    assert archives.allowed_base_models() == ["embedded:smollm2-135m-instruct", "acme/house-model"]
+
+
+def test_an_imported_run_keeps_no_path_of_its_author(adapter_folder: Path, tmp_path: Path, workspace: Path) -> None:
+    """A zip's record and settings may name files of another machine; the run keeps their names only, and
+    takes this app's name for its base."""
+    from voicetune import store
+
+    record = json.loads((adapter_folder / "run.json").read_text())
+    record.update(base_model_path="/home/alice/models/x", data={"file": "/home/alice/secret/data.jsonl"},
+                  config={"data": "/home/alice/secret/data.jsonl", "out": "/home/alice/runs/x", "epochs": 3})
+    entries = {**adapter_entries(adapter_folder), "run.json": json.dumps(record).encode(),
+               "config.yaml": b"data: /home/alice/secret/data.jsonl\ncheckpoint_dir: /home/alice/ck\nepochs: 3\n"}
+    folder = store.run_dir(archives.import_adapter_zip(zip_of(tmp_path / "alice.zip", entries)))
+    for name in ("run.json", "config.yaml"):
+        assert "/home/alice" not in (folder / name).read_text(), name
+    kept = json.loads((folder / "run.json").read_text())
+    assert kept["data"] == {"file": "data.jsonl"} and kept["config"] == {"data": "data.jsonl", "epochs": 3}
+    assert (folder / "config.yaml").read_text() == "data: data.jsonl\nepochs: 3\n"
 
 
 # --- Tampered requests to the compare endpoint -----------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from voicetune import models, store
-from voicetune.export import ZIP_FILES
+from voicetune.export import ZIP_FILES, public_record
 from voicetune.templates import template_fingerprint
 from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
 
@@ -128,15 +128,54 @@ def _check_weights(folder: Path) -> None:
         raise ArchiveError(f"{ADAPTER_WEIGHTS} holds no LoRA weights")
 
 
-def _check_base(record: dict[str, Any], base_model: str | None) -> None:
-    """The adapter must fit the base model this app chats with: the same checks as ChatModel.check_adapter."""
-    base = base_model or models.default_base_model()
+def allowed_base_models(base_model: str | None = None) -> list[str]:
+    """The base models a shared adapter may name: the embedded one and the ones this app is configured with.
+
+    A record names its base as text, and whatever it names would be loaded (or downloaded) by the scorecard
+    and the compare arena; so an adapter of any other base is refused before anything loads.
+    """
+    from voicetune.config import EMBEDDED_MODEL
+
+    return list(dict.fromkeys([EMBEDDED_MODEL, models.default_base_model(), *([base_model] if base_model else [])]))
+
+
+def _allowed_base(record: dict[str, Any], base_model: str | None) -> str:
+    """The allowed base the record names (a local folder may be named by its folder name), else ArchiveError."""
+    named = record.get("base_model")
+    for allowed in allowed_base_models(base_model):
+        if named == allowed or (Path(allowed).is_absolute() and named == Path(allowed).name):
+            return allowed
+    shown = str(named)[:100] if isinstance(named, str) else repr(named)[:100]
+    raise ArchiveError(f"this adapter was trained on the base model {shown!r}, which this app does not use; "
+                       "only adapters of this app's base model can be added")
+
+
+def _check_base(record: dict[str, Any], base: str) -> None:
+    """The adapter must fit its (allowed) base model: the same checks as ChatModel.check_adapter."""
     path = models.resolve_base_model(base)
     if record.get("base_model_hash") != models.base_model_fingerprint(path):
-        raise ArchiveError(f"this adapter was trained on {record.get('base_model')!r}, not on this app's base "
-                           f"model {base!r} (the base model's hash differs)")
+        raise ArchiveError(f"this adapter was trained on another copy of {record.get('base_model')!r} than this "
+                           "app's base model (the base model's hash differs)")
     if record.get("template_hash") != template_fingerprint(models.load_tokenizer(path)):
         raise ArchiveError("this adapter was trained with a different chat template than this app's base model")
+
+
+def _keep_public_config(folder: Path, zip_name: str) -> None:
+    """config.yaml as settings only: paths another machine wrote there are dropped like on export."""
+    import yaml
+
+    from voicetune.export import public_config
+
+    if not (folder / "config.yaml").is_file():
+        return
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"{zip_name}: config.yaml is not valid YAML") from e
+    if not isinstance(config, dict):
+        raise ArchiveError(f"{zip_name}: config.yaml holds no settings")
+    store.atomic_write_text(folder / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False,
+                                                                   allow_unicode=True))
 
 
 def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
@@ -151,7 +190,7 @@ def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
     if missing:
         raise ArchiveError(f"{path.name} is not a voicetune adapter zip: {', '.join(missing)} is missing")
     runs = store.runs_dir()
-    tmp = Path(tempfile.mkdtemp(prefix=".import.", dir=runs))
+    tmp = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("import"), dir=runs))
     try:
         extract(path, tmp, KEPT_ENTRIES)
         try:
@@ -161,12 +200,15 @@ def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
             raise ArchiveError(f"{path.name}: {RUN_FILE} or adapter_config.json is not valid JSON") from e
         if not isinstance(record, dict) or not isinstance(config, dict) or config.get("peft_type") != "LORA":
             raise ArchiveError(f"{path.name} is not a voicetune adapter zip: it holds no LoRA run record")
+        base = _allowed_base(record, base_model)  # before anything loads: the record says what would be loaded
         _check_weights(tmp)
-        _check_base(record, base_model)
+        _check_base(record, base)
         origin = str(record.get("run_id") or "shared")
         run_id = store.new_run_id("shared-" + re.sub(r"^\d{8}-\d{6}-", "", origin))  # never the zip's own id
-        record.update(run_id=run_id, imported_from=origin[:200])
+        # Only the public part of what the zip says is kept (no paths of another machine), under our base's name
+        record = {**public_record(record), "run_id": run_id, "imported_from": origin[:200], "base_model": base}
         store.atomic_write_json(tmp / RUN_FILE, record)
+        _keep_public_config(tmp, path.name)
         store.publish_dir(tmp, store.run_dir(run_id))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

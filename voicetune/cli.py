@@ -75,17 +75,39 @@ def _raise_cancelled(signum: int, frame: Any) -> None:  # noqa: ARG001
     raise Cancelled()
 
 
+def _preflight_train(cfg: Any) -> None:
+    """Everything that costs no model: the data and held-out files parse and pass their checks. Raises
+    DataError before a base model is converted or loaded (the held-out file used to be read after)."""
+    from dataclasses import replace
+
+    from voicetune.data import load_conversations
+
+    load_conversations(cfg.data)
+    if cfg.heldout_data:
+        try:
+            load_conversations(cfg.heldout_data)
+        except DataError as e:  # worded as train.prepare_data words the held-out file's problems
+            raise DataError([replace(p, message=f"(held-out file) {p.message}") for p in e.problems]) from None
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    """Train; as a queued job (--job) also record how it ended, with a failure code the app can explain."""
+    """Train; as a queued job (--job) also record how it ended, with a failure code the app can explain.
+
+    A job's output is its Training log, which its user reads: it names files, never the server's folders, and
+    a crash's traceback goes to the server-side log only (failures.log_for_server).
+    """
     try:
         cfg = _train_config(a)
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ValueError(f"--out {Path(cfg.out).name} is a file, not a folder for the adapter")
     except (OSError, TypeError, ValueError) as e:
         return _fail(EXIT_USAGE, f"config {a.config or ''}: {e}".replace("config : ", ""))
     on_event = _event_writer(a.events)
     end = _job_recorder(a.job)
+    shown = (lambda p: Path(p).name) if a.job else str  # what the log says for a path
     signal.signal(signal.SIGTERM, _raise_cancelled)
     out_existed = Path(cfg.out).exists()
-    from voicetune.failures import classify
+    from voicetune.failures import classify, log_for_server
     from voicetune.jobs import Cancelled
 
     try:
@@ -96,10 +118,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
             if cancel_requested(a.job):
                 raise Cancelled()
-        # Check the file before importing torch: bad data costs a second, not a model load.
-        from voicetune.data import load_conversations
-
-        load_conversations(cfg.data)
+        # Check the files before importing torch: bad data costs a second, not a model load.
+        _preflight_train(cfg)
         from voicetune.train import run_sft
 
         record = run_sft(cfg, on_event, resume=a.resume)
@@ -111,18 +131,27 @@ def cmd_train(a: argparse.Namespace) -> int:
         return _fail(EXIT_CANCELLED, "cancelled")
     except Exception as e:  # noqa: BLE001 - every failure ends as a code and a fix, never a bare traceback
         failure = classify(e)
+        if failure.code == "crash":
+            if a.job:
+                log_for_server(f"job {a.job} crashed:\n{traceback.format_exc()}")
+            else:
+                traceback.print_exc()  # the command line's user runs the machine: the details are theirs
         on_event({"type": "error", "code": failure.code, "message": failure.message, "fix": failure.fix})
         end("failed", failure.code, failure.message[:2000])
         if failure.code == "data":
-            return _fail(EXIT_DATA, f"{cfg.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
-        if failure.code == "crash":
-            traceback.print_exc()
+            from voicetune.failures import hide_paths
+
+            problems = [hide_paths(str(p)) if a.job else str(p) for p in e.problems]
+            return _fail(EXIT_DATA, f"{shown(cfg.data)} has problems:\n" + "\n".join(f"  {p}" for p in problems))
         return _fail(EXIT_MODEL if failure.code == "model" else EXIT_TRAIN, f"{failure.message}\n{failure.fix}")
     if not record:  # a non-zero rank under `accelerate launch`: rank 0 reports and saves
         return 0
+    from voicetune.runs import keep_training_data
+
+    keep_training_data(Path(cfg.out), cfg.data, cfg.heldout_data)  # a Hub push reads the dataset from here
     _refresh_model_card(Path(cfg.out))
     m = record["metrics"]
-    print(f"adapter saved to {cfg.out}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
+    print(f"adapter saved to {shown(cfg.out)}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
     message = f"train loss {m['train_loss']:.3f}"
     if cfg.scorecard and record["data"]["val"]:
         # A failed or cancelled scorecard never fails the run: the adapter is already saved and usable.
@@ -137,7 +166,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         except Cancelled:
             message += "; scorecard cancelled"
         except Exception as e:  # noqa: BLE001
-            on_event({"type": "status", "message": f"the scorecard could not be computed: {e}"})
+            from voicetune.failures import hide_paths
+
+            on_event({"type": "status", "message": f"the scorecard could not be computed: {hide_paths(str(e))}"})
     end("succeeded", None, message)
     return 0
 
@@ -164,17 +195,24 @@ def _job_recorder(job_id: str | None) -> Callable[[str, str | None, str], None]:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from voicetune import store
-    from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
-    from voicetune.generate import AdapterError
+    from voicetune.runs import locate
 
-    folder = Path(a.run) if Path(a.run).is_dir() else None
     try:
-        folder = folder or store.run_dir(a.run)
+        folder, _ = locate(a.run)  # before the scorecard's imports and model load
+        from voicetune.evaluate import SCORECARD_FILE, scorecard
+        from voicetune.generate import AdapterError
+
         saved = folder / SCORECARD_FILE
-        card = json.loads(saved.read_text()) if saved.exists() and not a.recompute else scorecard(folder)
-    except (ValueError, FileNotFoundError, AdapterError) as e:
-        return _fail(EXIT_MODEL, str(e))
+        try:
+            card = json.loads(saved.read_text()) if saved.exists() and not a.recompute else scorecard(folder)
+        except AdapterError as e:
+            raise ValueError(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:
+        from voicetune.failures import hide_paths
+
+        return _fail(EXIT_MODEL, hide_paths(str(e)))
+    from voicetune.evaluate import summary_rows
+
     if a.json:
         print(json.dumps(card, ensure_ascii=False, indent=2))
         return 0
@@ -188,17 +226,23 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
+    from voicetune.runs import locate
+
+    try:
+        folder, record = locate(a.adapter)  # before the model libraries are even imported
+    except ValueError as e:
+        return _fail(EXIT_MODEL, str(e))
     from voicetune.config import GenConfig
     from voicetune.generate import AdapterError, ChatModel, compare
     from voicetune.models import ModelError
-    from voicetune.train import read_run
 
     try:
-        record = read_run(a.adapter)
         chat = ChatModel(a.base_model or record["base_model"])
-        name = chat.load_adapter(a.adapter)
+        name = chat.load_adapter(str(folder))
     except (FileNotFoundError, AdapterError, ModelError) as e:
-        return _fail(EXIT_MODEL, str(e))
+        from voicetune.failures import hide_paths
+
+        return _fail(EXIT_MODEL, hide_paths(str(e)))
     gen = GenConfig(max_new_tokens=a.max_new_tokens)
     for row in compare(chat, name, a.prompt, gen, system=a.system):
         if a.json:
@@ -209,10 +253,15 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from voicetune.data import load_conversations
+    """Problems fail the file (exit 2); warnings are printed to stderr, line by line, and pass."""
+    from voicetune.data import Problem, load_conversations
 
+    warnings: list[Problem] = []
     try:
-        convs = load_conversations(a.data)
+        convs = load_conversations(a.data, warnings)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        warned = f", {len(warnings)} warning{'s' * (len(warnings) != 1)}" if warnings else ""
         if a.with_template:
             from voicetune import models
             from voicetune.templates import encode_all
@@ -221,26 +270,22 @@ def cmd_validate(a: argparse.Namespace) -> int:
             encoded, problems = encode_all(tok, convs, a.max_length)
             if problems:
                 raise DataError(problems)
-            print(f"{a.data}: {len(convs)} conversations, {sum(e.n_trained for e in encoded)} trained tokens, no problems")
+            print(f"{a.data}: {len(convs)} conversations, {sum(e.n_trained for e in encoded)} trained tokens, "
+                  f"no problems{warned}")
             return 0
     except DataError as e:
         return _fail(EXIT_DATA, f"{a.data} has problems:\n" + "\n".join(f"  {p}" for p in e.problems))
-    print(f"{a.data}: {len(convs)} conversations, no problems")
+    print(f"{a.data}: {len(convs)} conversations, no problems{warned}")
     return 0
 
 
-def _run_folder(run: str) -> Path:
-    """A run id in the workspace, or an adapter folder given by path."""
-    from voicetune import store
-
-    return Path(run) if Path(run).is_dir() else store.run_dir(run)
-
-
 def cmd_export(a: argparse.Namespace) -> int:
+    """The run is found and checked first (cheap); only then is a model merged or converted."""
     from voicetune import export, store
+    from voicetune.runs import locate
 
     try:
-        folder = _run_folder(a.run)
+        folder, _ = locate(a.run)
         out = Path(a.out) if a.out else store.home() / "exports" / folder.name
         if a.zip:
             done = export.adapter_zip(folder, out / f"{folder.name}-adapter.zip" if not a.out else out)
@@ -252,13 +297,15 @@ def cmd_export(a: argparse.Namespace) -> int:
 
             dest = out if a.out else out / f"gguf-{a.quant}" / f"{folder.name}-{a.quant}.gguf"
             dest.parent.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=dest.parent))
+            scratch = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("merge"), dir=dest.parent))
             try:  # GGUF is written from a full-precision merge, which is then dropped
                 done = export.to_gguf(export.merge(folder, scratch / "merged", dtype="fp32"), dest, quant=a.quant)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     except (ValueError, FileNotFoundError) as e:
-        return _fail(EXIT_MODEL, str(e))
+        from voicetune.failures import hide_paths
+
+        return _fail(EXIT_MODEL, hide_paths(str(e)))
     print(done)
     return 0
 
@@ -267,9 +314,11 @@ def cmd_push(a: argparse.Namespace) -> int:
     """Push a run to the Hub; the token comes from HF_TOKEN or `huggingface-cli login`, never from a flag
     (a flag would sit in the shell history and the process list)."""
     from voicetune import hub
+    from voicetune.runs import locate
 
     try:
-        pushed = hub.push_run(_run_folder(a.run), a.repo, private=not a.public, include_merged=a.merged,
+        folder, _ = locate(a.run)
+        pushed = hub.push_run(folder, a.repo, private=not a.public, include_merged=a.merged,
                               include_dataset=a.dataset, merged_dtype=a.dtype,
                               on_status=lambda message: print(message, file=sys.stderr))
     except (ValueError, hub.HubError) as e:
@@ -403,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "job", None):  # a job's child leaves this to the app that started it
+        from voicetune import store
+
+        store.clean_leftovers()  # what interrupted writes left behind, never a live one
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -19,6 +19,23 @@ import yaml
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
 
+# Upper bounds on what sizes a run's memory and time. The app has one queue per machine, so one request for a
+# million steps or a 1M-token window would hold it (or its memory) for everyone; each cap is far above what a
+# brand voice needs (tens to thousands of conversations, replies of a few hundred tokens).
+MAX_EPOCHS = 100  # Auto picks at most 10
+MAX_STEPS = 100_000  # ~10x the steps of 3 epochs over 10,000 conversations at batch 4
+MAX_BATCH_SIZE = 64  # conversations per device step; memory grows with it
+MAX_GRAD_ACCUM = 256  # steps per update; time grows with batch_size x grad_accum
+MAX_LENGTH = 32_768  # tokens; the context of the largest common small chat models
+MAX_RANK = 256  # adapter rank; 8-64 is the useful range for a voice
+MAX_PATIENCE = 100  # evaluations without improvement before early stopping
+
+
+def _at_most(name: str, value: float, cap: float) -> None:
+    if value > cap:
+        raise ValueError(f"`{name}` must be at most {cap:,}, got {value:,}")
+
+
 @dataclass
 class LoraSettings:
     r: int = 16  # adapter rank: 8-32 is plenty for a voice; higher learns more and costs memory
@@ -31,6 +48,7 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"`lora.r` must be at least 1, got {self.r}")
+        _at_most("lora.r", self.r, MAX_RANK)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`lora.dropout` must be in [0, 1), got {self.dropout}")
 
@@ -89,6 +107,10 @@ class TrainConfig:
             raise ValueError("`early_stopping_patience` must be at least 1")
         if self.max_length < 16:
             raise ValueError(f"`max_length` must be at least 16 tokens, got {self.max_length}")
+        for name, cap in (("epochs", MAX_EPOCHS), ("max_steps", MAX_STEPS), ("batch_size", MAX_BATCH_SIZE),
+                          ("grad_accum", MAX_GRAD_ACCUM), ("max_length", MAX_LENGTH),
+                          ("early_stopping_patience", MAX_PATIENCE)):
+            _at_most(name, getattr(self, name), cap)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

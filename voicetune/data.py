@@ -89,8 +89,23 @@ def check_messages(messages: Any, line: int | None) -> list[Problem]:
     return problems
 
 
-def parse_jsonl_bytes(raw: bytes) -> tuple[list[Conversation], list[Problem]]:
-    """Parse and check every line; return the good conversations and every problem found."""
+MESSAGE_KEYS = ("role", "content", "weight")  # what a turn may carry; anything else is ignored by training
+
+
+def unknown_keys(messages: list[Any], line: int | None) -> list[Problem]:
+    """A warning for each key of a turn that nothing reads ("nmae" for "name"): not an error, the turn still
+    trains, but a misspelt key is usually a field the user meant to set."""
+    return [Problem(line, f"messages[{i}].{key}", "is not a key voicetune reads and is ignored: a turn has role, "
+                    "content and (assistant turns) weight; check its spelling")
+            for i, msg in enumerate(messages) if isinstance(msg, dict)
+            for key in msg if key not in MESSAGE_KEYS]
+
+
+def parse_jsonl_bytes(raw: bytes, warnings: list[Problem] | None = None) -> tuple[list[Conversation], list[Problem]]:
+    """Parse and check every line; return the good conversations and every problem found.
+
+    Warnings (unknown keys in a turn) are appended to `warnings` when given: they never reject a line.
+    """
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 BOM, as Excel and Notepad write it
     convs: list[Conversation] = []
@@ -121,13 +136,15 @@ def parse_jsonl_bytes(raw: bytes) -> tuple[list[Conversation], list[Problem]]:
             continue
         meta = {k: v for k, v in obj.items() if k != "messages"}
         convs.append(Conversation(messages=obj["messages"], line=n, meta=meta))
+        if warnings is not None:
+            warnings.extend(unknown_keys(obj["messages"], n))
     if not convs and not problems:
         problems.append(Problem(None, "", "contains no conversations"))
     return convs, problems
 
 
-def load_conversations(path: str | Path) -> list[Conversation]:
-    """Read a JSONL file, raising DataError with every problem when any line is bad."""
+def load_conversations(path: str | Path, warnings: list[Problem] | None = None) -> list[Conversation]:
+    """Read a JSONL file, raising DataError with every problem when any line is bad; warnings go to `warnings`."""
     path = Path(path)
     if not path.exists():
         raise DataError([Problem(None, "", f"file not found: {path}")])
@@ -136,7 +153,7 @@ def load_conversations(path: str | Path) -> list[Conversation]:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise DataError([Problem(None, "", f"{path} is {size // 2**20} MiB, over the {MAX_FILE_BYTES // 2**20} MiB cap")])
-    convs, problems = parse_jsonl_bytes(path.read_bytes())
+    convs, problems = parse_jsonl_bytes(path.read_bytes(), warnings)
     if problems:
         raise DataError(problems)
     return convs

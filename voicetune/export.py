@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -37,18 +38,73 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _read_adapter(adapter_dir: Path) -> dict[str, Any]:
-    """read_run, with its refusals turned into one plain ValueError the CLI and UI can show as they are."""
+    """read_run, with its refusals turned into one plain ValueError naming the run, never its path on disk."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise ValueError(f"there is no run called {adapter_dir.name!r}")
     try:
         return read_run(adapter_dir)
     except FileNotFoundError as e:
-        raise ValueError(str(e)) from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {RUN_FILE} is not valid JSON ({e})") from e
+        missing = str(e).rsplit(": ", 1)[-1]
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {missing}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {RUN_FILE} is not valid JSON") from e
+
+
+# --- the public copy of a run record ---------------------------------------------------------------------
+
+# Where this machine keeps a run's files: meaningless anywhere else, and it tells others the server's layout.
+# A teammate's zip that carried them would also make a later push read a file of the author's (issue 15).
+LOCAL_KEYS = ("base_model_path",)
+LOCAL_CONFIG_KEYS = ("out", "checkpoint_dir")
+NAMED_CONFIG_KEYS = ("data", "heldout_data")  # kept as a file name: the card says which file it was
+ABSOLUTE_PATH = re.compile(r"^(?:~|[A-Za-z]:)?[/\\][^/\\\n]+[/\\][^\n]*$")  # two parts at least: "/r/x", not "/start"
+
+
+def _file_name(value: Any) -> Any:
+    """A path as its last part ("/srv/x/data.jsonl" -> "data.jsonl"); anything else unchanged."""
+    if isinstance(value, str) and value:
+        return re.split(r"[/\\]", value.rstrip("/\\"))[-1]
+    return value
+
+
+def _strip_paths(value: Any) -> Any:
+    """Every absolute path anywhere in a JSON-like value, replaced by its last part."""
+    if isinstance(value, dict):
+        return {k: _strip_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_paths(v) for v in value]
+    if isinstance(value, str) and ABSOLUTE_PATH.match(value):
+        return _file_name(value)
+    return value
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings as they may leave this machine: output and checkpoint folders dropped, files by name."""
+    out = {k: v for k, v in config.items() if k not in LOCAL_CONFIG_KEYS}
+    out.update({k: _file_name(out[k]) for k in NAMED_CONFIG_KEYS if k in out})
+    return _strip_paths(out)
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The copy of a run record that leaves the workspace (zip, Hub, model card, merged folder): no paths.
+
+    The one place that decides what of a record is private to this machine. The record beside the adapter
+    keeps its paths: the workspace itself needs them (resume, the runs diff).
+    """
+    out = {k: v for k, v in record.items() if k not in LOCAL_KEYS}
+    if isinstance(out.get("config"), dict):
+        out["config"] = public_config(out["config"])
+    if isinstance(out.get("data"), dict) and "file" in out["data"]:
+        out["data"] = {**out["data"], "file": _file_name(out["data"]["file"])}
+    return _strip_paths(out)
 
 
 def hub_base(record: dict[str, Any]) -> str:
     """The base model as someone outside voicetune can load it: the Hub id for the embedded model."""
-    return EMBEDDED_HUB_ID if record.get("base_model") == EMBEDDED_MODEL else str(record.get("base_model"))
+    if record.get("base_model") == EMBEDDED_MODEL:
+        return EMBEDDED_HUB_ID
+    return _strip_paths(str(record.get("base_model")))  # a local folder goes by its name, never its path
 
 
 # --- the adapter zip ----------------------------------------------------------------------------------
@@ -62,7 +118,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def _hyperparameters(config: dict[str, Any]) -> list[tuple[str, Any]]:
     """The settings that shape the weights; paths and scorecard phrases are not hyperparameters."""
-    not_hyper = {"data", "out", "base_model", "lora", "style_guide", "required_phrases", "banned_phrases",
+    not_hyper = {"data", "out", "heldout_data", "checkpoint_dir", "base_model", "lora", "style_guide", "required_phrases", "banned_phrases",
                  "scorecard", "logging_steps"}
     rows = [(k, v) for k, v in config.items() if k not in not_hyper]
     rows += [(f"lora.{k}", v) for k, v in (config.get("lora") or {}).items()]
@@ -75,6 +131,7 @@ def _scorecard_section(record: dict[str, Any], adapter_dir: Path) -> str:
     saved = adapter_dir / "scorecard.json"
     if card is None and saved.is_file():
         card = json.loads(saved.read_text(encoding="utf-8"))
+    card = _strip_paths(card)
     if not card:
         return "## Scorecard\n\nNot computed yet. Run `python -m voicetune eval --run <this adapter>` to compute it."
     parts = ["## Scorecard"]
@@ -95,6 +152,7 @@ def _scorecard_section(record: dict[str, Any], adapter_dir: Path) -> str:
 
 def model_card(record: dict[str, Any], adapter_dir: Path) -> str:
     """README.md for the zip: front matter the Hub reads (base_model, library), then data, settings and metrics."""
+    record = public_record(record)
     base = hub_base(record)
     data, metrics = record.get("data", {}), record.get("metrics", {})
     embedded_note = (
@@ -167,14 +225,32 @@ def _shareable_adapter_config(adapter_dir: Path, record: dict[str, Any]) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
+def _public_config_yaml(adapter_dir: Path) -> bytes:
+    """config.yaml without the paths of this machine (the data file by name; output folders dropped)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((adapter_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: config.yaml is not valid YAML") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: config.yaml holds no settings")
+    return yaml.safe_dump(public_config(config), sort_keys=False, allow_unicode=True).encode()
+
+
 def adapter_files(adapter_dir: Path) -> dict[str, bytes | Path]:
-    """What a shared adapter consists of, name -> bytes or the file to copy: the zip and a Hub push agree."""
+    """What a shared adapter consists of, name -> bytes or the file to copy: the zip and a Hub push agree.
+
+    The run record and settings go out as their public copies (public_record): no path of this machine.
+    """
     adapter_dir = Path(adapter_dir)
     record = _read_adapter(adapter_dir)
     missing = [n for n in ZIP_FILES if not (adapter_dir / n).is_file()]
     if missing:
-        raise ValueError(f"{adapter_dir} is not a finished voicetune adapter: {', '.join(missing)} is missing")
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {', '.join(missing)} is missing")
     files: dict[str, bytes | Path] = {n: adapter_dir / n for n in ZIP_FILES}
+    files[RUN_FILE] = (json.dumps(public_record(record), indent=2, ensure_ascii=False) + "\n").encode()
+    files["config.yaml"] = _public_config_yaml(adapter_dir)
     files["adapter_config.json"] = _shareable_adapter_config(adapter_dir, record).encode()
     files["README.md"] = model_card(record, adapter_dir).encode()
     files["load_adapter.py"] = load_snippet(record).encode()
@@ -244,7 +320,7 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: Literal["bf16", "fp16", "fp32
     base_path = models.resolve_base_model(record["base_model"])
     if record.get("base_model_hash") not in (None, models.base_model_fingerprint(base_path)):
         raise ValueError(f"{adapter_dir.name} was trained on another copy of {record['base_model']!r} than the one "
-                         f"at {base_path}; merging would give a model nobody trained")
+                         "this app has; merging would give a model nobody trained")
 
     # Load the base in full precision and fold the adapter in
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
@@ -257,7 +333,8 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: Literal["bf16", "fp16", "fp32
     try:
         merged.save_pretrained(tmp)
         models.load_tokenizer(base_path).save_pretrained(tmp)
-        store.atomic_write_json(tmp / MERGE_RECORD, {**record, "merged_dtype": dtype, "merged_base": hub_base(record)})
+        store.atomic_write_json(tmp / MERGE_RECORD, {**public_record(record), "merged_dtype": dtype,
+                                                     "merged_base": hub_base(record)})
         store.publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -399,7 +476,7 @@ def _weight_files(merged_dir: Path) -> dict[str, Path]:
 
     files = sorted(merged_dir.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{merged_dir} has no safetensors weights: merge an adapter into it first")
+        raise ValueError(f"{merged_dir.name} has no safetensors weights: merge an adapter into it first")
     where: dict[str, Path] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as sf:
@@ -428,7 +505,7 @@ def to_gguf(merged_dir: Path, out_file: Path, quant: Literal["f16", "q8_0"] = "f
     if quant not in ("f16", "q8_0"):
         raise ValueError(f"quant must be 'f16' or 'q8_0', got {quant!r}")
     if not (merged_dir / "config.json").is_file():
-        raise ValueError(f"{merged_dir} is not a merged model folder: config.json is missing")
+        raise ValueError(f"{merged_dir.name} is not a merged model folder: config.json is missing")
     config = AutoConfig.from_pretrained(merged_dir)
     if config.model_type != "llama":
         raise ValueError(f"only Llama-architecture models can be written to GGUF here, not {config.model_type!r}")

@@ -9,7 +9,10 @@ batch size, or use QLoRA". The job keeps the raw message in its log; the UI show
 from __future__ import annotations
 
 import errno
+import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 FIXES = {
     "oom": "The model ran out of memory. Reduce the max length or the batch size, turn QLoRA on, or turn "
@@ -23,9 +26,31 @@ FIXES = {
                  "was left as it was.",
     "killed": "The training process was stopped from outside (the machine restarted or ran out of memory). "
               "Resume it from its last checkpoint.",
-    "crash": "Training stopped with an unexpected error. The log has the details; try again, and report it "
-             "if it repeats.",
+    "crash": "Training stopped with an unexpected error. Try again, and report it if it repeats; the server's "
+             "log has the details.",
+    "timeout": "The job ran longer than this machine allows one job (VOICETUNE_JOB_MAX_HOURS). Train fewer "
+               "epochs or steps, or with a shorter max length, then start again.",
 }
+
+# An absolute path of two parts or more ("/data/voicetune/users/x/runs/r"), not inside a URL ("https://a/b").
+_PATH = re.compile(r"(?<![\w:/.])(?:~|[A-Za-z]:)?(?:[/\\][\w.@+=,-]+){2,}[/\\]?")
+SERVER_LOG = "logs/server.log"  # under the workspace root: for whoever runs the machine, never shown to users
+
+
+def hide_paths(text: str) -> str:
+    """The text with every absolute path replaced by its last part: users see names, never the server's layout."""
+    return _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1], text)
+
+
+def log_for_server(text: str) -> Path:
+    """Append to the server-side log (tracebacks live here, never in a log a user reads); returns its path."""
+    from voicetune import store
+
+    path = store.root() / SERVER_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text.rstrip()}\n")
+    return path
 
 
 @dataclass
@@ -52,11 +77,11 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def classify(exc: BaseException) -> Failure:
-    """Map an exception from a training run to one of FIXES' codes."""
+    """Map an exception from a training run to one of FIXES' codes; the message names files, never their paths."""
     from voicetune.data import DataError
     from voicetune.models import ModelError
 
-    text = str(exc)
+    text = hide_paths(str(exc))
     if isinstance(exc, DataError):
         return Failure("data", text)
     if isinstance(exc, ModelError):

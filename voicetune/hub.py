@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from voicetune import export, store
+from voicetune import export, runs, store
+from voicetune.failures import hide_paths
 from voicetune.train import files_fingerprint, read_run
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
@@ -82,18 +83,24 @@ def dataset_card(record: dict) -> str:
 
 
 def _data_files(adapter_dir: Path, record: dict) -> dict[str, Path]:
-    """The run's own data, only if it is still byte for byte what the run trained on."""
-    data = Path(str(record.get("data", {}).get("file", "")))
-    heldout_data = (record.get("config") or {}).get("heldout_data")
-    sources = [data, *([Path(heldout_data)] if heldout_data else [])]
-    if not all(p.is_file() for p in sources):
-        raise HubError(f"the conversations this run trained on are no longer on disk ({data.name}); "
-                       "push without the dataset, or train again")
-    if files_fingerprint(sources) != record["data"].get("sha256_16"):
-        raise HubError(f"{data.name} has changed since this run trained on it; push without the dataset, "
-                       "or train again")
-    files = {"conversations.jsonl": data}
-    heldout = adapter_dir / "heldout.jsonl"
+    """The run's own data from this workspace, only if it is still byte for byte what the run trained on.
+
+    Never a path from the run record: an imported adapter's record names files on its author's machine
+    (or anywhere its author liked), so the data comes only from the copy training kept in the run's folder.
+    """
+    folder = Path(adapter_dir).resolve()
+    if folder.parent != store.runs_dir().resolve():
+        raise HubError(f"{folder.name} is not a run of this workspace, so its conversations cannot be pushed; "
+                       "push without the dataset")
+    sources = runs.training_data(folder)
+    if not sources:
+        raise HubError(f"the conversations {folder.name} trained on are not in this workspace (a teammate's "
+                       "shared adapter carries none); push without the dataset, or train again")
+    if files_fingerprint(sources) != (record.get("data") or {}).get("sha256_16"):
+        raise HubError(f"the conversations of {folder.name} do not match what the run trained on; push without "
+                       "the dataset, or train again")
+    files = {"conversations.jsonl": sources[0]}
+    heldout = folder / "heldout.jsonl"
     if heldout.is_file():
         files["validation.jsonl"] = heldout
     return files
@@ -124,14 +131,15 @@ def push_run(
     repo_id = check_repo_name(repo_id)
     try:
         record = read_run(adapter_dir)
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise HubError(str(e)) from None
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        raise HubError(f"{adapter_dir.name} is not a finished voicetune run") from None
+    data_files = _data_files(adapter_dir, record) if include_dataset else {}  # cheap checks before any merge
     if constants.HF_HUB_OFFLINE:
         raise HubError("HF_HUB_OFFLINE is set on this machine, so nothing can be pushed to the Hub")
     token = resolve_token()
     api = HfApi(endpoint=endpoint, token=token)
     pushed: list[Pushed] = []
-    staging = Path(tempfile.mkdtemp(prefix=".push-", dir=store.home()))
+    staging = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("push"), dir=store.home()))
     try:
         # Stage every folder before the first upload
         say("preparing the adapter")
@@ -143,7 +151,7 @@ def push_run(
         if include_dataset:
             folder = staging / "data"
             folder.mkdir()
-            for name, source in _data_files(adapter_dir, record).items():
+            for name, source in data_files.items():
                 shutil.copyfile(source, folder / name)
             store.atomic_write_text(folder / "README.md", dataset_card(record))
             uploads.append(("dataset", repo_id + DATA_SUFFIX, "dataset", folder))
@@ -159,7 +167,7 @@ def push_run(
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, validation and disk errors all reach the user as one message
         done = "".join(f" {p.kind} was uploaded to {p.url} before this;" for p in pushed)
-        raise HubError(scrub(f"pushing to the Hub failed:{done} {type(e).__name__}: {e}", token)) from None
+        raise HubError(hide_paths(scrub(f"pushing to the Hub failed:{done} {type(e).__name__}: {e}", token))) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return pushed

@@ -19,7 +19,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from itertools import groupby
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +49,7 @@ class ImportReport:
     problems: list[Problem]  # why each rejected line or record (or the whole file) was turned away
     duplicates: list[Problem]  # exact repeats of an earlier accepted conversation, left out
     unit: str = "line"  # what Conversation.line counts: "line", or "record" of a JSON array
+    warnings: list[Problem] = field(default_factory=list)  # accepted, but worth a look (e.g. a misspelt key)
 
     @property
     def accepted(self) -> int:
@@ -168,7 +169,10 @@ def _import_records(raw: bytes, convert: Callable[[dict], Converted], keys: tupl
 
 def import_openai_jsonl(raw: bytes) -> ImportReport:
     """OpenAI chat JSONL, checked by data.parse_jsonl_bytes; per-message `weight` 0/1 is kept."""
-    return _finish(*parse_jsonl_bytes(raw))
+    warnings: list[Problem] = []
+    report = _finish(*parse_jsonl_bytes(raw, warnings))
+    report.warnings = warnings
+    return report
 
 
 def _from_sharegpt(obj: dict) -> Converted:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -37,6 +38,23 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 ACTIVE = ("queued", "running")
 CANCEL_GRACE_S = 20  # a cancelled child gets this long to clean up before SIGKILL
 START_GRACE_S = 60  # a "running" row without a pid this long after dispatch lost its starter
+# One queue serves every user of the machine, so no one workspace may fill it or hold it forever.
+DEFAULT_MAX_ACTIVE = 3  # queued or running jobs per workspace (VOICETUNE_MAX_JOBS); a person trains one at a time
+DEFAULT_MAX_HOURS = 12.0  # wall time per job (VOICETUNE_JOB_MAX_HOURS); a voice trains in minutes to an hour
+# The child needs no Hub token (it trains and saves locally): a token in its environment could only leak
+HUB_TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_TOKEN")
+
+
+class JobLimitError(ValueError):
+    """A job refused because its workspace already has as many jobs waiting as one workspace may."""
+
+
+def max_active_jobs() -> int:
+    return int(os.environ.get("VOICETUNE_MAX_JOBS") or DEFAULT_MAX_ACTIVE)
+
+
+def max_job_seconds() -> float:
+    return float(os.environ.get("VOICETUNE_JOB_MAX_HOURS") or DEFAULT_MAX_HOURS) * 3600
 
 
 def db() -> sqlite3.Connection:
@@ -269,27 +287,56 @@ def submit(data_text: str, label: str = "run", *, heldout_text: str = "", projec
                       **settings)
     cfg.to_yaml(folder / "config.yaml")
     conn = db()
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")  # the count and the insert in one transaction: two clicks cannot both pass
+    try:
+        active = conn.execute("SELECT COUNT(*) FROM jobs WHERE home = ? AND state IN ('queued', 'running')",
+                              (str(store.home()),)).fetchone()[0]
+        if active >= max_active_jobs():
+            raise JobLimitError(f"you already have {active} training jobs queued or running, the most one workspace "
+                                "may have at a time; wait for one to finish or cancel one, then start again")
         conn.execute("INSERT INTO jobs (id, home, project_id, label, state, folder, estimate_s, created)"
                      " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
                      (run_id, str(store.home()), project_id, label, str(folder), estimate_s, time.time()))
         _history(conn, run_id, "queued")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     supervisor().wake()
     return get(run_id)
 
 
 def cancel(job_id: str) -> str:
-    """Cancel a queued or running job. A cancelled run leaves no adapter that could be listed or loaded."""
-    job = owned(job_id)
+    """Cancel a queued or running job of this workspace. A cancelled run leaves no adapter to list or load.
+
+    One UPDATE decides, filtered by owner and state: a job claimed by the supervisor between a separate check
+    and the update could otherwise be missed (it was "queued" when looked at, "running" when updated).
+    """
     conn = db()
-    if _set_state(conn, job.id, "cancelled", when=("queued",), message="cancelled before it started"):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.execute(
+            "UPDATE jobs SET cancel_requested = 1,"
+            " message = CASE state WHEN 'queued' THEN 'cancelled before it started' ELSE message END,"
+            " finished = CASE state WHEN 'queued' THEN ? ELSE finished END,"
+            " state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END"
+            " WHERE id = ? AND home = ? AND state IN ('queued', 'running')",
+            (time.time(), job_id, str(store.home())))
+        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND home = ?", (job_id, str(store.home()))).fetchone()
+        if cur.rowcount:
+            before_start = row["state"] == "cancelled"
+            _history(conn, job_id, row["state"], "cancelled before it started" if before_start else "cancel requested")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if row is None:
+        raise KeyError(f"no training job {job_id!r}")
+    if not cur.rowcount:
+        return f"nothing to cancel: the job is {row['state']}"
+    if row["state"] == "cancelled":
         return "cancelled before it started"
-    if job.state != "running":
-        return f"nothing to cancel: the job is {job.state}"
-    conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job.id,))
-    _history(conn, job.id, "running", "cancel requested")
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
     if _alive(row):
         os.killpg(row["pid"], signal.SIGTERM)  # the child cleans up and records "cancelled" itself
     supervisor().wake()
@@ -350,8 +397,9 @@ def _spawn(row: sqlite3.Row) -> subprocess.Popen:
            "--events", str(folder / "events.jsonl"), "--job", row["id"]]
     if row["resume"]:
         cmd.append("--resume")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VOICETUNE_HOME": row["home"],
-           "VOICETUNE_JOBS_DB": str(store.root() / store.DB_NAME), "VOICETUNE_CACHE": str(store.model_cache_dir())}
+    env = {k: v for k, v in os.environ.items() if k not in HUB_TOKEN_VARIABLES}
+    env.update({"PYTHONUNBUFFERED": "1", "VOICETUNE_HOME": row["home"],
+                "VOICETUNE_JOBS_DB": str(store.root() / store.DB_NAME), "VOICETUNE_CACHE": str(store.model_cache_dir())})
     with open(folder / "log.txt", "a", encoding="utf-8") as log:
         # A new session, so cancel can stop the whole process group.
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
@@ -376,6 +424,7 @@ class Supervisor:
     def start(self) -> "Supervisor":
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                store.clean_leftovers()  # the app's start-up: what interrupted writes left, never a live one
                 recover()
                 self._stop = threading.Event()
                 self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="voicetune-jobs",
@@ -417,6 +466,7 @@ class Supervisor:
             if proc.poll() is not None:
                 del self.children[job_id]
         self._enforce_cancels(conn)
+        self._enforce_time_limit(conn)
         recover()
         row = _claim_next(conn)
         if row is not None:
@@ -435,6 +485,24 @@ class Supervisor:
             marks = conn.execute("SELECT time FROM job_history WHERE job_id = ? ORDER BY id DESC LIMIT 1",
                                  (row["id"],)).fetchone()
             if time.time() - (marks["time"] if marks else 0) > CANCEL_GRACE_S:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+    def _enforce_time_limit(self, conn: sqlite3.Connection) -> None:
+        """A job past the time limit fails with code "timeout" and is stopped like a cancel (SIGTERM: no half
+        adapter is kept); a child of ours still alive a grace period after its job ended is killed."""
+        limit = max_job_seconds()
+        for row in conn.execute("SELECT * FROM jobs WHERE state = 'running' AND started < ?",
+                                (time.time() - limit,)).fetchall():
+            message = f"stopped after {limit / 3600:g} h, the longest one job may run on this machine"
+            if _set_state(conn, row["id"], "failed", when=("running",), code="timeout", message=message) \
+                    and _alive(row):
+                os.killpg(row["pid"], signal.SIGTERM)
+        for job_id, proc in list(self.children.items()):
+            if proc.poll() is not None:
+                continue
+            row = conn.execute("SELECT state, finished FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row and row["state"] not in ACTIVE and time.time() - (row["finished"] or 0) > CANCEL_GRACE_S:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 

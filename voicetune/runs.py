@@ -5,11 +5,16 @@ not. The run record (run.json) holds everything; this module picks the columns a
 
     rows = run_rows(jobs.finished_runs())
     diff_runs(record_a, record_b)  # -> [("config.learning_rate", 0.0002, 0.0003), ...]
+    keep_training_data(run_folder, cfg.data, cfg.heldout_data)  # then a Hub push can offer the dataset
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
+
+from voicetune import store
 
 COLUMNS = ["run", "finished", "base model", "preset", "train / val", "epochs", "learning rate", "rank",
            "train loss", "best val loss", "steps", "tokens/s", "peak memory MB", "device", "minutes"]
@@ -61,3 +66,56 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]
         if va != vb:
             rows.append((key, _fmt(va), _fmt(vb)))
     return rows
+
+
+# --- The conversations a run trained on ---------------------------------------------------------------------
+# A copy sits in the run's own folder, so pushing the dataset reads only this workspace's files, never a path
+# from a run record (a shared adapter's record names files of its author's machine). A shared adapter's zip
+# never carries these, so an imported run has no dataset to push.
+
+TRAINING_DATA = "data.jsonl"  # the file the run read, byte for byte
+TRAINING_HELDOUT = "heldout-data.jsonl"  # the conversations marked held out, when the run had them
+
+
+def keep_training_data(run_folder: Path, data: str | Path, heldout: str | Path | None = None) -> None:
+    """Copy the files a finished run read into its folder (each written whole, then renamed into place)."""
+    for source, name in ((data, TRAINING_DATA), (heldout, TRAINING_HELDOUT)):
+        # An empty held-out file is not part of the run's fingerprint (train.prepare_data), so it is not kept
+        if source and Path(source).is_file() and (name == TRAINING_DATA or Path(source).read_bytes().strip()):
+            with store.atomic_file(Path(run_folder) / name, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+
+
+def training_data(run_folder: Path) -> list[Path]:
+    """The kept copies of what the run read ([] if none): the data file, then the held-out file if any."""
+    folder = Path(run_folder)
+    data = folder / TRAINING_DATA
+    if not data.is_file():
+        return []
+    heldout = folder / TRAINING_HELDOUT
+    return [data, *([heldout] if heldout.is_file() else [])]
+
+
+def locate(run: str) -> tuple[Path, dict[str, Any]]:
+    """A finished run, by id in this workspace or by the folder a command-line user names, and its record.
+
+    Cheap and first: every verb finds its run before it loads a model, and a refusal names the run as the
+    user typed it, never a folder of the server.
+    """
+    import json
+
+    from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
+
+    folder = Path(run) if run and Path(run).is_dir() else store.run_dir(run)  # refuses ids that leave runs/
+    if not folder.is_dir():
+        raise ValueError(f"no finished run called {run!r} in this workspace")
+    for needed in (RUN_FILE, ADAPTER_WEIGHTS, "adapter_config.json"):
+        if not (folder / needed).is_file():
+            raise ValueError(f"{folder.name} is not a finished voicetune run: {needed} is missing")
+    try:
+        record = read_run(folder)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} holds no run record")
+    return folder, record

@@ -61,15 +61,18 @@ def root() -> Path:
 
     Things shared by every user of one machine, such as the training queue for its one GPU, live here.
     """
-    env = os.environ.get("VOICETUNE_HOME")
-    if env:
-        path = Path(env)
-    elif os.environ.get("SPACE_ID") and Path("/data").is_dir() and os.access("/data", os.W_OK):
-        path = Path("/data/voicetune")
-    else:
-        path = Path("workspace")
+    path = _root_path()
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def _root_path() -> Path:
+    env = os.environ.get("VOICETUNE_HOME")
+    if env:
+        return Path(env)
+    if os.environ.get("SPACE_ID") and Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/voicetune")
+    return Path("workspace")
 
 
 def model_cache_dir() -> Path:
@@ -136,6 +139,66 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+# --- Leftovers -------------------------------------------------------------------------------------------
+# Every write goes to a temporary name first; a process killed mid-write leaves that name behind. These are
+# the temporary names, and how long one must have been untouched before it counts as abandoned. A name that
+# carries its owner's pid (".push-<pid>-...", ".merge-<pid>-...", ".import.<pid>.") is kept while that process
+# lives and removed as soon as it is gone.
+
+LEFTOVER_MAX_AGE_S = 30 * 60  # untouched this long: no live writer (each of ours writes far more often)
+LEFTOVERS = re.compile(r"^\.(?:.+\.old-[0-9a-f]{6}|import\..+|merge-.+|push-.+|.+\.tmp)$")
+_OWNER = re.compile(r"^\.(?:import\.|merge-|push-)(\d+)[.-]")
+
+
+def owned_temp_prefix(kind: str) -> str:
+    """A prefix for mkdtemp naming this process as the owner, so clean_leftovers never takes a live one."""
+    return f".{kind}.{os.getpid()}." if kind == "import" else f".{kind}-{os.getpid()}-"
+
+
+def _newest_mtime(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+def _abandoned(path: Path, max_age_s: float) -> bool:
+    owner = _OWNER.match(path.name)
+    if owner:  # kept while its owner lives, whatever its age; removed once the owner is gone
+        return not Path(f"/proc/{int(owner[1])}").exists()
+    return time.time() - _newest_mtime(path) > max_age_s
+
+
+def clean_leftovers(max_age_s: float = LEFTOVER_MAX_AGE_S) -> list[str]:
+    """Remove the temporary files and folders interrupted writes left anywhere in the workspace (every user's),
+    never one still being written. Called when the app's job supervisor starts and by every command. Returns
+    the removed paths, relative to the workspace root."""
+    base = _root_path().resolve()
+    removed: list[str] = []
+    if not base.is_dir():
+        return removed  # no workspace yet: nothing to clean, and none is made for it
+    for folder, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if not LEFTOVERS.match(name):
+                continue
+            try:
+                if not _abandoned(path, max_age_s):
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError:
+                continue  # gone already, or not ours to remove: the next start tries again
+            removed.append(str(path.relative_to(base)))
+        dirs[:] = [d for d in dirs if not LEFTOVERS.match(d)]  # never walk into a leftover
+    return removed
 
 
 # --- The database -------------------------------------------------------------------------------------
@@ -260,11 +323,50 @@ def _m004_api_keys(conn: sqlite3.Connection) -> None:
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys]
 
 
-def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
-    """Apply every migration the file has not seen yet.
+def _statements(script: str) -> list[str]:
+    """A SQL script as its statements, split where SQLite itself says a statement is complete."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())  # a last statement without its semicolon (or a closing comment)
+    return statements
 
-    Two processes or threads opening a new workspace at once must not both run a migration, and sqlite's
-    executescript commits any open transaction, so a lock file beside the database serialises them.
+
+class _OneTransaction:
+    """The connection a migration sees: its executescript runs statement by statement inside the caller's
+    transaction. sqlite3's own executescript COMMITs first, so a migration that failed half-way used to leave
+    half a schema behind (and "duplicate column name" on every later open)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def executescript(self, script: str) -> None:
+        for statement in _statements(script):
+            self._conn.execute(statement)
+
+    def commit(self) -> None:
+        """The migration runner commits, together with the version bump."""
+
+    def __enter__(self) -> "_OneTransaction":  # `with conn:` inside a migration must not commit half of it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
+    """Apply every migration the file has not seen yet, each in one transaction with its version bump.
+
+    A migration that fails (a crash, a full disk, a bad statement) leaves the file at the previous version,
+    with nothing of itself applied, so the next open runs it again from the start. Two processes or threads
+    opening a new workspace at once must not both run one, so a lock file beside the database serialises them.
     """
     if conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
         return len(MIGRATIONS)
@@ -273,9 +375,14 @@ def migrate(conn: sqlite3.Connection, path: Path | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            with conn:
-                step(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                step(_OneTransaction(conn))  # type: ignore[arg-type]
                 conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
     return len(MIGRATIONS)
 
 

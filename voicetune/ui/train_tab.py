@@ -182,10 +182,13 @@ def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str
                                                          settings["lora"]["r"], settings["max_length"],
                                                          settings["max_steps"]),
                                         lengths, models.detect_device(), _throughput(), settings["batch_size"])
-    job = jobs.submit(projects.training_jsonl(conn, int(project_id)), label=project["name"],
-                      heldout_text=projects.heldout_jsonl(conn, int(project_id)), project_id=int(project_id),
-                      estimate_s=estimate, base_model=project["base_model"] or _DEFAULTS.base_model,
-                      style_guide=project["style_guide"], val_fraction=min(0.49, check.val_fraction), **settings)
+    try:
+        job = jobs.submit(projects.training_jsonl(conn, int(project_id)), label=project["name"],
+                          heldout_text=projects.heldout_jsonl(conn, int(project_id)), project_id=int(project_id),
+                          estimate_s=estimate, base_model=project["base_model"] or _DEFAULTS.base_model,
+                          style_guide=project["style_guide"], val_fraction=min(0.49, check.val_fraction), **settings)
+    except jobs.JobLimitError as e:  # the per-workspace quota, in its own plain words
+        raise gr.Error(str(e)[:1].upper() + str(e)[1:]) from None
     return job.id, f"**Run `{job.id}`** queued."
 
 

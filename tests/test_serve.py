@@ -193,9 +193,10 @@ def test_every_exported_model_card_says_how_to_serve_the_run(tmp_path: Path):
     assert "voicetune's own tests did not run them (no GPU)" in card
     # rank 16 and below is vLLM's default limit: no flag
     assert "--max-lora-rank" not in model_card({**record, "config": {"lora": {"r": 16}}}, folder)
-    # a base model given as a local folder is quoted for the shell
-    assert "vllm serve '/models/my base' --enable-lora" in model_card({**record, "base_model": "/models/my base"},
-                                                                         folder)
+    # a base model given as a local folder keeps only its folder's name (no server path leaves the workspace),
+    # quoted for the shell
+    card = model_card({**record, "base_model": "/models/my base"}, folder)
+    assert "vllm serve 'my base' --enable-lora" in card and "/models" not in card
 
 
 # --- The real model, in the running app ----------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_generator_handlers_keep_each_users_workspace_across_threads(monkeypatch
     click, load = session.scoped(lambda: "x"), session.scoped(lambda: ("x", "y"), outputs=2, quiet=True)
     with pytest.raises(gr.Error) as e:
         click()
-    assert e.value.message == session.SIGN_IN
+    assert e.value.message == session.SIGN_IN and e.value.message.startswith("Sign in again: ")
     assert [type(u).__name__ for u in load()] == ["dict", "dict"]  # two gr.skip() updates
 
 

@@ -22,6 +22,7 @@ from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
 from voicetune.train import read_run
+from voicetune.ui import downloads
 
 MAX_PANES = 4
 BASE_CHOICE = "Base model"
@@ -157,11 +158,15 @@ def vote(choice: str, project: int, state: dict | None) -> list[Any]:
             gr.update(visible=False), win_table(project), state]
 
 
-def win_table(project: int) -> pd.DataFrame:
+WIN_COLUMNS = ["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes", "a_win_rate", "ci95_low",
+               "ci95_high"]
+
+
+def win_table(project: int | None) -> pd.DataFrame:
+    if project is None:
+        return pd.DataFrame(columns=WIN_COLUMNS)
     rows = arena.win_rates(store.list_votes(store.connect(), int(project)))
-    frame = pd.DataFrame(rows, columns=["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes",
-                                        "a_win_rate", "ci95_low", "ci95_high"])
-    return frame.round(3)
+    return pd.DataFrame(rows, columns=WIN_COLUMNS).round(3)
 
 
 def teach_choices(state: dict | None) -> dict:
@@ -193,7 +198,7 @@ def export_preferences(project: int) -> str:
     votes = store.list_votes(store.connect(), int(project))
     path = store.home() / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     store.atomic_write_text(path, arena.preference_jsonl(votes))
-    return str(path)
+    return downloads.offer(path)
 
 
 def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, project: int,
@@ -213,7 +218,7 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])
     batch = {"id": f"batch-{time.strftime('%Y%m%d-%H%M%S')}", "prompts": prompts, "arms": [a.key for a in arms],
              "grid": grid, "system": system or ""}
-    return frame, str(path), batch
+    return frame, downloads.offer(path), batch
 
 
 def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str:
@@ -232,8 +237,8 @@ def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
-def load_style_guide(project: int) -> str:
-    return store.get_project(store.connect(), int(project))["style_guide"]
+def load_style_guide(project: int | None) -> str:
+    return "" if project is None else store.get_project(store.connect(), int(project))["style_guide"]
 
 
 def save_style_guide(text: str, project: int) -> None:
@@ -284,7 +289,7 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
         teach_btn = gr.Button("Save as training conversation")
         teach_msg = gr.Markdown()
     with gr.Accordion("Votes and win rates", open=False):
-        table = gr.Dataframe(win_table(project.value), interactive=False, wrap=True)
+        table = gr.Dataframe(pd.DataFrame(columns=WIN_COLUMNS), interactive=False, wrap=True)  # filled per user
         export_btn = gr.Button("Export votes as preference data (DPO JSONL)")
         export_file = gr.File(label="Preference data", interactive=False)
     with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):

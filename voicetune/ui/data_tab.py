@@ -22,6 +22,7 @@ from voicetune.config import TrainConfig
 from voicetune.data import MAX_FILE_BYTES, Conversation, Problem, check_messages, list_examples
 from voicetune.importers import ImportReport
 from voicetune.templates import TemplateError, encode_all, preview
+from voicetune.ui import downloads
 from voicetune.ui.charts import bar_chart_html
 
 MASK_COLORS = {"trained": "#16a34a"}
@@ -430,7 +431,7 @@ def export_jsonl(project: int) -> str:
              for c in convs]
     path = store.home() / "exports" / f"{_export_name(project)}.jsonl"
     store.atomic_write_text(path, "".join(lines))
-    return str(path)
+    return downloads.offer(path)
 
 
 def export_dataset(project: int) -> str:
@@ -443,7 +444,7 @@ def export_dataset(project: int) -> str:
         path = store.home() / "exports" / f"{name}-dataset.zip"
         with store.atomic_file(path, "wb") as f:
             f.write(Path(archive).read_bytes())
-    return str(path)
+    return downloads.offer(path)
 
 
 # ---------------------------------------------------------------- health
@@ -544,15 +545,18 @@ def _set_content(project: int, editing: dict, content: str, *, index: int) -> No
 
 
 def build_data_tab() -> gr.State:
-    """Returns the current project's id as a gr.State, which the Train and Compare tabs read."""
-    conn = _conn()
-    project = gr.State(projects.current_project(conn))
+    """Returns the current project's id as a gr.State, which the Train and Compare tabs read.
+
+    Every component starts empty: the page is built once, before any visitor is known, so a value read here
+    would come from the root workspace and be shown to everyone. The visitor's own values arrive on page load.
+    """
+    project = gr.State(None)
     editing = gr.State({"id": None, "rev": 0})  # the conversation open in the editor
     pending, last_delete, pending_import = gr.State({}), gr.State({}), gr.State({})
     examples = list(list_examples())
 
     with gr.Row(equal_height=True):
-        picker = gr.Dropdown(project_choices(), value=project.value, label="Project (one brand voice)", scale=3)
+        picker = gr.Dropdown([], value=None, label="Project (one brand voice)", scale=3)
         new_name = gr.Textbox(label="New project", placeholder="e.g. Cosmo Coffee", scale=2, max_lines=1)
         create = gr.Button("Create project", scale=1)
     with gr.Row(equal_height=True):
@@ -580,7 +584,7 @@ def build_data_tab() -> gr.State:
                 query = gr.Textbox(label="Search", placeholder="words in any turn or tag", scale=3, max_lines=1)
                 tag = gr.Dropdown([""], value="", label="Tag", scale=1)
                 new_btn = gr.Button("+ New conversation", variant="primary", scale=1)
-            table = gr.Dataframe(conversations_table(project.value), interactive=False, wrap=True, max_height=320,
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), interactive=False, wrap=True, max_height=320,
                                  label="Conversations (click a row to edit it)", column_widths=["6%", "36%", "38%",
                                                                                                    "7%", "8%", "5%"])
             with gr.Accordion("Select several (bulk actions)", open=False):

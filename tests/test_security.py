@@ -288,3 +288,18 @@ def test_zip_checks_on_their_own(tmp_path: Path) -> None:
     (tmp_path / "twice.zip").write_bytes(buf.getvalue())
     with pytest.raises(archives.ArchiveError, match="entry 'a.json' appears twice"):
         archives.check_zip(tmp_path / "twice.zip")
+
+
+def test_where_the_app_listens_follows_voicetune_then_gradio_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VOICETUNE_HOST", "VOICETUNE_PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "SPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    where = lambda: (settings.launch_settings()["server_name"], settings.launch_settings()["server_port"])  # noqa: E731
+    assert where() == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    assert where() == ("0.0.0.0", 8080)
+    monkeypatch.setenv("VOICETUNE_HOST", "127.0.0.2")
+    monkeypatch.setenv("VOICETUNE_PORT", "7999")
+    assert where() == ("127.0.0.2", 7999)
+    monkeypatch.setenv("VOICETUNE_PORT", "")  # set but empty: as if unset
+    assert where() == ("127.0.0.2", 8080)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import arena, projects, store
+from voicetune import arena, limits, projects, store
 from voicetune.config import GenConfig
 from voicetune.data import check_messages
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
@@ -103,11 +103,25 @@ def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: li
     return out
 
 
+def check_prompt_sizes(message: str, system: str, style_guide: str) -> None:
+    """The caps of voicetune.limits, before any model work: the longest prompt sizes the whole round's cache."""
+    for field, text, limit in (("The message", message, limits.MAX_MESSAGE_CHARS),
+                               ("The system prompt", system, limits.MAX_SYSTEM_PROMPT_CHARS),
+                               ("The style guide", style_guide, limits.MAX_SYSTEM_PROMPT_CHARS)):
+        problem = limits.check_text(field, text, limit)
+        if problem:
+            raise gr.Error(problem)
+
+
 def send(names: list[str], blind: bool, message: str, system: str, style_guide: str, project: int,
          greedy: bool, temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
          seed: float, state: dict | None) -> Iterator[list[Any]]:
     if not (message or "").strip():
         raise gr.Error("Type a message to send.")
+    check_prompt_sizes(message, system, style_guide)
+    if not blind and any(len(h) >= 2 * limits.MAX_HISTORY_EXCHANGES for h in (state or {}).get("histories", {}).values()):
+        raise gr.Error(f"This chat has reached {limits.MAX_HISTORY_EXCHANGES} exchanges, the most one comparison "
+                       "sends to the model: press Clear chats to start a new one.")
     chat, arms = resolve_arms(names, style_guide, project)
     if blind and len(arms) < 2:
         raise gr.Error("Blind mode needs at least two arms: tick two or more.")
@@ -207,6 +221,10 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
         raise gr.Error("Paste one test prompt per line.")
+    if len(prompts) > limits.MAX_BATCH_PROMPTS:
+        raise gr.Error(f"The batch has {len(prompts)} prompts; the limit is {limits.MAX_BATCH_PROMPTS}. "
+                       "Split it into smaller batches.")
+    check_prompt_sizes(max(prompts, key=len), system, style_guide)
     chat, arms = resolve_arms(names, style_guide, project)
     gen = GenConfig(max_new_tokens=int(max_new_tokens))
     grid = []
@@ -242,6 +260,9 @@ def load_style_guide(project: int | None) -> str:
 
 
 def save_style_guide(text: str, project: int) -> None:
+    problem = limits.check_text("The style guide", text, limits.MAX_SYSTEM_PROMPT_CHARS)
+    if problem:
+        raise gr.Error(problem + " It was not saved.")
     store.update_project(store.connect(), int(project), style_guide=text or "")
 
 

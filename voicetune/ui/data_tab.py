@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from voicetune import importers, models, projects, store
+from voicetune import importers, limits, models, projects, store
 from voicetune.config import TrainConfig
 from voicetune.data import MAX_FILE_BYTES, Conversation, Problem, check_messages, list_examples
 from voicetune.importers import ImportReport
@@ -112,6 +112,9 @@ def rename(project: int, name: str) -> str:
 
 
 def save_setting(project: int, value: Any, *, key: str) -> None:
+    problem = limits.check_text("The style guide", value, limits.MAX_SYSTEM_PROMPT_CHARS) if key == "style_guide" else None
+    if problem:
+        raise gr.Error(problem + " It was not saved.")
     if key == "val_fraction" and value is not None and not 0 <= float(value) < 0.5:
         raise gr.Error("The validation share must be at least 0 and below 0.5 (e.g. 0.1 for 10%), or empty for automatic.")
     store.update_project(_conn(), int(project), **{key: value if key == "val_fraction" else (value or "")})
@@ -381,6 +384,9 @@ def read_import(upload: Any, pasted: str, fmt: str, prompt_col: str, response_co
         if wrong:
             return ImportReport([], [wrong], []), name
     elif (pasted or "").strip():
+        problem = limits.check_text("The pasted text", pasted, limits.MAX_PASTED_CHARS)
+        if problem:
+            raise gr.Error(problem.replace("Shorten it", "Save it as a file and upload that, or paste less"))
         name, raw = "pasted text", pasted.encode("utf-8")
     else:
         raise gr.Error("Upload a file or paste some conversations first.")

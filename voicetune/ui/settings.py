@@ -34,9 +34,9 @@ BLOCKS: dict[str, Any] = {
 
 # --- The queue ------------------------------------------------------------------------------------------
 # One event at a time per handler unless the handler says otherwise: the model is shared, and a CPU has two
-# cores to give. Chat shares one slot ("chat" concurrency id), the training watchers take none (they only
-# read the database). At most 64 events wait; the 65th person is told the queue is full instead of waiting
-# without end. Waiting people see their place in the queue ("position N") on the page.
+# cores to give. Chat shares one slot ("chat" concurrency id); the training watchers only read the database
+# and share 16 slots ("watch", voicetune.limits.MAX_WATCHERS), so open pages cannot hold every worker thread.
+# At most 64 events wait; the 65th person is told the queue is full instead of waiting without end. Waiting people see their place in the queue ("position N") on the page.
 QUEUE: dict[str, Any] = {
     "default_concurrency_limit": 1,
     "max_size": 64,

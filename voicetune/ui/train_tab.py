@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import jobs, models, projects, recipes, runs, store
+from voicetune import jobs, limits, models, projects, recipes, runs, store
 from voicetune.config import TrainConfig
 from voicetune.ui.charts import line_chart_html
 
@@ -314,10 +314,12 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         field.input(lambda: CUSTOM, None, preset)
     started = start_btn.click(start, [project, preset, *fields], [run_id, status], api_name="train",
                               concurrency_limit=4)
-    watching = started.success(watch, run_id, watch_out, api_name="watch", concurrency_limit=None)
+    # Watchers only read the database, but each holds a worker thread while it polls: bounded (voicetune.limits).
+    follow = {"concurrency_limit": limits.MAX_WATCHERS, "concurrency_id": "watch"}
+    watching = started.success(watch, run_id, watch_out, api_name="watch", **follow)
     cancel_btn.click(cancel, run_id, status, api_name="cancel", concurrency_limit=None)
     resume_btn.click(resume, run_id, status, api_name="resume", concurrency_limit=4).success(
-        watch, run_id, watch_out, concurrency_limit=None)
+        watch, run_id, watch_out, **follow)
     diff_btn.click(diff, [run_a, run_b], diff_table, api_name="diff_runs")
     ended = watching.then(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
 
@@ -327,7 +329,7 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         demo.load(plan, [project, preset], [plan_md, *fields])
         demo.load(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
         demo.load(jobs_frame, None, queue)
-        demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, concurrency_limit=None)
+        demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, **follow)
 
     return TrainTab(ended, on_load)
 

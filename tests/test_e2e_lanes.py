@@ -184,3 +184,56 @@ def test_two_users_each_in_their_own_lane(browser, app: RunningApp, tmp_path: Pa
     expect(bob.get_by_text("Pushing is off in this app").last).to_be_visible()
     alice_ctx.close()
     bob_ctx.close()
+
+
+def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) -> None:
+    """Two tabs on one conversation, and Compare's style guide box after an edit on the Data tab: the later save
+    from the stale view is refused with a plain message, and the view shows what is saved."""
+    from playwright.sync_api import expect
+
+    from voicetune.ui.compare_tab import STALE_GUIDE
+    from voicetune.ui.data_tab import STALE_TURNS
+
+    expect.set_options(timeout=60_000)
+    first_ctx, first = sign_in(browser, app, "alice")
+    first.get_by_label("New project").fill("Stale views")
+    first.get_by_role("button", name="Create project").click()
+    expect(first.get_by_text("Created project “Stale views”")).to_be_visible()
+    edit_turns(first, "Carol")
+    second_ctx, second = sign_in(browser, app, "alice")  # the same person, a second tab
+    for page in (first, second):
+        tab(page, "Conversations")
+        page.get_by_role("gridcell", name="Carol asks about oat milk").click()
+        expect(page.get_by_placeholder("Type this turn…").first).to_have_value("Carol asks about oat milk")
+    cid = int(second.get_by_role("heading", name=re.compile(r"Conversation \d+")).inner_text().split()[1])
+
+    first_turn = first.get_by_placeholder("Type this turn…").first
+    first_turn.fill("Saved in the first tab")
+    first_turn.blur()
+    expect(first.get_by_role("gridcell", name="Saved in the first tab")).to_be_visible()
+    second_turn = second.get_by_placeholder("Type this turn…").first
+    second_turn.fill("Typed in the stale second tab")
+    second_turn.blur()
+    expect(second.get_by_text(STALE_TURNS.format(cid=cid))).to_be_visible()
+    expect(second.get_by_placeholder("Type this turn…").first).to_have_value("Saved in the first tab")
+    assert "Saved in the first tab" in texts(app, "alice") and "Typed in the stale second tab" not in texts(app, "alice")
+    shot(second, "stale-turn")
+
+    # One page: the style guide changed on the Data tab, then Compare's box (drawn before that) is left
+    second.get_by_text("Project settings").click()
+    guide = second.get_by_label("Style guide (used by the prompt-only arm and the scorecard)")
+    guide.fill("Warm, short, sign off with a wave.")
+    guide.blur()
+    tab(second, "3 · Compare")
+    second.get_by_text("Style guide for the prompt-only arm").click()
+    box = second.get_by_placeholder(re.compile("Warm and upbeat"))
+    box.fill("Formal and long.")
+    box.blur()
+    expect(second.get_by_text(STALE_GUIDE)).to_be_visible()
+    expect(box).to_have_value("Warm, short, sign off with a wave.")
+    conn = store.connect(db_of(app, "alice"))
+    assert conn.execute("SELECT style_guide FROM projects WHERE name = 'Stale views'").fetchone()[0] == \
+        "Warm, short, sign off with a wave."
+    shot(second, "stale-style-guide")
+    first_ctx.close()
+    second_ctx.close()

@@ -255,21 +255,34 @@ def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
-def load_style_guide(project: int | None) -> str:
-    return "" if project is None else store.get_project(store.connect(), int(project))["style_guide"]
+STALE_GUIDE = ("The style guide was changed elsewhere (the Data tab, or another tab or window) since this box showed "
+               "it, so your edit was not saved. The box now shows the saved text: make your change again there.")
 
 
-def save_style_guide(text: str, project: int) -> None:
+def load_style_guide(project: int | None) -> tuple[str, str | None]:
+    """The style guide, twice: for the box, and as the text the box shows (a save is checked against it)."""
+    text = "" if project is None else store.get_project(store.connect(), int(project))["style_guide"]
+    return text, (None if project is None else text)
+
+
+def save_style_guide(text: str, project: int, shown: str | None) -> tuple[Any, str | None]:
+    """Saved only over the text this box showed; otherwise the box is refreshed and says so."""
     problem = limits.check_text("The style guide", text, limits.MAX_SYSTEM_PROMPT_CHARS)
     if problem:
         raise gr.Error(problem + " It was not saved.")
-    store.update_project(store.connect(), int(project), style_guide=text or "")
+    try:
+        store.update_project(store.connect(), int(project), style_guide=text or "",
+                             expected=None if shown is None else {"style_guide": shown})
+    except store.StaleWrite:
+        gr.Warning(STALE_GUIDE)
+        return load_style_guide(project)
+    return gr.skip(), text or ""
 
 
-def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
+def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
     """`project` holds the current project's id: its conversations, style guide and votes are used here.
 
-    Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load).
+    Returns the arm picker (refreshed when a run finishes) and the style guide's loader (run on page load).
     """
     with gr.Row():
         # Runs appear while the app is up, so the server cannot fix the list of valid values at build
@@ -342,7 +355,10 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
                     [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
     for button, choice in zip(row_buttons, arena.CHOICES):
         button.click(batch_vote, [row_no, gr.State(choice), project, batch_state], row_msg, api_name=f"batch_vote_{choice}")
-    style_guide.blur(save_style_guide, [style_guide, project], None)  # saved the moment the user leaves the box
-    project.change(load_style_guide, project, style_guide).then(win_table, project, table)
+    guide_shown = gr.State(None)  # the style guide as the box shows it
+    guide_io = (load_style_guide, project, [style_guide, guide_shown])
+    # saved the moment the user leaves the box, unless another tab changed it since the box showed it
+    style_guide.blur(save_style_guide, [style_guide, project, guide_shown], [style_guide, guide_shown])
+    project.change(*guide_io).then(win_table, project, table)
     clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
-    return arms, style_guide
+    return arms, guide_io

@@ -95,11 +95,13 @@ def load_example_project(name: str) -> tuple[int, dict, str]:
 
 
 def project_view(project: int) -> tuple:
-    """Everything about the project itself: picker, settings and trash."""
+    """Everything about the project itself: picker, settings and trash; and the texts the boxes now show, so a
+    save can tell whether another tab changed them since."""
     p = store.get_project(_conn(), int(project))
     val = p["val_fraction"]
+    shown = {"style_guide": p["style_guide"], "system_prompt": p["system_prompt"]}
     return (gr.update(choices=project_choices(), value=p["id"]), p["name"], p["style_guide"], p["system_prompt"],
-            val, trash_table(project))
+            val, trash_table(project), shown)
 
 
 def rename(project: int, name: str) -> str:
@@ -111,13 +113,38 @@ def rename(project: int, name: str) -> str:
     return ""
 
 
-def save_setting(project: int, value: Any, *, key: str) -> None:
+STALE_SETTING = ("The {what} was changed in another tab or window since this page showed it, so your edit was not "
+                 "saved. The box now shows the saved text: make your change again there.")
+STALE_TURNS = ("Conversation {cid} was changed in another tab or window since you opened it, so this edit was not "
+               "saved. The editor now shows the saved version: make your change again there.")
+
+
+def save_text_setting(project: int, value: str, shown: dict | None, *, key: str) -> tuple[Any, dict]:
+    """The style guide or default system prompt, saved only over the text this page showed (else refreshed)."""
+    try:
+        save_setting(project, value, key=key, expected={key: shown[key]} if shown and key in shown else None)
+    except StaleView:
+        gr.Warning(STALE_SETTING.format(what=key.replace("_", " ")))
+        current = store.get_project(_conn(), int(project))[key]
+        return current, {**(shown or {}), key: current}
+    return gr.skip(), {**(shown or {}), key: value or ""}
+
+
+def save_setting(project: int, value: Any, *, key: str, expected: dict | None = None) -> None:
     problem = limits.check_text("The style guide", value, limits.MAX_SYSTEM_PROMPT_CHARS) if key == "style_guide" else None
     if problem:
         raise gr.Error(problem + " It was not saved.")
     if key == "val_fraction" and value is not None and not 0 <= float(value) < 0.5:
         raise gr.Error("The validation share must be at least 0 and below 0.5 (e.g. 0.1 for 10%), or empty for automatic.")
-    store.update_project(_conn(), int(project), **{key: value if key == "val_fraction" else (value or "")})
+    try:
+        store.update_project(_conn(), int(project), expected=expected,
+                             **{key: value if key == "val_fraction" else (value or "")})
+    except store.StaleWrite:
+        raise StaleView(key) from None
+
+
+class StaleView(Exception):
+    """A save refused because another tab changed the same text since this page showed it."""
 
 
 # ---------------------------------------------------------------- the table and the editor
@@ -210,12 +237,25 @@ def _need(editing: dict | None, project: int) -> dict:
     return conv
 
 
-def edit_turn(project: int, editing: dict, index: int, role: str | None = None, content: str | None = None) -> None:
+def editor_version(project: int, editing: dict | None) -> dict:
+    """Which version of the open conversation the editor was drawn from (set whenever it is redrawn)."""
+    conv = _selected(editing, project)
+    return {} if conv is None else {"id": conv["id"], "version": conv["version"]}
+
+
+def edit_turn(project: int, editing: dict, seen: dict | None, index: int, role: str | None = None,
+              content: str | None = None) -> tuple[dict, Any]:
+    """Save one turn over the version the editor shows; a stale editor is redrawn from the database instead."""
     conv = _need(editing, project)
+    expected = seen.get("version") if (seen or {}).get("id") == conv["id"] else None
     try:
-        projects.set_turn(_conn(), conv["id"], index, role=role, content=content)
+        version = projects.set_turn(_conn(), conv["id"], index, role=role, content=content, expected_version=expected)
+    except store.StaleWrite:
+        gr.Warning(STALE_TURNS.format(cid=conv["id"]))
+        return gr.skip(), {"id": conv["id"], "rev": time.time()}  # a new editing state redraws the editor
     except projects.ProjectError as e:
         raise _fail(e)
+    return {"id": conv["id"], "version": version}, gr.skip()
 
 
 def change_turns(project: int, editing: dict, action: str, index: int = 0, role: str = "user") -> dict:
@@ -520,7 +560,7 @@ def merge(project: int, pair: str) -> str:
 # ---------------------------------------------------------------- layout
 
 
-def _editor(project: gr.State, editing: gr.State, after_edit: list) -> None:
+def _editor(project: gr.State, editing: gr.State, seen: gr.State, after_edit: list) -> None:
     """One row per turn, drawn from the database whenever the conversation's structure changes."""
     @gr.render(inputs=[project, editing])
     def turns(pid: int, state: dict) -> None:
@@ -530,24 +570,28 @@ def _editor(project: gr.State, editing: gr.State, after_edit: list) -> None:
         for i, msg in enumerate(conv["messages"]):
             msg = msg if isinstance(msg, dict) else {"role": "user", "content": str(msg)}
             with gr.Row(equal_height=True, key=f"turn-{conv['id']}-{i}"):
+                # interactive stated: Gradio does not infer it for components drawn at render time, and showed
+                # the role picker (and, when redrawn, the text) disabled
                 role = gr.Dropdown(ROLE_LABELS, value=msg.get("role") if msg.get("role") in ("user", "assistant", "system")
-                                   else None, label=f"Turn {i + 1}", scale=2, min_width=150)
+                                   else None, label=f"Turn {i + 1}", scale=2, min_width=150, interactive=True)
                 content = gr.Textbox(str(msg.get("content") or ""), lines=2, max_lines=12, show_label=False, scale=7,
-                                     placeholder="Type this turn…")
+                                     placeholder="Type this turn…", interactive=True)
                 with gr.Column(scale=1, min_width=90):
                     up, down, drop = (gr.Button(s, size="sm") for s in ("↑ up", "↓ down", "✕ delete"))
-            role.input(functools.partial(_set_role, index=i), [project, editing, role], None).then(*after_edit)
-            content.blur(functools.partial(_set_content, index=i), [project, editing, content], None).then(*after_edit)
+            role.input(functools.partial(_set_role, index=i), [project, editing, seen, role], [seen, editing]).then(
+                *after_edit)
+            content.blur(functools.partial(_set_content, index=i), [project, editing, seen, content],
+                         [seen, editing]).then(*after_edit)
             for button, action in ((up, "up"), (down, "down"), (drop, "delete")):
                 button.click(functools.partial(change_turns, action=action, index=i), [project, editing], editing)
 
 
-def _set_role(project: int, editing: dict, role: str, *, index: int) -> None:
-    edit_turn(project, editing, index, role=role)
+def _set_role(project: int, editing: dict, seen: dict, role: str, *, index: int) -> tuple[dict, Any]:
+    return edit_turn(project, editing, seen, index, role=role)
 
 
-def _set_content(project: int, editing: dict, content: str, *, index: int) -> None:
-    edit_turn(project, editing, index, content=content)
+def _set_content(project: int, editing: dict, seen: dict, content: str, *, index: int) -> tuple[dict, Any]:
+    return edit_turn(project, editing, seen, index, content=content)
 
 
 def build_data_tab() -> gr.State:
@@ -558,6 +602,8 @@ def build_data_tab() -> gr.State:
     """
     project = gr.State(None)
     editing = gr.State({"id": None, "rev": 0})  # the conversation open in the editor
+    seen = gr.State({})  # the version of it the editor shows: saves over a newer one are refused
+    shown = gr.State({})  # the style guide and system prompt as the boxes show them
     pending, last_delete, pending_import = gr.State({}), gr.State({}), gr.State({})
     examples = list(list_examples())
 
@@ -610,7 +656,7 @@ def build_data_tab() -> gr.State:
                 dup_btn = gr.Button("Duplicate", size="sm", scale=1)
                 del_btn = gr.Button("Delete…", variant="stop", size="sm", scale=1)
             after_edit: list = []  # filled below, once the outputs exist
-            _editor(project, editing, after_edit)
+            _editor(project, editing, seen, after_edit)
             with gr.Row():
                 add_user = gr.Button("+ Customer turn", size="sm")
                 add_reply = gr.Button("+ Brand reply", size="sm")
@@ -669,7 +715,7 @@ def build_data_tab() -> gr.State:
     # ---- wiring: every write goes to the database at once, then the view is read back from it
     view_io = (view, [project, editing, query, tag], [table, tag, chosen, title, tags_box, held, live, mask, chat])
     after_edit.extend(view_io)
-    project_io = (project_view, project, [picker, name_box, style_guide, system_prompt, val_share, trash])
+    project_io = (project_view, project, [picker, name_box, style_guide, system_prompt, val_share, trash, shown])
     health_io = (health, [project, max_len], [summary, lengths, shorten_btn, dupes, merge_btn])
 
     def refresh_all(event: Any) -> Any:
@@ -679,13 +725,14 @@ def build_data_tab() -> gr.State:
     gr.context.Context.root_block.load(open_current, None, project).then(*project_io).then(*view_io)
     project.change(*project_io).then(*view_io).then(*health_io)
     editing.change(*view_io)
+    editing.change(editor_version, [project, editing], seen)
     picker.input(switch_project, picker, [project, editing])
     create.click(create_project, new_name, [project, editing, new_name, status], api_name="create_project")
     new_name.submit(create_project, new_name, [project, editing, new_name, status])
     load_ex.click(load_example_project, example, [project, editing, status], api_name="load_example_project")
     name_box.blur(rename, [project, name_box], status).then(*project_io)
     for box, key in ((style_guide, "style_guide"), (system_prompt, "system_prompt")):
-        box.blur(functools.partial(save_setting, key=key), [project, box], None)
+        box.blur(functools.partial(save_text_setting, key=key), [project, box, shown], [box, shown])
     val_share.blur(functools.partial(save_setting, key="val_fraction"), [project, val_share], None).then(*health_io)
 
     query.submit(*view_io, api_name="view")

@@ -23,6 +23,7 @@ from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
 from voicetune.train import read_run
 from voicetune.ui import downloads
+from voicetune.ui.data_tab import pid
 
 MAX_PANES = 4
 BASE_CHOICE = "Base model"
@@ -49,7 +50,7 @@ def arm_choices(runs: list[str] | None = None) -> dict:
 
 def examples_from(project: int) -> list[list[dict]]:
     """The project's training conversations, from which the prompt-only arm picks its few-shot examples."""
-    return [c.messages for c in projects.conversations_of(store.connect(), int(project), held_out=False)
+    return [c.messages for c in projects.conversations_of(store.connect(), pid(project), held_out=False)
             if not check_messages(c.messages, c.line)]
 
 
@@ -163,7 +164,7 @@ def vote(choice: str, project: int, state: dict | None) -> list[Any]:
     if choice not in arena.CHOICES:
         raise gr.Error(f"Unknown vote {choice!r}.")
     prompt = [m for m in state["prompt"] if m["role"] != "system"]
-    store.add_vote(store.connect(), int(project), round_id=rnd.id, prompt=prompt,
+    store.add_vote(store.connect(), pid(project), round_id=rnd.id, prompt=prompt,
                    left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
                    right_reply=rnd.replies[1], choice=choice, blind=rnd.blind)
     rnd.voted = True
@@ -179,7 +180,7 @@ WIN_COLUMNS = ["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes"
 def win_table(project: int | None) -> pd.DataFrame:
     if project is None:
         return pd.DataFrame(columns=WIN_COLUMNS)
-    rows = arena.win_rates(store.list_votes(store.connect(), int(project)))
+    rows = arena.win_rates(store.list_votes(store.connect(), pid(project)))
     return pd.DataFrame(rows, columns=WIN_COLUMNS).round(3)
 
 
@@ -204,12 +205,12 @@ def teach(label: str, edited: str, project: int, state: dict | None) -> str:
     if not (edited or "").strip():
         raise gr.Error("The reply to teach is empty.")
     messages = [*[m for m in state["prompt"] if m["role"] != "system"], {"role": "assistant", "content": edited.strip()}]
-    cid = store.add_conversation(store.connect(), int(project), messages, source="teach-it-this")
+    cid = store.add_conversation(store.connect(), pid(project), messages, source="teach-it-this")
     return f"Saved as conversation {cid} in this project: the next run trains on it (see the Data tab)."
 
 
 def export_preferences(project: int) -> str:
-    votes = store.list_votes(store.connect(), int(project))
+    votes = store.list_votes(store.connect(), pid(project))
     path = store.home() / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     store.atomic_write_text(path, arena.preference_jsonl(votes))
     return downloads.offer(path)
@@ -249,7 +250,7 @@ def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str
     if not 0 <= i < len(batch["prompts"]):
         raise gr.Error(f"Row must be between 1 and {len(batch['prompts'])}.")
     prompt = [{"role": "user", "content": batch["prompts"][i]}]
-    stored = store.add_vote(store.connect(), int(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
+    stored = store.add_vote(store.connect(), pid(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
                             left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
                             right_reply=batch["grid"][i][1], choice=choice, blind=False)
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
@@ -261,7 +262,7 @@ STALE_GUIDE = ("The style guide was changed elsewhere (the Data tab, or another 
 
 def load_style_guide(project: int | None) -> tuple[str, str | None]:
     """The style guide, twice: for the box, and as the text the box shows (a save is checked against it)."""
-    text = "" if project is None else store.get_project(store.connect(), int(project))["style_guide"]
+    text = "" if project is None else store.get_project(store.connect(), pid(project))["style_guide"]
     return text, (None if project is None else text)
 
 
@@ -271,7 +272,7 @@ def save_style_guide(text: str, project: int, shown: str | None) -> tuple[Any, s
     if problem:
         raise gr.Error(problem + " It was not saved.")
     try:
-        store.update_project(store.connect(), int(project), style_guide=text or "",
+        store.update_project(store.connect(), pid(project), style_guide=text or "",
                              expected=None if shown is None else {"style_guide": shown})
     except store.StaleWrite:
         gr.Warning(STALE_GUIDE)

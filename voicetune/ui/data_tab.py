@@ -38,8 +38,14 @@ def _conn():
     return store.connect()
 
 
+def pid(project: Any) -> int:
+    """The project id a handler works on: the page's, or for a call with none yet (an API client, a page still
+    loading) the user's current project. The page is built without one (see build_data_tab)."""
+    return projects.current_project(_conn()) if project in (None, "") else int(project)
+
+
 def project_tokenizer(project: int) -> Any:
-    return models.tokenizer_for(store.get_project(_conn(), int(project))["base_model"])
+    return models.tokenizer_for(store.get_project(_conn(), pid(project))["base_model"])
 
 
 def _fail(e: Exception) -> gr.Error:
@@ -71,10 +77,10 @@ def switch_project(project: Any) -> tuple[int, dict]:
     if project in (None, ""):
         raise gr.Error("Choose a project.")
     try:
-        projects.open_project(_conn(), int(project))
+        projects.open_project(_conn(), pid(project))
     except (KeyError, projects.ProjectError) as e:
         raise _fail(e)
-    return int(project), {"id": None, "rev": time.time()}
+    return pid(project), {"id": None, "rev": time.time()}
 
 
 def create_project(name: str) -> tuple[int, dict, str, str]:
@@ -97,7 +103,7 @@ def load_example_project(name: str) -> tuple[int, dict, str]:
 def project_view(project: int) -> tuple:
     """Everything about the project itself: picker, settings and trash; and the texts the boxes now show, so a
     save can tell whether another tab changed them since."""
-    p = store.get_project(_conn(), int(project))
+    p = store.get_project(_conn(), pid(project))
     val = p["val_fraction"]
     shown = {"style_guide": p["style_guide"], "system_prompt": p["system_prompt"]}
     return (gr.update(choices=project_choices(), value=p["id"]), p["name"], p["style_guide"], p["system_prompt"],
@@ -106,8 +112,8 @@ def project_view(project: int) -> tuple:
 
 def rename(project: int, name: str) -> str:
     try:
-        if name.strip() != store.get_project(_conn(), int(project))["name"]:
-            projects.rename_project(_conn(), int(project), name)
+        if name.strip() != store.get_project(_conn(), pid(project))["name"]:
+            projects.rename_project(_conn(), pid(project), name)
     except projects.ProjectError as e:
         raise _fail(e)
     return ""
@@ -125,7 +131,7 @@ def save_text_setting(project: int, value: str, shown: dict | None, *, key: str)
         save_setting(project, value, key=key, expected={key: shown[key]} if shown and key in shown else None)
     except StaleView:
         gr.Warning(STALE_SETTING.format(what=key.replace("_", " ")))
-        current = store.get_project(_conn(), int(project))[key]
+        current = store.get_project(_conn(), pid(project))[key]
         return current, {**(shown or {}), key: current}
     return gr.skip(), {**(shown or {}), key: value or ""}
 
@@ -137,7 +143,7 @@ def save_setting(project: int, value: Any, *, key: str, expected: dict | None = 
     if key == "val_fraction" and value is not None and not 0 <= float(value) < 0.5:
         raise gr.Error("The validation share must be at least 0 and below 0.5 (e.g. 0.1 for 10%), or empty for automatic.")
     try:
-        store.update_project(_conn(), int(project), expected=expected,
+        store.update_project(_conn(), pid(project), expected=expected,
                              **{key: value if key == "val_fraction" else (value or "")})
     except store.StaleWrite:
         raise StaleView(key) from None
@@ -158,7 +164,7 @@ def _first(messages: list[dict], role: str) -> str:
 def conversations_table(project: int, query: str = "", tag: str = "") -> pd.DataFrame:
     rows = [[c["id"], _first(c["messages"], "user"), _first(c["messages"][::-1], "assistant"), len(c["messages"]),
              ", ".join(c["tags"]), "yes" if c["held_out"] else ""]
-            for c in projects.search(_conn(), int(project), query, tag or "")]
+            for c in projects.search(_conn(), pid(project), query, tag or "")]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -174,7 +180,7 @@ def _selected(editing: dict | None, project: int) -> dict | None:
         conv = projects.get_conversation(_conn(), int(cid))
     except projects.ProjectError:
         return None
-    return conv if conv["deleted"] is None and conv["project_id"] == int(project) else None
+    return conv if conv["deleted"] is None and conv["project_id"] == pid(project) else None
 
 
 def live_check(project: int, messages: list[dict], number: int) -> tuple[str, list, str]:
@@ -195,8 +201,8 @@ def live_check(project: int, messages: list[dict], number: int) -> tuple[str, li
 def view(project: int, editing: dict | None, query: str, tag: str) -> tuple:
     """The table and the selected conversation, read back from the database."""
     conn = _conn()
-    tags = projects.all_tags(conn, int(project))
-    convs = store.list_conversations(conn, int(project))
+    tags = projects.all_tags(conn, pid(project))
+    convs = store.list_conversations(conn, pid(project))
     conv = _selected(editing, project)
     outputs = [conversations_table(project, query, tag), gr.update(choices=["", *tags], value=tag if tag in tags else ""),
                gr.update(choices=[(_label(c), c["id"]) for c in convs], value=[])]
@@ -219,7 +225,7 @@ def select_row(table: pd.DataFrame, evt: gr.SelectData) -> dict:
 
 
 def new_conversation(project: int) -> tuple[dict, str]:
-    cid = store.add_conversation(_conn(), int(project), [{"role": "user", "content": ""},
+    cid = store.add_conversation(_conn(), pid(project), [{"role": "user", "content": ""},
                                                          {"role": "assistant", "content": ""}], source="editor")
     return {"id": cid, "rev": time.time()}, f"Started conversation {cid}: type the customer's message and your reply."
 
@@ -286,7 +292,7 @@ def record(project: int, editing: dict, customer: str, reply: str) -> tuple[dict
     """Record mode: append the customer's line and the ideal reply to the open conversation (or a new one)."""
     conv = _selected(editing, project)
     try:
-        cid = projects.append_exchange(_conn(), int(project), conv["id"] if conv else None, customer, reply)
+        cid = projects.append_exchange(_conn(), pid(project), conv["id"] if conv else None, customer, reply)
     except projects.ProjectError as e:
         raise _fail(e)
     return {"id": cid, "rev": time.time()}, "", "", f"Saved to conversation {cid}."
@@ -327,8 +333,8 @@ def bulk_hold(project: int, selected: list, held: bool) -> str:
 
 def ask_delete(kind: str, project: int, selected: list, editing: dict) -> tuple[dict, dict, str]:
     if kind == "project":
-        name = store.get_project(_conn(), int(project))["name"]
-        pending = {"kind": "project", "id": int(project)}
+        name = store.get_project(_conn(), pid(project))["name"]
+        pending = {"kind": "project", "id": pid(project)}
         question = f"Move the project **{name}** and all its conversations to the trash? You can restore it for 30 days."
     else:
         ids = selection_ids(selected, editing)
@@ -370,7 +376,7 @@ def trash_table(project: int) -> pd.DataFrame:
     conn = _conn()
     rows = [["project", p["id"], p["name"], _days_left(p["deleted"])] for p in projects.trashed_projects(conn)]
     rows += [["conversation", c["id"], _first(c["messages"], "user"), _days_left(c["deleted"])]
-             for c in store.list_conversations(conn, int(project), deleted=True)]
+             for c in store.list_conversations(conn, pid(project), deleted=True)]
     return pd.DataFrame(rows, columns=["what", "#", "name or first message", "days left"])
 
 
@@ -385,7 +391,7 @@ def restore(project: int, table: pd.DataFrame, evt: gr.SelectData) -> tuple[int,
         projects.restore_project(conn, int(row["#"]))
         return int(row["#"]), {"id": None, "rev": time.time()}, f"Restored the project “{row['name or first message']}”."
     projects.restore_conversations(conn, [int(row["#"])])
-    return int(project), {"id": int(row["#"]), "rev": time.time()}, f"Restored conversation {row['#']}."
+    return pid(project), {"id": int(row["#"]), "rev": time.time()}, f"Restored conversation {row['#']}."
 
 
 # ---------------------------------------------------------------- import and export
@@ -443,7 +449,7 @@ def read_import(upload: Any, pasted: str, fmt: str, prompt_col: str, response_co
 def preview_import(project: int, upload: Any, pasted: str, fmt: str, prompt_col: str, response_col: str,
                    system_col: str) -> tuple[str, pd.DataFrame, dict, dict]:
     report, name = read_import(upload, pasted, fmt, prompt_col, response_col, system_col)
-    report = projects.against_project(_conn(), int(project), report)
+    report = projects.against_project(_conn(), pid(project), report)
     parts = [f"### {name}: {report.summary()}"]
     if report.problems:
         parts += ["**Rejected** (fix these in the file and import again):", problems_markdown(report.problems)]
@@ -459,19 +465,19 @@ def preview_import(project: int, upload: Any, pasted: str, fmt: str, prompt_col:
 def confirm_import(project: int, pending: dict) -> tuple[str, dict, dict, dict]:
     if not pending or "report" not in pending:
         raise gr.Error("Preview the import first.")
-    ids = projects.add_imported(_conn(), int(project), pending["report"].conversations, source=pending["name"])
+    ids = projects.add_imported(_conn(), pid(project), pending["report"].conversations, source=pending["name"])
     return (f"Added {len(ids)} conversation(s) from {pending['name']}.", gr.update(visible=False), {},
             {"id": None, "rev": time.time()})
 
 
 def _export_name(project: int) -> str:
-    slug = "".join(ch if ch.isalnum() else "-" for ch in store.get_project(_conn(), int(project))["name"].lower())
+    slug = "".join(ch if ch.isalnum() else "-" for ch in store.get_project(_conn(), pid(project))["name"].lower())
     return f"{slug.strip('-') or 'project'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def export_jsonl(project: int) -> str:
     """Every live conversation, held-out ones included, as OpenAI chat JSONL (tags kept beside messages)."""
-    convs = store.list_conversations(_conn(), int(project))
+    convs = store.list_conversations(_conn(), pid(project))
     lines = [importers.json.dumps({"messages": c["messages"], **({"tags": c["tags"]} if c["tags"] else {}),
                                    **({"held_out": True} if c["held_out"] else {})}, ensure_ascii=False) + "\n"
              for c in convs]
@@ -482,7 +488,7 @@ def export_jsonl(project: int) -> str:
 
 def export_dataset(project: int) -> str:
     """A Hugging Face `datasets` folder, zipped for download."""
-    convs = projects.conversations_of(_conn(), int(project))
+    convs = projects.conversations_of(_conn(), pid(project))
     name = _export_name(project)
     with tempfile.TemporaryDirectory() as tmp:
         importers.export_hf_dataset(convs, Path(tmp) / name)
@@ -500,11 +506,11 @@ def health(project: int, max_length: float, truncate: bool = False) -> tuple[str
     """The full check a run needs, with counts, the length distribution and every problem and warning."""
     tok = project_tokenizer(project)
     try:
-        report = projects.check_project(_conn(), int(project), tok, int(max_length or MAX_LENGTH), truncate=truncate)
+        report = projects.check_project(_conn(), pid(project), tok, int(max_length or MAX_LENGTH), truncate=truncate)
     except TemplateError as e:
         raise _fail(e)
     lengths = sorted(report.lengths.values())
-    auto = store.get_project(_conn(), int(project))["val_fraction"] is None
+    auto = store.get_project(_conn(), pid(project))["val_fraction"] is None
     lines = [
         f"**{report.conversations} conversations** · {report.turns} turns · {report.tokens:,} tokens, of which "
         f"{report.trained_tokens:,} carry the loss · {report.held_out} held out for evaluation",
@@ -543,7 +549,7 @@ def length_buckets(lengths: list[int]) -> dict[str, int]:
 
 def shorten_long(project: int, max_length: float) -> str:
     """With the user's consent (the button), long conversations lose their last turns; originals go to the trash."""
-    report = projects.check_project(_conn(), int(project), project_tokenizer(project), int(max_length or MAX_LENGTH),
+    report = projects.check_project(_conn(), pid(project), project_tokenizer(project), int(max_length or MAX_LENGTH),
                                     truncate=True)
     n = projects.apply_shortening(_conn(), report)
     return f"Shortened {n} conversation(s); the full versions are in the trash."

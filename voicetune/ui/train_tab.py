@@ -17,6 +17,7 @@ import pandas as pd
 from voicetune import jobs, limits, models, projects, recipes, runs, store
 from voicetune.config import TrainConfig
 from voicetune.ui.charts import line_chart_html
+from voicetune.ui.data_tab import pid
 
 POLL_SECONDS = 1.0
 CUSTOM = "Custom"
@@ -162,8 +163,7 @@ def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str,
 
 def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str]:
     """Check the project's data, then queue the job. Returns at once: `watch` streams the progress."""
-    if project_id is None:
-        raise gr.Error("Open or create a project on the Data tab first.")
+    project_id = pid(project_id)  # an API client, or a page still loading: the user's current project
     adv = dict(zip(_ADVANCED, advanced))
     project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv["max_length"]))
     lengths = _train_lengths(check, project_id)

@@ -105,6 +105,18 @@ def edit_turns(page, name: str) -> None:
         expect(page.get_by_role("gridcell", name=text)).to_be_visible()  # read back from the database into the table
 
 
+def unexpected_errors(app: RunningApp) -> list[str]:
+    """The exception line of every traceback in the app's log other than a plain-words gr.Error (which gradio logs
+    too), e.g. a request the server could not handle."""
+    log = app.log.read_text(encoding="utf-8", errors="replace")
+    found = []
+    for chunk in log.split("Traceback (most recent call last):")[1:]:
+        line = next((ln for ln in chunk.splitlines() if ln and not ln[0].isspace()), "")
+        if not line.startswith("gradio.exceptions.Error"):
+            found.append(line)
+    return found + (["ASGI"] if "Exception in ASGI application" in log else [])
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -184,6 +196,7 @@ def test_two_users_each_in_their_own_lane(browser, app: RunningApp, tmp_path: Pa
     expect(bob.get_by_text("Pushing is off in this app").last).to_be_visible()
     alice_ctx.close()
     bob_ctx.close()
+    assert unexpected_errors(app) == []  # no request failed on the way
 
 
 def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) -> None:
@@ -237,3 +250,4 @@ def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) ->
     shot(second, "stale-style-guide")
     first_ctx.close()
     second_ctx.close()
+    assert unexpected_errors(app) == []  # no request failed on the way

@@ -250,18 +250,24 @@ def editor_version(project: int, editing: dict | None) -> dict:
 
 
 def edit_turn(project: int, editing: dict, seen: dict | None, index: int, role: str | None = None,
-              content: str | None = None) -> tuple[dict, Any]:
-    """Save one turn over the version the editor shows; a stale editor is redrawn from the database instead."""
+              content: str | None = None) -> dict:
+    """Save one turn over the version the editor shows; a refused save marks the editor stale (redraw_if_stale)."""
     conv = _need(editing, project)
     expected = seen.get("version") if (seen or {}).get("id") == conv["id"] else None
     try:
         version = projects.set_turn(_conn(), conv["id"], index, role=role, content=content, expected_version=expected)
     except store.StaleWrite:
         gr.Warning(STALE_TURNS.format(cid=conv["id"]))
-        return gr.skip(), {"id": conv["id"], "rev": time.time()}  # a new editing state redraws the editor
+        return {**(seen or {}), "stale": True}
     except projects.ProjectError as e:
         raise _fail(e)
-    return {"id": conv["id"], "version": version}, gr.skip()
+    return {"id": conv["id"], "version": version}
+
+
+def redraw_if_stale(editing: dict, seen: dict | None) -> Any:
+    """The last step after a save: a new editing state redraws a stale editor from the database. Last, because a
+    redraw replaces the editor's listeners, and a step chained to a replaced listener would find it gone."""
+    return {**(editing or {}), "rev": time.time()} if (seen or {}).get("stale") else gr.skip()
 
 
 def change_turns(project: int, editing: dict, action: str, index: int = 0, role: str = "user") -> dict:
@@ -584,19 +590,19 @@ def _editor(project: gr.State, editing: gr.State, seen: gr.State, after_edit: li
                                      placeholder="Type this turn…", interactive=True)
                 with gr.Column(scale=1, min_width=90):
                     up, down, drop = (gr.Button(s, size="sm") for s in ("↑ up", "↓ down", "✕ delete"))
-            role.input(functools.partial(_set_role, index=i), [project, editing, seen, role], [seen, editing]).then(
-                *after_edit)
-            content.blur(functools.partial(_set_content, index=i), [project, editing, seen, content],
-                         [seen, editing]).then(*after_edit)
+            role.input(functools.partial(_set_role, index=i), [project, editing, seen, role], seen).then(
+                *after_edit).then(redraw_if_stale, [editing, seen], editing)
+            content.blur(functools.partial(_set_content, index=i), [project, editing, seen, content], seen).then(
+                *after_edit).then(redraw_if_stale, [editing, seen], editing)
             for button, action in ((up, "up"), (down, "down"), (drop, "delete")):
                 button.click(functools.partial(change_turns, action=action, index=i), [project, editing], editing)
 
 
-def _set_role(project: int, editing: dict, seen: dict, role: str, *, index: int) -> tuple[dict, Any]:
+def _set_role(project: int, editing: dict, seen: dict, role: str, *, index: int) -> dict:
     return edit_turn(project, editing, seen, index, role=role)
 
 
-def _set_content(project: int, editing: dict, seen: dict, content: str, *, index: int) -> tuple[dict, Any]:
+def _set_content(project: int, editing: dict, seen: dict, content: str, *, index: int) -> dict:
     return edit_turn(project, editing, seen, index, content=content)
 
 

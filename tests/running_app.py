@@ -89,7 +89,7 @@ def wait_ready(app: RunningApp, timeout_s: float = 240) -> None:
         if app.proc.poll() is not None:
             raise AssertionError(f"the app exited while starting:\n{app.output()}")
         try:
-            if httpx.get(app.url + "/config", timeout=5).status_code == 200:
+            if httpx.get(app.url + "/config", timeout=5).status_code in (200, 401):  # 401: up, behind a login
                 return
         except httpx.HTTPError:
             pass

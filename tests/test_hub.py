@@ -2,6 +2,7 @@
 
 huggingface_hub talks to the fake through `endpoint=`; nothing reaches the network. The fake answers
 "regular" to every preupload, so file contents arrive inline in the commit and can be compared byte for byte.
+It knows one account ("tester", for whoami) and the repositories it is told already exist, with their visibility.
 """
 
 from __future__ import annotations
@@ -18,24 +19,28 @@ import pytest
 
 from tests.conftest import run_cli
 
-TOKEN = "hf_TestOnlyTokenAbCdEfGhIjKlMnOpQrStUv"  # never a real token
+TOKEN = "hf_TestOnlyTokenAbCdEfGhIjKlMnOpQrStUv"  # never a real token: the app owner's HF_TOKEN
+USER_TOKEN = "hf_oauth_SignedInUserTokenZyXwVuTsRq"  # never a real token: a signed-in user's own OAuth token
 
 
 class FakeHub:
     """Just enough of the Hub's HTTP API for create_repo + upload_folder, recording every request."""
 
-    def __init__(self, fail_create_with: tuple[int, str] | None = None):
+    def __init__(self, fail_create_with: tuple[int, str] | None = None, existing: dict[str, bool] | None = None):
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.files: dict[tuple[str, str], bytes] = {}
+        self.existing = dict(existing or {})  # "models/acme/voice" or "datasets/acme/voice-data" -> private?
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # noqa: ANN002
                 pass
 
-            def _reply(self, code: int, body: dict) -> None:
+            def _reply(self, code: int, body: dict, error_code: str | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
+                if error_code:
+                    self.send_header("X-Error-Code", error_code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -43,6 +48,14 @@ class FakeHub:
 
             def do_GET(self):  # noqa: N802
                 hub.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+                path = self.path.split("?")[0]
+                if path == "/api/whoami-v2":
+                    return self._reply(200, {"type": "user", "name": "tester", "fullname": "Tester", "orgs": []})
+                repo = path.removeprefix("/api/")  # repo_info: /api/models/<owner>/<name>
+                if repo.startswith(("models/", "datasets/")):
+                    if repo in hub.existing:
+                        return self._reply(200, {"id": repo.split("/", 1)[1], "private": hub.existing[repo]})
+                    return self._reply(404, {"error": "Repository not found"}, error_code="RepoNotFound")
                 self._reply(404, {"error": "not in the fake"})
 
             def do_POST(self):  # noqa: N802
@@ -54,7 +67,13 @@ class FakeHub:
                         return self._reply(fail_create_with[0], {"error": fail_create_with[1]})
                     req = json.loads(body)
                     prefix = "datasets/" if req["type"] == "dataset" else ""
-                    return self._reply(200, {"url": f"{base}/{prefix}{req.get('organization') or 'tester'}/{req['name']}"})
+                    owner = req.get("organization") or "tester"
+                    url = f"{base}/{prefix}{owner}/{req['name']}"
+                    key = f"{req['type']}s/{owner}/{req['name']}"
+                    if key in hub.existing:  # as the Hub does: the repository and its visibility stay as they are
+                        return self._reply(409, {"error": "You already created this repo", "url": url})
+                    hub.existing[key] = req.get("visibility") == "private"
+                    return self._reply(200, {"url": url})
                 if path == "/api/validate-yaml":
                     return self._reply(200, {})
                 if "/preupload/" in path:
@@ -192,7 +211,8 @@ def test_a_refused_push_never_shows_the_token(online: None, tmp_path: Path):
         with pytest.raises(gr.Error) as ui_error:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("HF_ENDPOINT", failing.url)
-                export_tab.push(run.name, "acme/voice", True, False, False, "bf16")
+                mp.setenv("VOICETUNE_PUSH_WITH_OWNER_TOKEN", "1")
+                export_tab.push(run.name, "acme/voice", True, False, False, "bf16", False, None)
         assert TOKEN not in ui_error.value.message and "Pushing to the Hub failed" in ui_error.value.message
 
         result = run_cli("push", "--run", str(run), "--repo", "acme/voice",
@@ -340,3 +360,84 @@ def test_nothing_that_leaves_the_workspace_names_a_server_path(online: None, fak
     assert json.loads(shared["adapter_config.json"])["base_model_name_or_path"] == "my-llama"
     assert "| file | data.jsonl |" in shared["README.md"].decode()
     assert export.public_record(public) == public  # the public copy is already public
+
+
+def signed_in_with_hugging_face(monkeypatch: pytest.MonkeyPatch, hub_url: str):
+    """The app as a Space with Hugging Face sign-in runs it, and the user's own OAuth token as gradio injects it."""
+    import gradio as gr
+
+    monkeypatch.setenv("SPACE_ID", "acme/voicetune")
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "client-id")
+    monkeypatch.setenv("HF_ENDPOINT", hub_url)
+    return gr.OAuthToken(token=USER_TOKEN, scope="openid profile write-repos manage-repos", expires_at=None)
+
+
+def test_the_app_pushes_with_the_signed_in_users_token_never_the_owners(online: None, fake_hub: FakeHub,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    import gradio as gr
+
+    from voicetune import store
+    from voicetune.ui import export_tab
+
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))  # HF_TOKEN (the owner's) is set by `online`
+    user = signed_in_with_hugging_face(monkeypatch, fake_hub.url)
+    message, confirm = export_tab.push(run.name, "voice", True, False, False, "bf16", False, user)
+    assert message == f"Pushed:\n- adapter: [tester/voice]({fake_hub.url}/tester/voice) (private)"
+    assert confirm == {"__type__": "update", "visible": False, "value": False}
+    assert fake_hub.created() == [{"name": "voice", "organization": None, "visibility": "private", "type": "model"}]
+    assert {h.get("authorization") for _, _, h, _ in fake_hub.requests} == {f"Bearer {USER_TOKEN}"}
+    # Signed out (or the sign-in expired): no push at all, and never the owner's token as a fallback
+    before = len(fake_hub.requests)
+    with pytest.raises(gr.Error) as e:
+        export_tab.push(run.name, "voice", True, False, False, "bf16", False, None)
+    assert e.value.message == export_tab.NEED_HF_SIGN_IN and len(fake_hub.requests) == before
+
+
+def test_an_existing_repository_is_not_overwritten_without_a_confirmation(online: None, monkeypatch: pytest.MonkeyPatch):
+    from voicetune import hub, store
+    from voicetune.ui import export_tab
+
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+    public = FakeHub(existing={"models/tester/voice": False})  # a public repository of the user's, made elsewhere
+    try:
+        user = signed_in_with_hugging_face(monkeypatch, public.url)
+        message, confirm = export_tab.push(run.name, "voice", True, False, False, "bf16", False, user)
+        assert message == ("⚠️ This repository already exists on the Hub: tester/voice (public). Nothing was uploaded. "
+                           "Choose another name, or confirm that the new files should be added to it (its visibility "
+                           "stays as it is): tick **Add to the existing repository** and press Push again.")
+        assert confirm == {"__type__": "update", "visible": True, "value": False}
+        assert public.created() == [] and public.files == {}  # nothing created, nothing committed
+        # Confirmed: the files go in, and the message says public (what it is), not "private" (what was ticked)
+        message, _ = export_tab.push(run.name, "voice", True, False, False, "bf16", True, user)
+        assert message == f"Pushed:\n- adapter: [tester/voice]({public.url}/tester/voice) (public)"
+        assert public.existing == {"models/tester/voice": False}
+        assert public.repo_files("models/tester/voice").keys() == {"adapter_config.json", "adapter_model.safetensors",
+                                                                    "README.md", "load_adapter.py", "run.json",
+                                                                    "config.yaml"}
+        # The library call itself: every repository the push would write is looked up first
+        with pytest.raises(hub.RepoExists) as e:
+            hub.push_run(run, "tester/voice", include_dataset=False, include_merged=False, endpoint=public.url)
+        assert e.value.existing == {"tester/voice": "public"}
+    finally:
+        public.server.shutdown()
+
+
+def test_without_hugging_face_sign_in_the_owners_token_needs_the_owners_setting(online: None, fake_hub: FakeHub,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    import gradio as gr
+
+    from voicetune import store
+    from voicetune.ui import export_tab, session
+
+    monkeypatch.setenv("VOICETUNE_AUTH", "alice:a,bob:b")
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    assert session.mode() == "password"
+    run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
+    with pytest.raises(gr.Error) as e:
+        export_tab.push(run.name, "voice", True, False, False, "bf16", False, None)
+    assert e.value.message == export_tab.OWNER_TOKEN_OFF and fake_hub.requests == []
+    assert export_tab.token_status().startswith("Pushing is off: it would push with its owner's Hugging Face token")
+    monkeypatch.setenv("VOICETUNE_PUSH_WITH_OWNER_TOKEN", "1")
+    message, _ = export_tab.push(run.name, "voice", True, False, False, "bf16", False, None)
+    assert message.startswith("Pushed:\n- adapter: [tester/voice]")
+    assert {h.get("authorization") for _, _, h, _ in fake_hub.requests} == {f"Bearer {TOKEN}"}

@@ -330,3 +330,59 @@ def test_zip_checks_on_their_own(tmp_path: Path) -> None:
     (tmp_path / "twice.zip").write_bytes(buf.getvalue())
     with pytest.raises(archives.ArchiveError, match="entry 'a.json' appears twice"):
         archives.check_zip(tmp_path / "twice.zip")
+
+
+def test_where_the_app_listens_follows_voicetune_then_gradio_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VOICETUNE_HOST", "VOICETUNE_PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "SPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    where = lambda: (settings.launch_settings()["server_name"], settings.launch_settings()["server_port"])  # noqa: E731
+    assert where() == ("127.0.0.1", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    assert where() == ("0.0.0.0", 8080)
+    monkeypatch.setenv("VOICETUNE_HOST", "127.0.0.2")
+    monkeypatch.setenv("VOICETUNE_PORT", "7999")
+    assert where() == ("127.0.0.2", 7999)
+    monkeypatch.setenv("VOICETUNE_PORT", "")  # set but empty: as if unset
+    assert where() == ("127.0.0.2", 8080)
+
+
+def test_oversized_prompts_batches_and_pasted_imports_are_refused_before_any_work(client) -> None:
+    from voicetune import limits
+
+    long = "x" * (limits.MAX_MESSAGE_CHARS + 1)
+    message = refused(client, "/send", [BASE], False, long, "", "", True, 0.7, 0.9, 16, 1.0, 0)
+    assert "The message is 4,001 characters; the limit is 4,000. Shorten it and try again." in message
+    message = refused(client, "/send", [BASE], False, "Hi", long, "", True, 0.7, 0.9, 16, 1.0, 0)
+    assert "The system prompt is 4,001 characters; the limit is 4,000." in message
+    prompts = "\n".join(f"question {i}?" for i in range(limits.MAX_BATCH_PROMPTS + 1))
+    message = refused(client, "/batch", [BASE], prompts, "", "", 16)
+    assert "The batch has 51 prompts; the limit is 50. Split it into smaller batches." in message
+    pasted = "User: hi\nAssistant: hello\n---\n" * (limits.MAX_PASTED_CHARS // 30 + 1)
+    message = refused(client, "/preview_import", None, pasted, "auto", None, None, "")
+    assert (f"The pasted text is {len(pasted):,} characters; the limit is 2,000,000. Save it as a file and upload "
+            "that, or paste less and try again.") in message
+
+
+def test_training_watchers_share_a_bounded_number_of_slots(workspace: Path) -> None:
+    """Each open page follows its job with a polling handler; unbounded, ~40 pages held every worker thread."""
+    from voicetune import limits
+    from voicetune.ui.app import build_app
+
+    watchers = [f for f in build_app().fns.values() if f.fn is not None and f.fn.__name__ == "watch"]
+    assert len(watchers) == 3  # after Train, after Resume, and on page load
+    assert {(f.concurrency_limit, f.concurrency_id) for f in watchers} == {(limits.MAX_WATCHERS, "watch")}
+
+
+def test_a_compare_chat_stops_at_its_history_cap_with_a_plain_message(workspace: Path) -> None:
+    import gradio as gr
+
+    from voicetune import limits
+    from voicetune.ui import compare_tab
+
+    exchange = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    state = {"keys": ["base"], "histories": {"base": exchange * limits.MAX_HISTORY_EXCHANGES}}
+    with pytest.raises(gr.Error) as e:
+        next(compare_tab.send([BASE], False, "one more?", "", "", 1, True, 0.7, 0.9, 16, 1.0, 0, state))
+    assert e.value.message == ("This chat has reached 10 exchanges, the most one comparison sends to the model: "
+                               "press Clear chats to start a new one.")

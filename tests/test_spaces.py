@@ -160,7 +160,7 @@ def test_generator_handlers_keep_each_users_workspace_across_threads(monkeypatch
     click, load = session.scoped(lambda: "x"), session.scoped(lambda: ("x", "y"), outputs=2, quiet=True)
     with pytest.raises(gr.Error) as e:
         click()
-    assert e.value.message == session.SIGN_IN
+    assert e.value.message == session.SIGN_IN and e.value.message.startswith("Sign in again: ")
     assert [type(u).__name__ for u in load()] == ["dict", "dict"]  # two gr.skip() updates
 
 
@@ -245,3 +245,35 @@ def test_two_users_never_see_each_others_projects_or_runs(two_users, pirate_adap
     assert not (bob_home / "exports" / run_id).exists()
     with pytest.raises(AppError):  # ids that climb out of the runs folder are refused outright
         bob.predict(f"../../{alice_home.name}/runs/{run_id}", api_name="/export_zip")
+
+
+def test_a_save_after_the_sign_in_expired_says_to_sign_in_again(monkeypatch: pytest.MonkeyPatch):
+    """Every handler of the built app that a person's own action fires (a blur that saves, a typed change, a click)
+    refuses in plain words when the Hugging Face sign-in has expired; only page loads, timers and chained steps
+    stay quiet. Nothing is written to any workspace."""
+    import gradio as gr
+    from gradio.context import LocalContext
+
+    from voicetune import store
+    from voicetune.ui import session
+    from voicetune.ui.app import build_app
+
+    monkeypatch.setenv("VOICETUNE_AUTH", "alice:a")
+    demo = build_app()  # (Hugging Face sign-in's button needs gradio's OAuth extras to build; the rule is the same)
+    monkeypatch.delenv("VOICETUNE_AUTH")
+    monkeypatch.setenv("SPACE_ID", "acme/voicetune")
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "client-id")
+    assert session.mode() == "huggingface"
+    userinfo = {"sub": "6501", "preferred_username": "alice"}
+    LocalContext.request.set(gradio_request(session={"oauth_info": {"userinfo": userinfo, "expires_at": time.time() - 1}}))
+    saves = [f for f in demo.fns.values() if f.fn is not None and any(t == "blur" for _, t in f.targets)]
+    # project name, style guide, system prompt, validation share, tags, the search box and Compare's style guide
+    assert len(saves) == 7
+    for block_fn in saves:
+        assert not session.is_quiet(block_fn)
+        with pytest.raises(gr.Error) as e:
+            block_fn.fn(*[None] * len(block_fn.inputs))
+        assert e.value.message == session.SIGN_IN
+    loads = [f for f in demo.fns.values() if f.fn is not None and f.targets and all(t == "load" for _, t in f.targets)]
+    assert loads and all(session.is_quiet(f) for f in loads)
+    assert not (store.root() / "users").exists() and not (store.root() / store.DB_NAME).exists()

@@ -319,7 +319,7 @@ def cmd_push(a: argparse.Namespace) -> int:
     try:
         folder, _ = locate(a.run)
         pushed = hub.push_run(folder, a.repo, private=not a.public, include_merged=a.merged,
-                              include_dataset=a.dataset, merged_dtype=a.dtype,
+                              include_dataset=a.dataset, merged_dtype=a.dtype, overwrite=a.overwrite,
                               on_status=lambda message: print(message, file=sys.stderr))
     except (ValueError, hub.HubError) as e:
         return _fail(EXIT_MODEL, str(e))
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--merged", action="store_true", help="also push the merged model to <repo>-merged")
     h.add_argument("--dataset", action="store_true", help="also push the conversations to the dataset <repo>-data")
     h.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="precision of the merged model")
+    h.add_argument("--overwrite", action="store_true",
+                   help="add the files to repositories that already exist (default: refuse, upload nothing)")
     h.set_defaults(fn=cmd_push)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible endpoint (/v1/chat/completions) for runs, without the app")

@@ -1,7 +1,9 @@
 """Publishing a finished run to the Hugging Face Hub: the adapter, optionally the merged model and the data.
 
-Every repository is created private unless the user says otherwise, and carries the run's model card.
-The token comes from the `HF_TOKEN` secret, else from `huggingface-cli login`; it is never written to disk,
+Every repository is created private unless the user says otherwise, and carries the run's model card. A
+repository that already exists is never written to unless the caller says so (`overwrite=True`), and the result
+names each repository's real visibility. The token is the caller's (the app passes the signed-in user's own
+Hugging Face token), else the `HF_TOKEN` secret, else `huggingface-cli login`; it is never written to disk,
 logged, or shown: every error leaves this module with the token cut out of its text.
 
     urls = push_run(store.run_dir("20261123-101500-cosmo-1a2b3c"), "acme/cosmo-voice", include_merged=True)
@@ -30,11 +32,24 @@ class HubError(Exception):
     """A push that could not happen, in words a user can act on; the token is never part of the text."""
 
 
+class RepoExists(HubError):
+    """Repositories the push would write to already exist; nothing was uploaded. `.existing` maps each to
+    "private" or "public"."""
+
+    def __init__(self, existing: dict[str, str]):
+        self.existing = existing
+        names = ", ".join(f"{name} ({visibility})" for name, visibility in existing.items())
+        super().__init__(f"{'this repository already exists' if len(existing) == 1 else 'these repositories already exist'}"
+                         f" on the Hub: {names}. Nothing was uploaded. Choose another name, or confirm that the new "
+                         "files should be added to it (its visibility stays as it is)")
+
+
 @dataclass(frozen=True)
 class Pushed:
     kind: str  # "adapter", "merged model" or "dataset"
     repo_id: str
     url: str
+    private: bool  # the repository's real visibility: an existing repository keeps its own
 
 
 def resolve_token() -> str:
@@ -114,15 +129,34 @@ def _stage_merged(adapter_dir: Path, staging: Path, dtype: str, record: dict) ->
     return folder
 
 
+def _visibility(api: object, repo_id: str, repo_type: str) -> str | None:
+    """"private" or "public" for a repository the token can see, None where there is none."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        info = api.repo_info(repo_id, repo_type=repo_type)  # type: ignore[attr-defined]
+    except RepositoryNotFoundError:
+        return None
+    return "private" if info.private else "public"
+
+
+def _full_id(api: object, repo_id: str) -> str:
+    """`owner/name`: a bare name goes under the token's own account, as create_repo puts it."""
+    return repo_id if "/" in repo_id else f"{api.whoami()['name']}/{repo_id}"  # type: ignore[attr-defined]
+
+
 def push_run(
     adapter_dir: Path, repo_id: str, *, private: bool = True, include_merged: bool = False,
     include_dataset: bool = False, merged_dtype: str = "bf16", endpoint: str | None = None,
-    on_status: Callable[[str], None] | None = None,
+    on_status: Callable[[str], None] | None = None, token: str | None = None, overwrite: bool = False,
 ) -> list[Pushed]:
     """Create the repositories (private unless told otherwise) and upload: adapter, merged model, data.
 
     The adapter goes to `repo_id`, the merged model to `repo_id-merged`, the data to the dataset
-    `repo_id-data`. Everything is staged in a temporary folder first, so a failed merge uploads nothing.
+    `repo_id-data`. A repository that already exists raises RepoExists before anything is staged or uploaded,
+    unless `overwrite`; then the files go in as a new commit and the repository keeps its visibility.
+    Everything is staged in a temporary folder first, so a failed merge uploads nothing. `token`: whose account
+    pushes (the app passes the signed-in user's); None means HF_TOKEN or the login of this machine.
     """
     from huggingface_hub import HfApi, constants
 
@@ -136,11 +170,21 @@ def push_run(
     data_files = _data_files(adapter_dir, record) if include_dataset else {}  # cheap checks before any merge
     if constants.HF_HUB_OFFLINE:
         raise HubError("HF_HUB_OFFLINE is set on this machine, so nothing can be pushed to the Hub")
-    token = resolve_token()
+    token = token or resolve_token()
     api = HfApi(endpoint=endpoint, token=token)
     pushed: list[Pushed] = []
     staging = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("push"), dir=store.home()))
     try:
+        data_files = _data_files(adapter_dir, record) if include_dataset else {}  # local checks before any request
+        # Look before writing: an existing repository is someone's work, and may be public
+        owner_name = _full_id(api, repo_id)
+        targets = [(owner_name, "model"), *([(owner_name + MERGED_SUFFIX, "model")] if include_merged else []),
+                   *([(owner_name + DATA_SUFFIX, "dataset")] if include_dataset else [])]
+        visibility = {name: _visibility(api, name, repo_type) for name, repo_type in targets}
+        existing = {name: v for name, v in visibility.items() if v is not None}
+        if existing and not overwrite:
+            raise RepoExists(existing)
+
         # Stage every folder before the first upload
         say("preparing the adapter")
         uploads = [("adapter", repo_id, "model", export.write_adapter_folder(adapter_dir, staging / "adapter"))]
@@ -159,10 +203,12 @@ def push_run(
         # Create each repository (private by default) and upload its folder in one commit
         for kind, name, repo_type, folder in uploads:
             say(f"uploading the {kind} to {name}")
+            full = owner_name + name[len(repo_id):]
             url = api.create_repo(name, private=private, repo_type=repo_type, exist_ok=True)
             api.upload_folder(repo_id=url.repo_id, folder_path=folder, repo_type=repo_type,
                               commit_message=f"{kind} from voicetune run {record.get('run_id')}")
-            pushed.append(Pushed(kind, url.repo_id, str(url)))
+            was = visibility.get(full)
+            pushed.append(Pushed(kind, url.repo_id, str(url), private if was is None else was == "private"))
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, validation and disk errors all reach the user as one message

@@ -141,10 +141,18 @@ def get_conversation(conn: sqlite3.Connection, conversation_id: int) -> dict[str
     return store.conversation_row(row)
 
 
-def set_messages(conn: sqlite3.Connection, conversation_id: int, messages: list[dict[str, Any]]) -> None:
+def set_messages(conn: sqlite3.Connection, conversation_id: int, messages: list[dict[str, Any]], *,
+                 expected_version: int | None = None) -> int:
+    """Replace the turns and return the conversation's new version; with `expected_version`, only if no other
+    write came first (else store.StaleWrite, and nothing is written)."""
+    check = "" if expected_version is None else " AND version = ?"
     with conn:
-        conn.execute("UPDATE conversations SET messages = ?, updated = ? WHERE id = ?",
-                     (json.dumps(messages, ensure_ascii=False), time.time(), conversation_id))
+        cur = conn.execute(f"UPDATE conversations SET messages = ?, updated = ?, version = version + 1 WHERE id = ?{check}",
+                           (json.dumps(messages, ensure_ascii=False), time.time(), conversation_id,
+                            *([] if expected_version is None else [expected_version])))
+        if cur.rowcount == 0 and expected_version is not None:
+            raise store.StaleWrite(f"conversation {conversation_id} changed since version {expected_version}")
+        return int(conn.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0])
 
 
 def _turns(conn: sqlite3.Connection, conversation_id: int, index: int | None = None) -> list[dict[str, Any]]:
@@ -161,7 +169,8 @@ def _role(role: str) -> str:
 
 
 def set_turn(conn: sqlite3.Connection, conversation_id: int, index: int, *, role: str | None = None,
-             content: str | None = None) -> None:
+             content: str | None = None, expected_version: int | None = None) -> int:
+    """Change one turn; returns the new version (see set_messages for `expected_version`)."""
     messages = _turns(conn, conversation_id, index)
     if role is not None:
         messages[index]["role"] = _role(role)
@@ -169,7 +178,7 @@ def set_turn(conn: sqlite3.Connection, conversation_id: int, index: int, *, role
             messages[index].pop("weight", None)  # only assistant turns carry a weight
     if content is not None:
         messages[index]["content"] = content
-    set_messages(conn, conversation_id, messages)
+    return set_messages(conn, conversation_id, messages, expected_version=expected_version)
 
 
 def add_turn(conn: sqlite3.Connection, conversation_id: int, role: str, content: str = "",

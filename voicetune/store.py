@@ -320,7 +320,14 @@ def _m004_api_keys(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys]
+def _m005_row_versions(conn: sqlite3.Connection) -> None:
+    """A version per conversation, raised by every change of its turns: a write made from a stale view (another
+    tab saved since it was loaded) names the version it saw, and the UPDATE refuses it instead of the last writer
+    silently winning."""
+    conn.executescript("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL DEFAULT 0;")
+
+
+MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions]
 
 
 def _statements(script: str) -> list[str]:
@@ -417,15 +424,28 @@ def get_project(conn: sqlite3.Connection, project_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def update_project(conn: sqlite3.Connection, project_id: int, **fields_: Any) -> None:
+class StaleWrite(Exception):
+    """A write based on a value or version that another write has replaced since; nothing was written."""
+
+
+def update_project(conn: sqlite3.Connection, project_id: int, *, expected: dict[str, Any] | None = None,
+                   **fields_: Any) -> None:
+    """Set fields. With `expected` ({field: the value the caller's view showed}), only if those fields still hold
+    those values, else StaleWrite and nothing is written. Per field rather than a version per project row: a
+    save of the system prompt must not make an open style guide box stale."""
     allowed = {"name", "base_model", "style_guide", "system_prompt", "val_fraction"}
-    bad = set(fields_) - allowed
+    bad = (set(fields_) | set(expected or {})) - allowed
     if bad:
         raise ValueError(f"unknown project field(s): {', '.join(sorted(bad))}")
-    if fields_:
-        sets = ", ".join(f"{k} = ?" for k in fields_)
-        with conn:
-            conn.execute(f"UPDATE projects SET {sets} WHERE id = ?", (*fields_.values(), project_id))
+    if not fields_:
+        return
+    sets = ", ".join(f"{k} = ?" for k in fields_)
+    checks = "".join(f" AND {k} IS ?" for k in expected or {})
+    with conn:
+        cur = conn.execute(f"UPDATE projects SET {sets} WHERE id = ?{checks}",
+                           (*fields_.values(), project_id, *(expected or {}).values()))
+        if cur.rowcount == 0 and expected:
+            raise StaleWrite(f"project {project_id} changed since it was read")
 
 
 def add_conversation(

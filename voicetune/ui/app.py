@@ -6,7 +6,7 @@ import gradio as gr
 
 from voicetune import jobs, models, serve, spaces
 from voicetune.ui import faults, session, settings
-from voicetune.ui.compare_tab import arm_choices, build_compare_tab, load_style_guide, newest_run, run_choices
+from voicetune.ui.compare_tab import arm_choices, build_compare_tab, newest_run, run_choices
 from voicetune.ui.data_tab import build_data_tab
 from voicetune.ui.export_tab import build_export_tab
 from voicetune.ui.scorecard_tab import build_scorecard_tab
@@ -41,7 +41,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("2 · Train"):
                 train_tab = build_train_tab(project)
             with gr.Tab("3 · Compare"):
-                arms, style_guide = build_compare_tab(project)
+                arms, style_guide_io = build_compare_tab(project)
             with gr.Tab("4 · Scorecard"):
                 score_run = build_scorecard_tab()
             with gr.Tab("5 · Export"):
@@ -56,7 +56,7 @@ def build_app() -> gr.Blocks:
         demo.load(session.whoami, None, who)
         train_tab.on_load(demo)
         demo.load(run_pickers, None, pickers)
-        demo.load(load_style_guide, project, style_guide)
+        demo.load(*style_guide_io)
     # Every handler runs in the signed-in user's own workspace (one shared workspace when nobody signs in).
     return session.scope_every_handler(faults.plain_fault_messages(demo))  # a full disk gets plain words
 

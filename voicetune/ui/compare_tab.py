@@ -15,13 +15,15 @@ from typing import Any, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import arena, projects, store
+from voicetune import arena, limits, projects, store
 from voicetune.config import GenConfig
 from voicetune.data import check_messages
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
 from voicetune.train import read_run
+from voicetune.ui import downloads
+from voicetune.ui.data_tab import pid
 
 MAX_PANES = 4
 BASE_CHOICE = "Base model"
@@ -48,7 +50,7 @@ def arm_choices(runs: list[str] | None = None) -> dict:
 
 def examples_from(project: int) -> list[list[dict]]:
     """The project's training conversations, from which the prompt-only arm picks its few-shot examples."""
-    return [c.messages for c in projects.conversations_of(store.connect(), int(project), held_out=False)
+    return [c.messages for c in projects.conversations_of(store.connect(), pid(project), held_out=False)
             if not check_messages(c.messages, c.line)]
 
 
@@ -102,11 +104,25 @@ def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: li
     return out
 
 
+def check_prompt_sizes(message: str, system: str, style_guide: str) -> None:
+    """The caps of voicetune.limits, before any model work: the longest prompt sizes the whole round's cache."""
+    for field, text, limit in (("The message", message, limits.MAX_MESSAGE_CHARS),
+                               ("The system prompt", system, limits.MAX_SYSTEM_PROMPT_CHARS),
+                               ("The style guide", style_guide, limits.MAX_SYSTEM_PROMPT_CHARS)):
+        problem = limits.check_text(field, text, limit)
+        if problem:
+            raise gr.Error(problem)
+
+
 def send(names: list[str], blind: bool, message: str, system: str, style_guide: str, project: int,
          greedy: bool, temperature: float, top_p: float, max_new_tokens: float, repetition_penalty: float,
          seed: float, state: dict | None) -> Iterator[list[Any]]:
     if not (message or "").strip():
         raise gr.Error("Type a message to send.")
+    check_prompt_sizes(message, system, style_guide)
+    if not blind and any(len(h) >= 2 * limits.MAX_HISTORY_EXCHANGES for h in (state or {}).get("histories", {}).values()):
+        raise gr.Error(f"This chat has reached {limits.MAX_HISTORY_EXCHANGES} exchanges, the most one comparison "
+                       "sends to the model: press Clear chats to start a new one.")
     chat, arms = resolve_arms(names, style_guide, project)
     if blind and len(arms) < 2:
         raise gr.Error("Blind mode needs at least two arms: tick two or more.")
@@ -148,7 +164,7 @@ def vote(choice: str, project: int, state: dict | None) -> list[Any]:
     if choice not in arena.CHOICES:
         raise gr.Error(f"Unknown vote {choice!r}.")
     prompt = [m for m in state["prompt"] if m["role"] != "system"]
-    store.add_vote(store.connect(), int(project), round_id=rnd.id, prompt=prompt,
+    store.add_vote(store.connect(), pid(project), round_id=rnd.id, prompt=prompt,
                    left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
                    right_reply=rnd.replies[1], choice=choice, blind=rnd.blind)
     rnd.voted = True
@@ -157,11 +173,15 @@ def vote(choice: str, project: int, state: dict | None) -> list[Any]:
             gr.update(visible=False), win_table(project), state]
 
 
-def win_table(project: int) -> pd.DataFrame:
-    rows = arena.win_rates(store.list_votes(store.connect(), int(project)))
-    frame = pd.DataFrame(rows, columns=["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes",
-                                        "a_win_rate", "ci95_low", "ci95_high"])
-    return frame.round(3)
+WIN_COLUMNS = ["arm_a", "arm_b", "a_wins", "b_wins", "ties", "both_bad", "votes", "a_win_rate", "ci95_low",
+               "ci95_high"]
+
+
+def win_table(project: int | None) -> pd.DataFrame:
+    if project is None:
+        return pd.DataFrame(columns=WIN_COLUMNS)
+    rows = arena.win_rates(store.list_votes(store.connect(), pid(project)))
+    return pd.DataFrame(rows, columns=WIN_COLUMNS).round(3)
 
 
 def teach_choices(state: dict | None) -> dict:
@@ -185,15 +205,15 @@ def teach(label: str, edited: str, project: int, state: dict | None) -> str:
     if not (edited or "").strip():
         raise gr.Error("The reply to teach is empty.")
     messages = [*[m for m in state["prompt"] if m["role"] != "system"], {"role": "assistant", "content": edited.strip()}]
-    cid = store.add_conversation(store.connect(), int(project), messages, source="teach-it-this")
+    cid = store.add_conversation(store.connect(), pid(project), messages, source="teach-it-this")
     return f"Saved as conversation {cid} in this project: the next run trains on it (see the Data tab)."
 
 
 def export_preferences(project: int) -> str:
-    votes = store.list_votes(store.connect(), int(project))
+    votes = store.list_votes(store.connect(), pid(project))
     path = store.home() / "exports" / f"preferences-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     store.atomic_write_text(path, arena.preference_jsonl(votes))
-    return str(path)
+    return downloads.offer(path)
 
 
 def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str, project: int,
@@ -202,6 +222,10 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     prompts = [p.strip() for p in (prompts_text or "").splitlines() if p.strip()]
     if not prompts:
         raise gr.Error("Paste one test prompt per line.")
+    if len(prompts) > limits.MAX_BATCH_PROMPTS:
+        raise gr.Error(f"The batch has {len(prompts)} prompts; the limit is {limits.MAX_BATCH_PROMPTS}. "
+                       "Split it into smaller batches.")
+    check_prompt_sizes(max(prompts, key=len), system, style_guide)
     chat, arms = resolve_arms(names, style_guide, project)
     gen = GenConfig(max_new_tokens=int(max_new_tokens))
     grid = []
@@ -213,7 +237,7 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])
     batch = {"id": f"batch-{time.strftime('%Y%m%d-%H%M%S')}", "prompts": prompts, "arms": [a.key for a in arms],
              "grid": grid, "system": system or ""}
-    return frame, str(path), batch
+    return frame, downloads.offer(path), batch
 
 
 def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str:
@@ -226,24 +250,40 @@ def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str
     if not 0 <= i < len(batch["prompts"]):
         raise gr.Error(f"Row must be between 1 and {len(batch['prompts'])}.")
     prompt = [{"role": "user", "content": batch["prompts"][i]}]
-    stored = store.add_vote(store.connect(), int(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
+    stored = store.add_vote(store.connect(), pid(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
                             left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
                             right_reply=batch["grid"][i][1], choice=choice, blind=False)
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
-def load_style_guide(project: int) -> str:
-    return store.get_project(store.connect(), int(project))["style_guide"]
+STALE_GUIDE = ("The style guide was changed elsewhere (the Data tab, or another tab or window) since this box showed "
+               "it, so your edit was not saved. The box now shows the saved text: make your change again there.")
 
 
-def save_style_guide(text: str, project: int) -> None:
-    store.update_project(store.connect(), int(project), style_guide=text or "")
+def load_style_guide(project: int | None) -> tuple[str, str | None]:
+    """The style guide, twice: for the box, and as the text the box shows (a save is checked against it)."""
+    text = "" if project is None else store.get_project(store.connect(), pid(project))["style_guide"]
+    return text, (None if project is None else text)
 
 
-def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
+def save_style_guide(text: str, project: int, shown: str | None) -> tuple[Any, str | None]:
+    """Saved only over the text this box showed; otherwise the box is refreshed and says so."""
+    problem = limits.check_text("The style guide", text, limits.MAX_SYSTEM_PROMPT_CHARS)
+    if problem:
+        raise gr.Error(problem + " It was not saved.")
+    try:
+        store.update_project(store.connect(), pid(project), style_guide=text or "",
+                             expected=None if shown is None else {"style_guide": shown})
+    except store.StaleWrite:
+        gr.Warning(STALE_GUIDE)
+        return load_style_guide(project)
+    return gr.skip(), text or ""
+
+
+def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
     """`project` holds the current project's id: its conversations, style guide and votes are used here.
 
-    Returns the arm picker (refreshed when a run finishes) and the style guide box (loaded on page load).
+    Returns the arm picker (refreshed when a run finishes) and the style guide's loader (run on page load).
     """
     with gr.Row():
         # Runs appear while the app is up, so the server cannot fix the list of valid values at build
@@ -284,7 +324,7 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
         teach_btn = gr.Button("Save as training conversation")
         teach_msg = gr.Markdown()
     with gr.Accordion("Votes and win rates", open=False):
-        table = gr.Dataframe(win_table(project.value), interactive=False, wrap=True)
+        table = gr.Dataframe(pd.DataFrame(columns=WIN_COLUMNS), interactive=False, wrap=True)  # filled per user
         export_btn = gr.Button("Export votes as preference data (DPO JSONL)")
         export_file = gr.File(label="Preference data", interactive=False)
     with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):
@@ -316,7 +356,10 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, gr.Textbox]:
                     [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
     for button, choice in zip(row_buttons, arena.CHOICES):
         button.click(batch_vote, [row_no, gr.State(choice), project, batch_state], row_msg, api_name=f"batch_vote_{choice}")
-    style_guide.blur(save_style_guide, [style_guide, project], None)  # saved the moment the user leaves the box
-    project.change(load_style_guide, project, style_guide).then(win_table, project, table)
+    guide_shown = gr.State(None)  # the style guide as the box shows it
+    guide_io = (load_style_guide, project, [style_guide, guide_shown])
+    # saved the moment the user leaves the box, unless another tab changed it since the box showed it
+    style_guide.blur(save_style_guide, [style_guide, project, guide_shown], [style_guide, guide_shown])
+    project.change(*guide_io).then(win_table, project, table)
     clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
-    return arms, style_guide
+    return arms, guide_io

@@ -17,11 +17,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from voicetune import importers, models, projects, store
+from voicetune import importers, limits, models, projects, store
 from voicetune.config import TrainConfig
 from voicetune.data import MAX_FILE_BYTES, Conversation, Problem, check_messages, list_examples
 from voicetune.importers import ImportReport
 from voicetune.templates import TemplateError, encode_all, preview
+from voicetune.ui import downloads
 from voicetune.ui.charts import bar_chart_html
 
 MASK_COLORS = {"trained": "#16a34a"}
@@ -37,8 +38,14 @@ def _conn():
     return store.connect()
 
 
+def pid(project: Any) -> int:
+    """The project id a handler works on: the page's, or for a call with none yet (an API client, a page still
+    loading) the user's current project. The page is built without one (see build_data_tab)."""
+    return projects.current_project(_conn()) if project in (None, "") else int(project)
+
+
 def project_tokenizer(project: int) -> Any:
-    return models.tokenizer_for(store.get_project(_conn(), int(project))["base_model"])
+    return models.tokenizer_for(store.get_project(_conn(), pid(project))["base_model"])
 
 
 def _fail(e: Exception) -> gr.Error:
@@ -70,10 +77,10 @@ def switch_project(project: Any) -> tuple[int, dict]:
     if project in (None, ""):
         raise gr.Error("Choose a project.")
     try:
-        projects.open_project(_conn(), int(project))
+        projects.open_project(_conn(), pid(project))
     except (KeyError, projects.ProjectError) as e:
         raise _fail(e)
-    return int(project), {"id": None, "rev": time.time()}
+    return pid(project), {"id": None, "rev": time.time()}
 
 
 def create_project(name: str) -> tuple[int, dict, str, str]:
@@ -94,26 +101,56 @@ def load_example_project(name: str) -> tuple[int, dict, str]:
 
 
 def project_view(project: int) -> tuple:
-    """Everything about the project itself: picker, settings and trash."""
-    p = store.get_project(_conn(), int(project))
+    """Everything about the project itself: picker, settings and trash; and the texts the boxes now show, so a
+    save can tell whether another tab changed them since."""
+    p = store.get_project(_conn(), pid(project))
     val = p["val_fraction"]
+    shown = {"style_guide": p["style_guide"], "system_prompt": p["system_prompt"]}
     return (gr.update(choices=project_choices(), value=p["id"]), p["name"], p["style_guide"], p["system_prompt"],
-            val, trash_table(project))
+            val, trash_table(project), shown)
 
 
 def rename(project: int, name: str) -> str:
     try:
-        if name.strip() != store.get_project(_conn(), int(project))["name"]:
-            projects.rename_project(_conn(), int(project), name)
+        if name.strip() != store.get_project(_conn(), pid(project))["name"]:
+            projects.rename_project(_conn(), pid(project), name)
     except projects.ProjectError as e:
         raise _fail(e)
     return ""
 
 
-def save_setting(project: int, value: Any, *, key: str) -> None:
+STALE_SETTING = ("The {what} was changed in another tab or window since this page showed it, so your edit was not "
+                 "saved. The box now shows the saved text: make your change again there.")
+STALE_TURNS = ("Conversation {cid} was changed in another tab or window since you opened it, so this edit was not "
+               "saved. The editor now shows the saved version: make your change again there.")
+
+
+def save_text_setting(project: int, value: str, shown: dict | None, *, key: str) -> tuple[Any, dict]:
+    """The style guide or default system prompt, saved only over the text this page showed (else refreshed)."""
+    try:
+        save_setting(project, value, key=key, expected={key: shown[key]} if shown and key in shown else None)
+    except StaleView:
+        gr.Warning(STALE_SETTING.format(what=key.replace("_", " ")))
+        current = store.get_project(_conn(), pid(project))[key]
+        return current, {**(shown or {}), key: current}
+    return gr.skip(), {**(shown or {}), key: value or ""}
+
+
+def save_setting(project: int, value: Any, *, key: str, expected: dict | None = None) -> None:
+    problem = limits.check_text("The style guide", value, limits.MAX_SYSTEM_PROMPT_CHARS) if key == "style_guide" else None
+    if problem:
+        raise gr.Error(problem + " It was not saved.")
     if key == "val_fraction" and value is not None and not 0 <= float(value) < 0.5:
         raise gr.Error("The validation share must be at least 0 and below 0.5 (e.g. 0.1 for 10%), or empty for automatic.")
-    store.update_project(_conn(), int(project), **{key: value if key == "val_fraction" else (value or "")})
+    try:
+        store.update_project(_conn(), pid(project), expected=expected,
+                             **{key: value if key == "val_fraction" else (value or "")})
+    except store.StaleWrite:
+        raise StaleView(key) from None
+
+
+class StaleView(Exception):
+    """A save refused because another tab changed the same text since this page showed it."""
 
 
 # ---------------------------------------------------------------- the table and the editor
@@ -127,7 +164,7 @@ def _first(messages: list[dict], role: str) -> str:
 def conversations_table(project: int, query: str = "", tag: str = "") -> pd.DataFrame:
     rows = [[c["id"], _first(c["messages"], "user"), _first(c["messages"][::-1], "assistant"), len(c["messages"]),
              ", ".join(c["tags"]), "yes" if c["held_out"] else ""]
-            for c in projects.search(_conn(), int(project), query, tag or "")]
+            for c in projects.search(_conn(), pid(project), query, tag or "")]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -143,7 +180,7 @@ def _selected(editing: dict | None, project: int) -> dict | None:
         conv = projects.get_conversation(_conn(), int(cid))
     except projects.ProjectError:
         return None
-    return conv if conv["deleted"] is None and conv["project_id"] == int(project) else None
+    return conv if conv["deleted"] is None and conv["project_id"] == pid(project) else None
 
 
 def live_check(project: int, messages: list[dict], number: int) -> tuple[str, list, str]:
@@ -164,8 +201,8 @@ def live_check(project: int, messages: list[dict], number: int) -> tuple[str, li
 def view(project: int, editing: dict | None, query: str, tag: str) -> tuple:
     """The table and the selected conversation, read back from the database."""
     conn = _conn()
-    tags = projects.all_tags(conn, int(project))
-    convs = store.list_conversations(conn, int(project))
+    tags = projects.all_tags(conn, pid(project))
+    convs = store.list_conversations(conn, pid(project))
     conv = _selected(editing, project)
     outputs = [conversations_table(project, query, tag), gr.update(choices=["", *tags], value=tag if tag in tags else ""),
                gr.update(choices=[(_label(c), c["id"]) for c in convs], value=[])]
@@ -188,7 +225,7 @@ def select_row(table: pd.DataFrame, evt: gr.SelectData) -> dict:
 
 
 def new_conversation(project: int) -> tuple[dict, str]:
-    cid = store.add_conversation(_conn(), int(project), [{"role": "user", "content": ""},
+    cid = store.add_conversation(_conn(), pid(project), [{"role": "user", "content": ""},
                                                          {"role": "assistant", "content": ""}], source="editor")
     return {"id": cid, "rev": time.time()}, f"Started conversation {cid}: type the customer's message and your reply."
 
@@ -206,12 +243,31 @@ def _need(editing: dict | None, project: int) -> dict:
     return conv
 
 
-def edit_turn(project: int, editing: dict, index: int, role: str | None = None, content: str | None = None) -> None:
+def editor_version(project: int, editing: dict | None) -> dict:
+    """Which version of the open conversation the editor was drawn from (set whenever it is redrawn)."""
+    conv = _selected(editing, project)
+    return {} if conv is None else {"id": conv["id"], "version": conv["version"]}
+
+
+def edit_turn(project: int, editing: dict, seen: dict | None, index: int, role: str | None = None,
+              content: str | None = None) -> dict:
+    """Save one turn over the version the editor shows; a refused save marks the editor stale (redraw_if_stale)."""
     conv = _need(editing, project)
+    expected = seen.get("version") if (seen or {}).get("id") == conv["id"] else None
     try:
-        projects.set_turn(_conn(), conv["id"], index, role=role, content=content)
+        version = projects.set_turn(_conn(), conv["id"], index, role=role, content=content, expected_version=expected)
+    except store.StaleWrite:
+        gr.Warning(STALE_TURNS.format(cid=conv["id"]))
+        return {**(seen or {}), "stale": True}
     except projects.ProjectError as e:
         raise _fail(e)
+    return {"id": conv["id"], "version": version}
+
+
+def redraw_if_stale(editing: dict, seen: dict | None) -> Any:
+    """The last step after a save: a new editing state redraws a stale editor from the database. Last, because a
+    redraw replaces the editor's listeners, and a step chained to a replaced listener would find it gone."""
+    return {**(editing or {}), "rev": time.time()} if (seen or {}).get("stale") else gr.skip()
 
 
 def change_turns(project: int, editing: dict, action: str, index: int = 0, role: str = "user") -> dict:
@@ -242,7 +298,7 @@ def record(project: int, editing: dict, customer: str, reply: str) -> tuple[dict
     """Record mode: append the customer's line and the ideal reply to the open conversation (or a new one)."""
     conv = _selected(editing, project)
     try:
-        cid = projects.append_exchange(_conn(), int(project), conv["id"] if conv else None, customer, reply)
+        cid = projects.append_exchange(_conn(), pid(project), conv["id"] if conv else None, customer, reply)
     except projects.ProjectError as e:
         raise _fail(e)
     return {"id": cid, "rev": time.time()}, "", "", f"Saved to conversation {cid}."
@@ -283,8 +339,8 @@ def bulk_hold(project: int, selected: list, held: bool) -> str:
 
 def ask_delete(kind: str, project: int, selected: list, editing: dict) -> tuple[dict, dict, str]:
     if kind == "project":
-        name = store.get_project(_conn(), int(project))["name"]
-        pending = {"kind": "project", "id": int(project)}
+        name = store.get_project(_conn(), pid(project))["name"]
+        pending = {"kind": "project", "id": pid(project)}
         question = f"Move the project **{name}** and all its conversations to the trash? You can restore it for 30 days."
     else:
         ids = selection_ids(selected, editing)
@@ -326,7 +382,7 @@ def trash_table(project: int) -> pd.DataFrame:
     conn = _conn()
     rows = [["project", p["id"], p["name"], _days_left(p["deleted"])] for p in projects.trashed_projects(conn)]
     rows += [["conversation", c["id"], _first(c["messages"], "user"), _days_left(c["deleted"])]
-             for c in store.list_conversations(conn, int(project), deleted=True)]
+             for c in store.list_conversations(conn, pid(project), deleted=True)]
     return pd.DataFrame(rows, columns=["what", "#", "name or first message", "days left"])
 
 
@@ -341,7 +397,7 @@ def restore(project: int, table: pd.DataFrame, evt: gr.SelectData) -> tuple[int,
         projects.restore_project(conn, int(row["#"]))
         return int(row["#"]), {"id": None, "rev": time.time()}, f"Restored the project “{row['name or first message']}”."
     projects.restore_conversations(conn, [int(row["#"])])
-    return int(project), {"id": int(row["#"]), "rev": time.time()}, f"Restored conversation {row['#']}."
+    return pid(project), {"id": int(row["#"]), "rev": time.time()}, f"Restored conversation {row['#']}."
 
 
 # ---------------------------------------------------------------- import and export
@@ -380,6 +436,9 @@ def read_import(upload: Any, pasted: str, fmt: str, prompt_col: str, response_co
         if wrong:
             return ImportReport([], [wrong], []), name
     elif (pasted or "").strip():
+        problem = limits.check_text("The pasted text", pasted, limits.MAX_PASTED_CHARS)
+        if problem:
+            raise gr.Error(problem.replace("Shorten it", "Save it as a file and upload that, or paste less"))
         name, raw = "pasted text", pasted.encode("utf-8")
     else:
         raise gr.Error("Upload a file or paste some conversations first.")
@@ -396,7 +455,7 @@ def read_import(upload: Any, pasted: str, fmt: str, prompt_col: str, response_co
 def preview_import(project: int, upload: Any, pasted: str, fmt: str, prompt_col: str, response_col: str,
                    system_col: str) -> tuple[str, pd.DataFrame, dict, dict]:
     report, name = read_import(upload, pasted, fmt, prompt_col, response_col, system_col)
-    report = projects.against_project(_conn(), int(project), report)
+    report = projects.against_project(_conn(), pid(project), report)
     parts = [f"### {name}: {report.summary()}"]
     if report.problems:
         parts += ["**Rejected** (fix these in the file and import again):", problems_markdown(report.problems)]
@@ -412,30 +471,30 @@ def preview_import(project: int, upload: Any, pasted: str, fmt: str, prompt_col:
 def confirm_import(project: int, pending: dict) -> tuple[str, dict, dict, dict]:
     if not pending or "report" not in pending:
         raise gr.Error("Preview the import first.")
-    ids = projects.add_imported(_conn(), int(project), pending["report"].conversations, source=pending["name"])
+    ids = projects.add_imported(_conn(), pid(project), pending["report"].conversations, source=pending["name"])
     return (f"Added {len(ids)} conversation(s) from {pending['name']}.", gr.update(visible=False), {},
             {"id": None, "rev": time.time()})
 
 
 def _export_name(project: int) -> str:
-    slug = "".join(ch if ch.isalnum() else "-" for ch in store.get_project(_conn(), int(project))["name"].lower())
+    slug = "".join(ch if ch.isalnum() else "-" for ch in store.get_project(_conn(), pid(project))["name"].lower())
     return f"{slug.strip('-') or 'project'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def export_jsonl(project: int) -> str:
     """Every live conversation, held-out ones included, as OpenAI chat JSONL (tags kept beside messages)."""
-    convs = store.list_conversations(_conn(), int(project))
+    convs = store.list_conversations(_conn(), pid(project))
     lines = [importers.json.dumps({"messages": c["messages"], **({"tags": c["tags"]} if c["tags"] else {}),
                                    **({"held_out": True} if c["held_out"] else {})}, ensure_ascii=False) + "\n"
              for c in convs]
     path = store.home() / "exports" / f"{_export_name(project)}.jsonl"
     store.atomic_write_text(path, "".join(lines))
-    return str(path)
+    return downloads.offer(path)
 
 
 def export_dataset(project: int) -> str:
     """A Hugging Face `datasets` folder, zipped for download."""
-    convs = projects.conversations_of(_conn(), int(project))
+    convs = projects.conversations_of(_conn(), pid(project))
     name = _export_name(project)
     with tempfile.TemporaryDirectory() as tmp:
         importers.export_hf_dataset(convs, Path(tmp) / name)
@@ -443,7 +502,7 @@ def export_dataset(project: int) -> str:
         path = store.home() / "exports" / f"{name}-dataset.zip"
         with store.atomic_file(path, "wb") as f:
             f.write(Path(archive).read_bytes())
-    return str(path)
+    return downloads.offer(path)
 
 
 # ---------------------------------------------------------------- health
@@ -453,11 +512,11 @@ def health(project: int, max_length: float, truncate: bool = False) -> tuple[str
     """The full check a run needs, with counts, the length distribution and every problem and warning."""
     tok = project_tokenizer(project)
     try:
-        report = projects.check_project(_conn(), int(project), tok, int(max_length or MAX_LENGTH), truncate=truncate)
+        report = projects.check_project(_conn(), pid(project), tok, int(max_length or MAX_LENGTH), truncate=truncate)
     except TemplateError as e:
         raise _fail(e)
     lengths = sorted(report.lengths.values())
-    auto = store.get_project(_conn(), int(project))["val_fraction"] is None
+    auto = store.get_project(_conn(), pid(project))["val_fraction"] is None
     lines = [
         f"**{report.conversations} conversations** · {report.turns} turns · {report.tokens:,} tokens, of which "
         f"{report.trained_tokens:,} carry the loss · {report.held_out} held out for evaluation",
@@ -496,7 +555,7 @@ def length_buckets(lengths: list[int]) -> dict[str, int]:
 
 def shorten_long(project: int, max_length: float) -> str:
     """With the user's consent (the button), long conversations lose their last turns; originals go to the trash."""
-    report = projects.check_project(_conn(), int(project), project_tokenizer(project), int(max_length or MAX_LENGTH),
+    report = projects.check_project(_conn(), pid(project), project_tokenizer(project), int(max_length or MAX_LENGTH),
                                     truncate=True)
     n = projects.apply_shortening(_conn(), report)
     return f"Shortened {n} conversation(s); the full versions are in the trash."
@@ -513,7 +572,7 @@ def merge(project: int, pair: str) -> str:
 # ---------------------------------------------------------------- layout
 
 
-def _editor(project: gr.State, editing: gr.State, after_edit: list) -> None:
+def _editor(project: gr.State, editing: gr.State, seen: gr.State, after_edit: list) -> None:
     """One row per turn, drawn from the database whenever the conversation's structure changes."""
     @gr.render(inputs=[project, editing])
     def turns(pid: int, state: dict) -> None:
@@ -523,36 +582,45 @@ def _editor(project: gr.State, editing: gr.State, after_edit: list) -> None:
         for i, msg in enumerate(conv["messages"]):
             msg = msg if isinstance(msg, dict) else {"role": "user", "content": str(msg)}
             with gr.Row(equal_height=True, key=f"turn-{conv['id']}-{i}"):
+                # interactive stated: Gradio does not infer it for components drawn at render time, and showed
+                # the role picker (and, when redrawn, the text) disabled
                 role = gr.Dropdown(ROLE_LABELS, value=msg.get("role") if msg.get("role") in ("user", "assistant", "system")
-                                   else None, label=f"Turn {i + 1}", scale=2, min_width=150)
+                                   else None, label=f"Turn {i + 1}", scale=2, min_width=150, interactive=True)
                 content = gr.Textbox(str(msg.get("content") or ""), lines=2, max_lines=12, show_label=False, scale=7,
-                                     placeholder="Type this turn…")
+                                     placeholder="Type this turn…", interactive=True)
                 with gr.Column(scale=1, min_width=90):
                     up, down, drop = (gr.Button(s, size="sm") for s in ("↑ up", "↓ down", "✕ delete"))
-            role.input(functools.partial(_set_role, index=i), [project, editing, role], None).then(*after_edit)
-            content.blur(functools.partial(_set_content, index=i), [project, editing, content], None).then(*after_edit)
+            role.input(functools.partial(_set_role, index=i), [project, editing, seen, role], seen).then(
+                *after_edit).then(redraw_if_stale, [editing, seen], editing)
+            content.blur(functools.partial(_set_content, index=i), [project, editing, seen, content], seen).then(
+                *after_edit).then(redraw_if_stale, [editing, seen], editing)
             for button, action in ((up, "up"), (down, "down"), (drop, "delete")):
                 button.click(functools.partial(change_turns, action=action, index=i), [project, editing], editing)
 
 
-def _set_role(project: int, editing: dict, role: str, *, index: int) -> None:
-    edit_turn(project, editing, index, role=role)
+def _set_role(project: int, editing: dict, seen: dict, role: str, *, index: int) -> dict:
+    return edit_turn(project, editing, seen, index, role=role)
 
 
-def _set_content(project: int, editing: dict, content: str, *, index: int) -> None:
-    edit_turn(project, editing, index, content=content)
+def _set_content(project: int, editing: dict, seen: dict, content: str, *, index: int) -> dict:
+    return edit_turn(project, editing, seen, index, content=content)
 
 
 def build_data_tab() -> gr.State:
-    """Returns the current project's id as a gr.State, which the Train and Compare tabs read."""
-    conn = _conn()
-    project = gr.State(projects.current_project(conn))
+    """Returns the current project's id as a gr.State, which the Train and Compare tabs read.
+
+    Every component starts empty: the page is built once, before any visitor is known, so a value read here
+    would come from the root workspace and be shown to everyone. The visitor's own values arrive on page load.
+    """
+    project = gr.State(None)
     editing = gr.State({"id": None, "rev": 0})  # the conversation open in the editor
+    seen = gr.State({})  # the version of it the editor shows: saves over a newer one are refused
+    shown = gr.State({})  # the style guide and system prompt as the boxes show them
     pending, last_delete, pending_import = gr.State({}), gr.State({}), gr.State({})
     examples = list(list_examples())
 
     with gr.Row(equal_height=True):
-        picker = gr.Dropdown(project_choices(), value=project.value, label="Project (one brand voice)", scale=3)
+        picker = gr.Dropdown([], value=None, label="Project (one brand voice)", scale=3)
         new_name = gr.Textbox(label="New project", placeholder="e.g. Cosmo Coffee", scale=2, max_lines=1)
         create = gr.Button("Create project", scale=1)
     with gr.Row(equal_height=True):
@@ -580,7 +648,7 @@ def build_data_tab() -> gr.State:
                 query = gr.Textbox(label="Search", placeholder="words in any turn or tag", scale=3, max_lines=1)
                 tag = gr.Dropdown([""], value="", label="Tag", scale=1)
                 new_btn = gr.Button("+ New conversation", variant="primary", scale=1)
-            table = gr.Dataframe(conversations_table(project.value), interactive=False, wrap=True, max_height=320,
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), interactive=False, wrap=True, max_height=320,
                                  label="Conversations (click a row to edit it)", column_widths=["6%", "36%", "38%",
                                                                                                    "7%", "8%", "5%"])
             with gr.Accordion("Select several (bulk actions)", open=False):
@@ -600,7 +668,7 @@ def build_data_tab() -> gr.State:
                 dup_btn = gr.Button("Duplicate", size="sm", scale=1)
                 del_btn = gr.Button("Delete…", variant="stop", size="sm", scale=1)
             after_edit: list = []  # filled below, once the outputs exist
-            _editor(project, editing, after_edit)
+            _editor(project, editing, seen, after_edit)
             with gr.Row():
                 add_user = gr.Button("+ Customer turn", size="sm")
                 add_reply = gr.Button("+ Brand reply", size="sm")
@@ -659,7 +727,7 @@ def build_data_tab() -> gr.State:
     # ---- wiring: every write goes to the database at once, then the view is read back from it
     view_io = (view, [project, editing, query, tag], [table, tag, chosen, title, tags_box, held, live, mask, chat])
     after_edit.extend(view_io)
-    project_io = (project_view, project, [picker, name_box, style_guide, system_prompt, val_share, trash])
+    project_io = (project_view, project, [picker, name_box, style_guide, system_prompt, val_share, trash, shown])
     health_io = (health, [project, max_len], [summary, lengths, shorten_btn, dupes, merge_btn])
 
     def refresh_all(event: Any) -> Any:
@@ -669,13 +737,14 @@ def build_data_tab() -> gr.State:
     gr.context.Context.root_block.load(open_current, None, project).then(*project_io).then(*view_io)
     project.change(*project_io).then(*view_io).then(*health_io)
     editing.change(*view_io)
+    editing.change(editor_version, [project, editing], seen)
     picker.input(switch_project, picker, [project, editing])
     create.click(create_project, new_name, [project, editing, new_name, status], api_name="create_project")
     new_name.submit(create_project, new_name, [project, editing, new_name, status])
     load_ex.click(load_example_project, example, [project, editing, status], api_name="load_example_project")
     name_box.blur(rename, [project, name_box], status).then(*project_io)
     for box, key in ((style_guide, "style_guide"), (system_prompt, "system_prompt")):
-        box.blur(functools.partial(save_setting, key=key), [project, box], None)
+        box.blur(functools.partial(save_text_setting, key=key), [project, box, shown], [box, shown])
     val_share.blur(functools.partial(save_setting, key="val_fraction"), [project, val_share], None).then(*health_io)
 
     query.submit(*view_io, api_name="view")

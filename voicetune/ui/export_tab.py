@@ -1,6 +1,7 @@
 """The Export tab: take a finished run out of voicetune as a zip, a merged model, a GGUF, or a Hub repository.
 
-Every file is written under the workspace's exports/<run id>/ folder first, then offered for download.
+Every file is written under the workspace's exports/<run id>/ folder first, then offered for download as a copy
+(ui/downloads.py), so the workspace itself is never served.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gradio as gr
 
 from voicetune import export, hub, store
 from voicetune.train import read_run
+from voicetune.ui import downloads, session
 from voicetune.ui.compare_tab import newest_run
 
 INTRO = """Take a finished run with you. **Adapter (.zip)**: the small file of learned changes, with a model card
@@ -45,7 +47,7 @@ def make_zip(run_id: str | None) -> tuple[str, str]:
         dest = export.adapter_zip(folder, exports_dir(folder.name) / f"{folder.name}-adapter.zip")
     except ValueError as e:
         raise gr.Error(str(e)) from None
-    return str(dest), f"Adapter zip ready: `{dest.name}` ({dest.stat().st_size / 2**20:.1f} MB)."
+    return downloads.offer(dest), f"Adapter zip ready: `{dest.name}` ({dest.stat().st_size / 2**20:.1f} MB)."
 
 
 def make_merged(run_id: str | None, dtype: str) -> tuple[str, str]:
@@ -59,7 +61,7 @@ def make_merged(run_id: str | None, dtype: str) -> tuple[str, str]:
     except ValueError as e:
         raise gr.Error(str(e)) from None
     dest = export.zip_folder(merged, out / f"{folder.name}-merged-{dtype}.zip")
-    return str(dest), (f"Merged model ready ({dtype}): `{dest.name}` ({dest.stat().st_size / 2**20:.0f} MB). "
+    return downloads.offer(dest), (f"Merged model ready ({dtype}): `{dest.name}` ({dest.stat().st_size / 2**20:.0f} MB). "
                        "Unzip it and load the folder with `AutoModelForCausalLM.from_pretrained`.")
 
 
@@ -80,34 +82,64 @@ def make_gguf(run_id: str | None, quant: str) -> tuple[list[str], str]:
         raise gr.Error(str(e)) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ([str(gguf_file), str(out / "Modelfile")],
+    return (downloads.offer_all([gguf_file, out / "Modelfile"]),
             f"GGUF ready ({quant}, {gguf_file.stat().st_size / 2**20:.0f} MB). Put both files in one folder, then run "
             "`ollama create my-voice -f Modelfile` and `ollama run my-voice`.")
 
 
+OWNER_TOKEN_ENV = "VOICETUNE_PUSH_WITH_OWNER_TOKEN"  # "1": users who do not sign in with Hugging Face push with HF_TOKEN
+NEED_HF_SIGN_IN = ("Sign in with Hugging Face to push: the run goes to your own account, with your own sign-in "
+                   "(this app never pushes with its owner's token for you).")
+OWNER_TOKEN_OFF = ("Pushing is off in this app: it would push with its owner's Hugging Face token for everyone who "
+                   "uses it. Whoever runs the app can allow that with the setting VOICETUNE_PUSH_WITH_OWNER_TOKEN=1; "
+                   "until then, download the adapter zip and push it yourself.")
+
+
 def token_status() -> str:
-    """Where the push token comes from, never the token itself."""
+    """Whose account a push uses, never the token itself."""
     from huggingface_hub import get_token
 
+    if session.mode() == "huggingface":
+        return "Pushing uses **your own** Hugging Face account (the one you signed in with)."
+    if os.environ.get(OWNER_TOKEN_ENV) != "1":
+        return "Pushing is off: " + OWNER_TOKEN_OFF.split(": ", 1)[1]
     if os.environ.get("HF_TOKEN"):
-        return "Pushing uses the token in this app's `HF_TOKEN` secret."
+        return "Pushing uses the token in this app's `HF_TOKEN` secret: the app owner's account."
     if get_token():
         return "Pushing uses the Hugging Face account this machine is logged in to."
     return ("No Hugging Face token is set: add a token with write access as the `HF_TOKEN` secret "
             "(Space settings → Variables and secrets) to push.")
 
 
-def push(run_id: str | None, repo: str, private: bool, merged: bool, dataset: bool, dtype: str) -> str:
+def push_token(oauth_token: gr.OAuthToken | None) -> str | None:
+    """The signed-in user's own token with Hugging Face sign-in; otherwise the owner's (HF_TOKEN or this machine's
+    login, resolved by hub.push_run) only where the owner allowed it."""
+    if session.mode() == "huggingface":
+        if oauth_token is None or not oauth_token.token:
+            raise gr.Error(NEED_HF_SIGN_IN)
+        return oauth_token.token
+    if os.environ.get(OWNER_TOKEN_ENV) != "1":
+        raise gr.Error(OWNER_TOKEN_OFF)
+    return None
+
+
+def push(run_id: str | None, repo: str, private: bool, merged: bool, dataset: bool, dtype: str, overwrite: bool,
+         oauth_token: gr.OAuthToken | None) -> tuple[str, dict]:
+    """Push; an existing repository is refused until the user ticks the confirmation and presses Push again."""
+    token = push_token(oauth_token)  # first: whether this user may push at all
     folder = _run_folder(run_id)
     try:
         pushed = hub.push_run(folder, repo, private=private, include_merged=merged, include_dataset=dataset,
-                              merged_dtype=dtype if dtype in DTYPES else "bf16",
+                              merged_dtype=dtype if dtype in DTYPES else "bf16", token=token, overwrite=bool(overwrite),
                               endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except hub.RepoExists as e:
+        return (f"⚠️ {str(e)[:1].upper() + str(e)[1:]}: tick **Add to the existing repository** and press Push "
+                "again.", gr.update(visible=True, value=False))
     except hub.HubError as e:
         raise gr.Error(str(e)[:1].upper() + str(e)[1:]) from None
-    where = "privately" if private else "publicly"
-    lines = [f"Pushed {where}:"] + [f"- {p.kind}: [{p.repo_id}]({p.url})" for p in pushed]
-    return "\n".join(lines)
+    lines = ["Pushed:"] + [f"- {p.kind}: [{p.repo_id}]({p.url}) ({'private' if p.private else 'public'})"
+                           for p in pushed]
+    return "\n".join(lines), gr.update(visible=False, value=False)
 
 
 def build_export_tab() -> gr.Dropdown:
@@ -143,6 +175,8 @@ def build_export_tab() -> gr.Dropdown:
         with gr.Row():
             with_merged = gr.Checkbox(value=False, label="Also push the merged model", info="to <name>-merged")
             with_data = gr.Checkbox(value=False, label="Also push the conversations", info="to the dataset <name>-data")
+        overwrite = gr.Checkbox(value=False, visible=False, label="Add to the existing repository",
+                                info="its files are updated by a new commit; its visibility stays as it is")
         push_btn = gr.Button("Push", variant="primary")
         push_msg = gr.Markdown()
 
@@ -150,5 +184,7 @@ def build_export_tab() -> gr.Dropdown:
     zip_btn.click(make_zip, run, [zip_file, zip_msg], api_name="export_zip")
     merge_btn.click(make_merged, [run, dtype], [merged_file, merge_msg], api_name="export_merged")
     gguf_btn.click(make_gguf, [run, quant], [gguf_files, gguf_msg], api_name="export_gguf")
-    push_btn.click(push, [run, repo, private, with_merged, with_data, dtype], push_msg, api_name="push")
+    push_btn.click(push, [run, repo, private, with_merged, with_data, dtype, overwrite], [push_msg, overwrite],
+                   api_name="push")
+    repo.input(lambda: gr.update(visible=False, value=False), None, overwrite)  # a new name needs a new confirmation
     return run

@@ -85,13 +85,11 @@ def plain_faults(fn: Callable) -> Callable:
 
 
 def plain_fault_messages(demo: gr.Blocks) -> gr.Blocks:
-    """Wrap every handler registered on demo (once, after the whole app is built, like session's scoping)."""
-    for block_fn in demo.fns.values():
-        if block_fn.fn is None or getattr(block_fn.fn, "_voicetune_faults", False):
-            continue
-        block_fn.fn = plain_faults(block_fn.fn)
-        block_fn.fn._voicetune_faults = True  # type: ignore[attr-defined]
-    return demo
+    """Wrap every handler of demo, render-time listeners included (once, after the whole app is built, like
+    session's scoping)."""
+    from voicetune.ui.session import every_handler
+
+    return every_handler(demo, lambda block_fn: plain_faults(block_fn.fn), "_voicetune_faults")
 
 
 def check_workspace() -> None:

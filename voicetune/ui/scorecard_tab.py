@@ -12,6 +12,7 @@ from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
 from voicetune.generate import AdapterError, shared_model
 from voicetune.jobs import finished_runs
 from voicetune.train import read_run
+from voicetune.ui import downloads
 from voicetune.ui.charts import bar_chart_html
 
 KEYS = ["base", "prompt-only", "tuned"]
@@ -62,7 +63,7 @@ def show(run_id: str, recompute: bool = False) -> tuple:
         notes.append("Blind votes: " + "; ".join(
             f"{v['arm_a']} vs {v['arm_b']}: {v['a_wins']}–{v['b_wins']} ({v['ties']} ties)" for v in card["votes"]))
     path = store.run_dir(run_id) / SCORECARD_FILE
-    return "\n\n".join(notes), loss_bars, style_bars, table, features, samples, str(path)
+    return "\n\n".join(notes), loss_bars, style_bars, table, features, samples, downloads.offer(path)
 
 
 def history() -> pd.DataFrame:

@@ -10,7 +10,8 @@ Three modes, chosen by the environment:
 
 The identity always comes from the server side (Gradio's login cookie or the OAuth session), never from a
 value the page sends. `scope_every_handler(demo)` wraps every registered handler so it runs inside
-`store.user_scope(identity)`; a tab added later needs to do nothing to be scoped.
+`store.user_scope(identity)`, including the listeners a `@gr.render` function adds each time it draws; a tab
+added later needs to do nothing to be scoped.
 
     demo = build_app()
     scope_every_handler(demo)
@@ -29,8 +30,12 @@ from gradio.context import LocalContext
 from voicetune import store
 
 Mode = Literal["shared", "password", "huggingface"]
-USER_ACTIONS = {"click", "submit", "upload"}  # events a person fires on purpose; the rest stay quiet signed out
-SIGN_IN = "Sign in first: use the “Sign in with Hugging Face” button at the top of the page."
+# Events the page fires on its own (loads, timers) and steps chained after another event. Signed out they leave
+# the page as it is; every other event (a click, a blur that saves, a typed change) says to sign in again, so a
+# write made after sign-in expired is never dropped without a word.
+QUIET_TRIGGERS = {"load", "tick", "then", "success", "failure", "unload"}
+SIGN_IN = ("Sign in again: you are not signed in (or your sign-in expired), so nothing was done or saved. Use "
+           "the “Sign in with Hugging Face” button at the top of the page (or reload the page), then try again.")
 
 
 def mode() -> Mode:
@@ -175,15 +180,51 @@ def scoped(fn: Callable, *, outputs: int = 1, quiet: bool = False) -> Callable:
     return wrapper
 
 
-def scope_every_handler(demo: gr.Blocks) -> gr.Blocks:
-    """Wrap every handler registered on demo (call once, after the whole app is built)."""
-    for block_fn in demo.fns.values():
-        if block_fn.fn is None or getattr(block_fn.fn, "_voicetune_scoped", False):
-            continue
-        quiet = not any(trigger in USER_ACTIONS for _, trigger in block_fn.targets)
-        block_fn.fn = scoped(block_fn.fn, outputs=len(block_fn.outputs), quiet=quiet)
-        block_fn.fn._voicetune_scoped = True  # type: ignore[attr-defined]
+def is_quiet(block_fn: Any) -> bool:
+    """True for a handler the page runs by itself (loads, timers, chained steps, a @gr.render redraw)."""
+    return block_fn.renderable is not None or all(trigger in QUIET_TRIGGERS for _, trigger in block_fn.targets)
+
+
+def every_handler(demo: gr.Blocks, wrap: Callable[[Any], Callable], marker: str) -> gr.Blocks:
+    """Replace every handler's fn with wrap(block_fn), once, and do the same for the listeners a @gr.render
+    function creates while the app runs.
+
+    Gradio registers those render-time listeners in the session's own copy of the dependency table when the
+    render runs, long after the app was built, so a pass over demo.fns never sees them. The render's own
+    handler (Renderable.apply) is therefore wrapped to wrap, right after each redraw, every listener it added.
+    """
+    for block_fn in list(demo.fns.values()):
+        _wrap_handler(block_fn, wrap, marker)
     return demo
+
+
+def _wrap_handler(block_fn: Any, wrap: Callable[[Any], Callable], marker: str) -> None:
+    if block_fn.fn is None or getattr(block_fn.fn, marker, False):
+        return
+    fn = wrap(block_fn)
+    if block_fn.renderable is not None:
+        fn = _then_wrap_rendered(fn, wrap, marker)
+    setattr(fn, marker, True)
+    block_fn.fn = fn
+
+
+def _then_wrap_rendered(render: Callable, wrap: Callable[[Any], Callable], marker: str) -> Callable:
+    @functools.wraps(render)
+    def redraw(*args: Any, **kwargs: Any) -> Any:
+        result = render(*args, **kwargs)
+        config = LocalContext.blocks_config.get(None)  # this session's dependency table, as Renderable.apply uses
+        for block_fn in list(config.fns.values()) if config is not None else []:
+            if block_fn.rendered_in is not None:
+                _wrap_handler(block_fn, wrap, marker)
+        return result
+    return redraw
+
+
+def scope_every_handler(demo: gr.Blocks) -> gr.Blocks:
+    """Run every handler of demo, render-time listeners included, in the signed-in user's workspace (call once,
+    after the whole app is built)."""
+    return every_handler(demo, lambda block_fn: scoped(block_fn.fn, outputs=len(block_fn.outputs),
+                                                       quiet=is_quiet(block_fn)), "_voicetune_scoped")
 
 
 def whoami(request: gr.Request) -> str:

@@ -34,9 +34,9 @@ BLOCKS: dict[str, Any] = {
 
 # --- The queue ------------------------------------------------------------------------------------------
 # One event at a time per handler unless the handler says otherwise: the model is shared, and a CPU has two
-# cores to give. Chat shares one slot ("chat" concurrency id), the training watchers take none (they only
-# read the database). At most 64 events wait; the 65th person is told the queue is full instead of waiting
-# without end. Waiting people see their place in the queue ("position N") on the page.
+# cores to give. Chat shares one slot ("chat" concurrency id); the training watchers only read the database
+# and share 16 slots ("watch", voicetune.limits.MAX_WATCHERS), so open pages cannot hold every worker thread.
+# At most 64 events wait; the 65th person is told the queue is full instead of waiting without end. Waiting people see their place in the queue ("position N") on the page.
 QUEUE: dict[str, Any] = {
     "default_concurrency_limit": 1,
     "max_size": 64,
@@ -76,10 +76,12 @@ LAUNCH: dict[str, Any] = {
 
 
 def launch_settings() -> dict[str, Any]:
-    """LAUNCH plus where to listen: loopback locally; every interface on a Space, where the proxy must reach it."""
+    """LAUNCH plus where to listen: VOICETUNE_HOST/PORT, else Gradio's own GRADIO_SERVER_NAME/PORT (which hosts such
+    as Spaces set), else loopback locally and every interface on a Space, where the proxy must reach it."""
     on_space = bool(os.environ.get("SPACE_ID"))
+    env = lambda *names: next((os.environ[n] for n in names if os.environ.get(n, "").strip()), None)  # noqa: E731
     return {
         **LAUNCH,
-        "server_name": os.environ.get("VOICETUNE_HOST", "0.0.0.0" if on_space else "127.0.0.1"),
-        "server_port": int(os.environ.get("VOICETUNE_PORT", "7860")),
+        "server_name": env("VOICETUNE_HOST", "GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1"),
+        "server_port": int(env("VOICETUNE_PORT", "GRADIO_SERVER_PORT") or "7860"),
     }

@@ -14,9 +14,10 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import jobs, models, projects, recipes, runs, store
+from voicetune import jobs, limits, models, projects, recipes, runs, store
 from voicetune.config import TrainConfig
 from voicetune.ui.charts import line_chart_html
+from voicetune.ui.data_tab import pid
 
 POLL_SECONDS = 1.0
 CUSTOM = "Custom"
@@ -162,8 +163,7 @@ def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str,
 
 def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str]:
     """Check the project's data, then queue the job. Returns at once: `watch` streams the progress."""
-    if project_id is None:
-        raise gr.Error("Open or create a project on the Data tab first.")
+    project_id = pid(project_id)  # an API client, or a page still loading: the user's current project
     adv = dict(zip(_ADVANCED, advanced))
     project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv["max_length"]))
     lengths = _train_lengths(check, project_id)
@@ -317,10 +317,12 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         field.input(lambda: CUSTOM, None, preset)
     started = start_btn.click(start, [project, preset, *fields], [run_id, status], api_name="train",
                               concurrency_limit=4)
-    watching = started.success(watch, run_id, watch_out, api_name="watch", concurrency_limit=None)
+    # Watchers only read the database, but each holds a worker thread while it polls: bounded (voicetune.limits).
+    follow = {"concurrency_limit": limits.MAX_WATCHERS, "concurrency_id": "watch"}
+    watching = started.success(watch, run_id, watch_out, api_name="watch", **follow)
     cancel_btn.click(cancel, run_id, status, api_name="cancel", concurrency_limit=None)
     resume_btn.click(resume, run_id, status, api_name="resume", concurrency_limit=4).success(
-        watch, run_id, watch_out, concurrency_limit=None)
+        watch, run_id, watch_out, **follow)
     diff_btn.click(diff, [run_a, run_b], diff_table, api_name="diff_runs")
     ended = watching.then(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
 
@@ -330,7 +332,7 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         demo.load(plan, [project, preset], [plan_md, *fields])
         demo.load(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
         demo.load(jobs_frame, None, queue)
-        demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, concurrency_limit=None)
+        demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, **follow)
 
     return TrainTab(ended, on_load)
 

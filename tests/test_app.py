@@ -50,6 +50,11 @@ def test_bad_data_is_reported_with_its_line(client):
                                        api_name="/preview_import")
     assert "1 accepted, 1 rejected" in report and "line 2: invalid JSON at column 2" in report
     assert len(table["data"]) == 1
+    # A misspelt key is imported, and the preview names its line and key
+    typo = json.dumps({"messages": [{"role": "user", "content": "hi?", "nmae": "Ann"},
+                                    {"role": "assistant", "content": "hello!"}]})
+    report, table, *_ = client.predict(None, f"{typo}\n", "openai", None, None, "", api_name="/preview_import")
+    assert "1 accepted, 0 rejected" in report and "**Warnings**" in report and "nmae" in report and "line 1" in report
 
 
 @pytest.mark.slow
@@ -67,9 +72,9 @@ def test_train_then_compare_in_the_app(client, tiny_model, pirate_adapter):
         store.add_conversation(conn, project, [{"role": "user", "content": q},
                                                {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}])
     # Custom settings: rank, alpha, dropout, rate, schedule, epochs, max steps, batch, accumulation, max length,
-    # seed, QLoRA, early stopping, packing.
+    # seed, QLoRA, early stopping, packing, activation checkpointing.
     run_id, queued = client.predict("Custom", 16, 32, 0.05, 2e-3, "cosine", 3, -1, 4, 1, 1024, 42, "Auto", "Off", False,
-                                    api_name="/train")
+                                    "Auto", api_name="/train")
     assert "queued" in queued
     job = client.submit(run_id, api_name="/watch")
     bar, plot, status, log, queue = job.result(timeout=900)

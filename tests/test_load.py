@@ -30,8 +30,8 @@ BASE = "Base model"
 
 def custom(max_steps: int) -> tuple:
     """The Train tab's Custom settings: rank, alpha, dropout, rate, schedule, epochs, max steps, batch,
-    accumulation, max length, seed, QLoRA, early stopping, packing."""
-    return ("Custom", 4, 8, 0.0, 2e-3, "constant", 1, max_steps, 2, 1, 1024, 1, "Off", "Off", False)
+    accumulation, max length, seed, QLoRA, early stopping, packing, activation checkpointing."""
+    return ("Custom", 4, 8, 0.0, 2e-3, "constant", 1, max_steps, 2, 1, 1024, 1, "Off", "Off", False, "Auto")
 
 
 def rss_mb(pid: int) -> float:

@@ -137,6 +137,10 @@ def test_import_report_counts_what_the_project_already_holds(conn):
     report = projects.against_project(conn, pid, import_openai_jsonl(raw.encode()))
     assert report.summary() == "1 accepted, 0 rejected, 1 duplicate"
     assert [str(p) for p in report.duplicates] == ["line 1: is already in the project as conversation 1"]
+    typo = json.dumps({"messages": [{"role": "user", "content": "Hm?", "nmae": "Ann"},
+                                    {"role": "assistant", "content": "Yes!"}]})
+    checked = projects.against_project(conn, pid, import_openai_jsonl(typo.encode()))
+    assert checked.accepted == 1 and [p.line for p in checked.warnings] == [1]  # warnings survive the check
 
 
 def test_check_project_lengths_split_duplicates_and_consented_shortening(conn, tokenizer):

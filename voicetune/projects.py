@@ -323,7 +323,8 @@ def against_project(conn: sqlite3.Connection, project_id: int, report: ImportRep
                                  f"{held[_key(conv.messages)]}", report.unit))
         else:
             kept.append(conv)
-    return ImportReport(kept, report.problems, sorted(dupes, key=lambda p: p.line or 0), report.unit)
+    return ImportReport(kept, report.problems, sorted(dupes, key=lambda p: p.line or 0), report.unit,
+                        warnings=list(report.warnings))
 
 
 def _key(messages: list[dict[str, Any]]) -> str:

@@ -574,8 +574,8 @@ def read_run(adapter_dir: str | Path) -> dict[str, Any]:
     """The run record of a finished adapter; refuse folders that are not whole voicetune adapters."""
     folder = Path(adapter_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no adapter folder at {folder}")
+        raise FileNotFoundError(f"no adapter folder called {folder.name}")  # its name: server paths stay private
     for needed in (RUN_FILE, ADAPTER_WEIGHTS, "adapter_config.json"):
         if not (folder / needed).exists():
-            raise FileNotFoundError(f"{folder} is not a finished voicetune adapter: {needed} is missing")
+            raise FileNotFoundError(f"{folder.name} is not a finished voicetune adapter: {needed} is missing")
     return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))

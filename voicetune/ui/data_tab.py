@@ -461,6 +461,8 @@ def preview_import(project: int, upload: Any, pasted: str, fmt: str, prompt_col:
         parts += ["**Rejected** (fix these in the file and import again):", problems_markdown(report.problems)]
     if report.duplicates:
         parts += ["**Duplicates** (left out):", problems_markdown(report.duplicates)]
+    if report.warnings:
+        parts += ["**Warnings** (imported as they are, but worth a look):", problems_markdown(report.warnings)]
     rows = [[c.line, _first(c.messages, "user"), _first(c.messages[::-1], "assistant"), len(c.messages)]
             for c in report.conversations]
     frame = pd.DataFrame(rows, columns=[report.unit, "customer says", "brand replies", "turns"])

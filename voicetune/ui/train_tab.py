@@ -110,19 +110,25 @@ def _train_lengths(check: projects.ProjectCheck, project_id: int) -> list[int]:
     return [n for cid, n in check.lengths.items() if cid not in held]
 
 
-def _throughput() -> float | None:
-    return recipes.measured_tokens_per_s(jobs.finished_runs(), models.detect_device())
+def _throughput(base_model: str | None = None) -> float | None:
+    """Tokens/s measured by this machine's earlier runs; before any, on a GPU, a first estimate scaled by the
+    project's model size and the GPU's peak (an 8B model is not promised a 135M model's speed)."""
+    device = models.detect_device()
+    rate = recipes.measured_tokens_per_s(jobs.finished_runs(), device)
+    if rate or device != "cuda":
+        return rate
+    return recipes.first_estimate_tokens_per_s(device, models.resolve_base_model(base_model or None))
 
 
 def plan(project_id: int | None, choice: str) -> tuple[Any, ...]:
     """The preset's settings with the reasons, every preset's expected time, and the advanced fields filled in."""
     if project_id is None:
         return ("Open or create a project on the Data tab first.",) + (gr.update(),) * len(_ADVANCED)
-    _, check = _check(project_id, 4096)
+    project, check = _check(project_id, 4096)
     lengths = _train_lengths(check, project_id)
     if not lengths:
         return ("No conversations to train on yet: add some on the Data tab.",) + (gr.update(),) * len(_ADVANCED)
-    device, rate = models.detect_device(), _throughput()
+    device, rate = models.detect_device(), _throughput(project["base_model"])
     times = []
     for name in recipes.PRESETS:
         s = recipes.preset_settings(name, lengths)
@@ -141,7 +147,7 @@ def plan(project_id: int | None, choice: str) -> tuple[Any, ...]:
 # --- Starting, watching, stopping -----------------------------------------------------------------------
 
 _ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "lr_scheduler", "epochs", "max_steps", "batch_size",
-             "grad_accum", "max_length", "seed", "qlora", "early_stopping", "padding_free")
+             "grad_accum", "max_length", "seed", "qlora", "early_stopping", "padding_free", "activation_checkpointing")
 
 
 def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +156,8 @@ def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str,
     qlora = {"Auto": None, "On": True, "Off": False}[adv["qlora"]]
     common = {"batch_size": int(adv["batch_size"]), "grad_accum": int(adv["grad_accum"]), "seed": int(adv["seed"]),
               "lr_scheduler": adv["lr_scheduler"], "early_stopping": early, "qlora": qlora,
-              "padding_free": bool(adv["padding_free"])}
+              "padding_free": bool(adv["padding_free"]),
+              "activation_checkpointing": {"Auto": None, "On": True, "Off": False}[adv["activation_checkpointing"]]}
     if choice != CUSTOM:
         s = recipes.preset_settings(_preset_name(choice), lengths)
         cfg = s.as_config()
@@ -181,7 +188,8 @@ def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str
     estimate = recipes.estimate_seconds(recipes.Settings(settings["epochs"], settings["learning_rate"],
                                                          settings["lora"]["r"], settings["max_length"],
                                                          settings["max_steps"]),
-                                        lengths, models.detect_device(), _throughput(), settings["batch_size"])
+                                        lengths, models.detect_device(), _throughput(project["base_model"]),
+                                        settings["batch_size"])
     try:
         job = jobs.submit(projects.training_jsonl(conn, int(project_id)), label=project["name"],
                           heldout_text=projects.heldout_jsonl(conn, int(project_id)), project_id=int(project_id),
@@ -278,6 +286,9 @@ def _advanced_fields() -> dict[str, gr.components.Component]:
                                            label="Early stopping (Auto: on below 500 conversations)")
             f["padding_free"] = gr.Checkbox(d.padding_free, label="Packing (padding-free batches)",
                                             info="Faster on a GPU with flash attention; slower on a CPU")
+            f["activation_checkpointing"] = gr.Radio(
+                ["Auto", "On", "Off"], value="Auto", label="Activation checkpointing",
+                info="Auto: on only when the run would not fit the GPU's memory without it (slower, far less memory)")
     return f
 
 

@@ -18,25 +18,13 @@ import httpx
 import pytest
 
 from tests.running_app import ROOT, RunningApp, start_app
-from tests.test_e2e import CHROMIUM, FLAGS, tab
+from tests.test_e2e import browser, tab  # noqa: F401 - browser is the journey's module fixture, reused
 from voicetune import store
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = ROOT / "test-artifacts" / "e2e-lanes"
 ROOT_PROJECT, ROOT_QUESTION = "Root Secret Voice", "ROOT-ONLY question about the merger"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: run `make test` as root to install it (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

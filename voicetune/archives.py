@@ -162,20 +162,15 @@ def _check_base(record: dict[str, Any], base: str) -> None:
 
 def _keep_public_config(folder: Path, zip_name: str) -> None:
     """config.yaml as settings only: paths another machine wrote there are dropped like on export."""
-    import yaml
-
-    from voicetune.export import public_config
+    from voicetune.export import public_config_yaml
 
     if not (folder / "config.yaml").is_file():
         return
     try:
-        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ArchiveError(f"{zip_name}: config.yaml is not valid YAML") from e
-    if not isinstance(config, dict):
-        raise ArchiveError(f"{zip_name}: config.yaml holds no settings")
-    store.atomic_write_text(folder / "config.yaml", yaml.safe_dump(public_config(config), sort_keys=False,
-                                                                   allow_unicode=True))
+        text = public_config_yaml(folder)
+    except ValueError as e:
+        raise ArchiveError(f"{zip_name}: {e}") from e
+    store.atomic_write_text(folder / "config.yaml", text)
 
 
 def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:

@@ -225,17 +225,27 @@ def _shareable_adapter_config(adapter_dir: Path, record: dict[str, Any]) -> str:
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def _public_config_yaml(adapter_dir: Path) -> bytes:
-    """config.yaml without the paths of this machine (the data file by name; output folders dropped)."""
+def public_config_yaml(adapter_dir: Path) -> str:
+    """config.yaml without the paths of this machine (the data file by name; output folders dropped).
+
+    Raises ValueError saying what is wrong with the file; callers name the adapter or zip it came in.
+    """
     import yaml
 
     try:
         config = yaml.safe_load((adapter_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: config.yaml is not valid YAML") from e
+        raise ValueError("config.yaml is not valid YAML") from e
     if not isinstance(config, dict):
-        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: config.yaml holds no settings")
-    return yaml.safe_dump(public_config(config), sort_keys=False, allow_unicode=True).encode()
+        raise ValueError("config.yaml holds no settings")
+    return yaml.safe_dump(public_config(config), sort_keys=False, allow_unicode=True)
+
+
+def _public_config_yaml(adapter_dir: Path) -> bytes:
+    try:
+        return public_config_yaml(adapter_dir).encode()
+    except ValueError as e:
+        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {e}") from e
 
 
 def adapter_files(adapter_dir: Path) -> dict[str, bytes | Path]:

@@ -332,6 +332,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     """The OpenAI-compatible endpoint without the page; keys are the shared workspace's (made here or in the app)."""
     from voicetune import apikeys, serve
     from voicetune.models import ModelError
+    from voicetune.runs import locate
 
     try:
         if a.new_key:
@@ -355,7 +356,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         runs = {}
         for spec in a.run:
             name, sep, run = spec.partition("=")
-            folder = _run_folder(run if sep else spec)
+            folder, _ = locate(run if sep else spec)
             runs[name if sep else folder.name] = folder
         service = serve.headless_service(runs, a.base_model)
     except (ValueError, FileNotFoundError, ModelError) as e:

@@ -20,7 +20,6 @@ tokens of the trained conversations, so "same loss" compares like with like.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource

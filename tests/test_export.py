@@ -311,7 +311,6 @@ def test_modelfile_refuses_a_template_that_is_not_chatml():
 @pytest.mark.slow
 def test_q8_0_writes_and_loads(merged_bf16: Path, tmp_path: Path):
     """Q8_0 from a bf16 merge: matrices in 8-bit blocks, norms in F32, every weight within its block's step."""
-    import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations.gguf import GgufHeader

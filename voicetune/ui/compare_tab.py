@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import gradio as gr
 import pandas as pd

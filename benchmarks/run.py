@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 DATA = ROOT / "benchmarks" / "data" / "mixed-lengths.jsonl"
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("train", "compare", "startup")
+SECTIONS = ("train", "compare", "startup", "serve")
 
 # The issue's targets; the bench prints pass/short for each.
 TRAIN_SPEEDUP = 1.5  # voicetune's trained tokens/s over the baseline's
@@ -296,6 +296,31 @@ def compare_section(model: str, adapter: str, repeats: int, log: Any) -> list[st
             "alternating within it.", "", *compare_table(rows)]
 
 
+def serve_section(model: str, adapter: str, data: Path, work: Path, log: Any) -> list[str]:
+    """The OpenAI-compatible endpoint under 20 streaming clients across 3 runs while a training job runs."""
+    if not adapter:
+        raise RuntimeError("no tuned adapter to serve: the voicetune training arm failed")
+    from benchmarks import serve_load
+
+    log("serve: 20 streaming clients across 3 runs, a training job running beside them")
+    training = subprocess.Popen([sys.executable, "-m", "benchmarks.train_arm", "--arm", "voicetune", "--data", str(data),
+                                 "--model", model, "--out", str(work / "adapter-beside-serve"), "--no-loss-check",
+                                 "--result", str(work / "result-beside-serve.json")],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rows = serve_load.main(["--adapter", adapter])
+    finally:
+        training.terminate()
+        training.wait(timeout=60)
+    lines = ["| phase | requests | requests/s | first token, median / p90 s | server peak RSS MiB |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['phase']} | {r['requests']} | {r['requests_per_s']} | {r['ttft_median_s']} / "
+                     f"{r['ttft_p90_s']} | {r.get('server_peak_rss_mb') or ''} |")
+    return ["`voicetune serve` on loopback, greedy, 24 reply tokens, bounded in count and time; a voicetune "
+            "training job runs in another process throughout.", "", *lines]
+
+
 def startup_section(work: Path, repeats: int, device: str, log: Any) -> list[str]:
     from benchmarks.startup import time_to_page
 
@@ -313,7 +338,7 @@ def startup_section(work: Path, repeats: int, device: str, log: Any) -> list[str
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: train, compare, startup")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: train, compare, startup, serve")
     p.add_argument("--repeats", type=int, default=3, help="runs of each arm, alternated")
     p.add_argument("--conversations", type=int, default=32, help="conversations each training arm trains on")
     p.add_argument("--model", default="", help="a local model folder; default: the embedded model (CPU) or "
@@ -358,7 +383,7 @@ def main(argv: list[str] | None = None) -> Path:
             model = models.resolve_base_model(None)  # converts once if needed, before anything is timed
             report.append("Model: the embedded SmolLM2-135M-Instruct, LoRA r16 on all linear layers.\n")
         adapter = ""
-        if "train" in sections or "compare" in sections:
+        if {"train", "compare", "serve"} & set(sections):
             data = _subset(a.conversations, work)
             if "train" in sections:
                 log(f"training: {a.conversations} conversations, {a.repeats} repeats")
@@ -377,11 +402,14 @@ def main(argv: list[str] | None = None) -> Path:
                               "trained the whole epoch is the baseline. " if device == "cpu" else ". ")
                            + "\"Assistant loss after\" scores each saved adapter the same way.", "",
                            *train_table(summary, device, gpu_params, info.get("gpu")), ""]
-            if "compare" in sections and not adapter:
+            if {"compare", "serve"} & set(sections) and not adapter:
                 adapter = train_arm("voicetune", model, data, work, "for-compare", ["--no-loss-check"]).get("adapter", "")
         if "compare" in sections:
             report += section("## Compare: one round, 3 arms (base, prompt-only, tuned)",
                               lambda: compare_section(model, adapter, a.repeats, log))
+        if "serve" in sections:
+            report += section("## Serve: the OpenAI-compatible endpoint under load",
+                              lambda: serve_section(model, adapter, _subset(a.conversations, work), work, log))
         if "startup" in sections:
             report += section("## Start-up: `python app.py` to the first page served",
                               lambda: startup_section(work, a.repeats, device, log))

@@ -109,6 +109,17 @@ def summary(label: str, results: list[dict[str, Any]], seconds: float) -> dict[s
             "ttft_median_s": round(statistics.median(ttft), 2) if ttft else None, "ttft_p90_s": round(p90, 2)}
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The server's peak resident memory so far (Linux VmHWM), to show memory stays bounded under load."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adapter", required=True, help="a finished voicetune adapter folder (workspace/runs/<id>)")
@@ -128,6 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.append(summary("one at a time (1 client, 3 runs in turn)", alone, secs))
         together, secs = asyncio.run(run_clients(url, key, models, a.clients, a.requests, a.max_tokens, a.deadline))
         rows.append(summary(f"together ({a.clients} clients x {a.requests}, 3 runs)", together, secs))
+        rows[-1]["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

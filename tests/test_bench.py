@@ -133,17 +133,20 @@ def test_one_conversation_per_pass_and_padding_free_train_like_padded_batches(
 def test_bench_runs_on_a_tiny_model_and_writes_its_table(tiny_model: Path, tmp_path: Path) -> None:
     from benchmarks import run
 
-    out = run.main(["--sections", "train,compare", "--conversations", "4", "--repeats", "1",
+    out = run.main(["--sections", "train,compare,serve", "--conversations", "4", "--repeats", "1",
                     "--model", str(tiny_model), "--results-dir", str(tmp_path)])
     text = out.read_text(encoding="utf-8")
     kind = run.host_kind()
     assert out.parent == tmp_path and re.fullmatch(rf"\d{{4}}-\d{{2}}-\d{{2}}-cpu-\d+core-{kind}\.md", out.name)
     assert f"host kind {kind}" in text
-    for heading in ("## Training", "## Compare: one round, 3 arms", "Load average"):
+    for heading in ("## Training", "## Compare: one round, 3 arms", "## Serve: the OpenAI-compatible endpoint",
+                    "Load average"):
         assert heading in text
+    assert "Failed" not in text  # no section failed
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert {"voicetune", "trl, fp32", "trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True",
-            "batched", "in turn", "one arm"} <= set(rows)
+            "batched", "in turn", "one arm", "together (20 clients x 2, 3 runs)"} <= set(rows)
+    assert re.search(r"\| together \(20 clients x 2, 3 runs\) \| 40 \| [\d.]+ \|", text)  # every request answered
     assert not any("failed" in row for row in rows.values())
     assert re.search(r"- Baseline: `trl, [^`]+`, the fastest plain-TRL configuration measured on this host", text)
     assert "(1 steps, " in text  # 4 conversations, batch 4: one step on each arm

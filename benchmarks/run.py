@@ -124,21 +124,12 @@ def train_arm(arm: str, model: str, data: Path, work: Path, tag: str, extra: lis
 
 
 def host_kind() -> str:
-    """The CPU kind that decides which precision and levers pay: amx, avx512-bf16, avx512, avx2 or plain.
+    """The host's CPU kind as voicetune itself reads it (models.cpu_kind), for the file name and the arms."""
+    from voicetune.models import cpu_kind
 
-    Read from the CPU flags, since torch's own capability string says AVX512 for both AMX and plain AVX512.
-    """
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    for flag, kind in (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
-        if flag in flags:
-            return kind
-    return "plain"
+    return cpu_kind()
 
 
-BF16_KINDS = ("amx", "avx512-bf16")
 EMULATED_STEPS = 2  # bf16 baselines on a CPU without bf16 instructions run ~20x slower: a short sample
 
 
@@ -152,7 +143,9 @@ def baseline_arms(device: str, kind: str) -> list[tuple[str, str, list[str], boo
     """
     if device == "cuda":
         return [("trl, QLoRA defaults", "trl", [], True)]
-    native = kind in BF16_KINDS
+    from voicetune.models import BF16_CPU_KINDS
+
+    native = kind in BF16_CPU_KINDS
     sample = [] if native else ["--max-steps", str(EMULATED_STEPS), "--no-loss-check"]
     return [("trl, fp32", "trl", ["--precision", "fp32"], True),
             ("trl, bf16 autocast, use_cpu=True", "trl", ["--precision", "bf16", *sample], native),

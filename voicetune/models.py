@@ -136,13 +136,26 @@ def base_model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+CPU_KINDS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512-bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+BF16_CPU_KINDS = ("amx", "avx512-bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kind() -> str:
+    """The CPU kind that decides which precision and speed levers pay: amx, avx512-bf16, avx512, avx2 or plain.
+
+    Read once from the CPU flags, since torch's own capability string says AVX512 for both AMX and plain AVX512.
+    """
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return next((kind for flag, kind in CPU_KINDS if flag in flags), "plain")
+
+
 def cpu_has_bf16() -> bool:
     """True only with real bf16 instructions: without them TRL's bf16 default runs ~20x slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_kind() in BF16_CPU_KINDS
 
 
 @dataclass(frozen=True)

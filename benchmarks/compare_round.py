@@ -58,25 +58,45 @@ def _questions() -> list[str]:
     return list(dict.fromkeys(firsts))  # in order, without repeats
 
 
-def measure(model_path: str, adapter_dir: str, repeats: int = 3, max_new_tokens: int = 48) -> list[dict[str, Any]]:
+def _lever_flipped(model_path: str) -> ChatModel:
+    """A chat model with the decoding-matmul lever (levers.CpuLevers.skinny_decode) the other way round."""
+    import dataclasses
+
+    from voicetune import levers
+
+    chosen = levers.chosen
+    levers.chosen = lambda: dataclasses.replace(chosen(), skinny_decode=not chosen().skinny_decode)
+    try:
+        return ChatModel(model_path)
+    finally:
+        levers.chosen = chosen
+
+
+def measure(model_path: str, adapter_dir: str, repeats: int = 3, max_new_tokens: int = 48,
+            flip_skinny_decode: bool = False) -> list[dict[str, Any]]:
     """Alternate the three ways within each repeat, so load from other processes hits all of them alike.
 
     Every repeat asks a new question, the same for the three ways. The one-arm way has a model of its own,
     so neither batched nor one arm ever finds the other's prefill of that question.
     """
     chat, alone = ChatModel(model_path), ChatModel(model_path)
-    for c in (chat, alone):
+    flipped = _lever_flipped(model_path) if flip_skinny_decode else None
+    for c in (chat, alone, *([flipped] if flipped else [])):
         c.load_adapter(adapter_dir, name=TUNED)
     gen = GenConfig(max_new_tokens=max_new_tokens, greedy=True)
     questions = iter(_questions())
     warm_up = _round_requests(chat, next(questions))
     _timed(chat, warm_up, gen, batched=True)  # first calls pay for one-off allocations
     _timed(alone, warm_up[-1:], gen, batched=True)
+    if flipped:
+        _timed(flipped, warm_up, gen, batched=True)
     rows = []
     for i in range(repeats):
         requests = _round_requests(chat, next(questions))
         ways = [("batched", chat, requests, True), ("in turn", chat, requests, False),
                 ("one arm", alone, requests[-1:], True)]
+        if flipped:
+            ways.append((f"batched, skinny decode {'on' if flipped.skinny_decode else 'off'}", flipped, requests, True))
         for way, model, reqs, batched in (ways if i % 2 == 0 else ways[::-1]):
             rows.append({"way": way, "repeat": i, **_timed(model, reqs, gen, batched)})
     chat.batch_arms = True

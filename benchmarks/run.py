@@ -163,6 +163,8 @@ def bench_train(model: str, data: Path, work: Path, repeats: int, levers: bool, 
                  ("voicetune, LoRA dropout 0.05", "voicetune", ["--dropout", "0.05"], True),
                  ("voicetune, padding-free", "voicetune", ["--padding-free", "on"], True),
                  ("voicetune, 1 thread", "voicetune", ["--threads", "1"], True),
+                 *([("voicetune, frozen base in fp32 weights", "voicetune", ["--fp32-base"], True)]
+                   if device == "cpu" and levers_for(kind or host_kind()).bf16 else []),
                  ("trl, library defaults as is", "trl-defaults", ["--as-is"], False)]
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in arms}
     for i in range(repeats):
@@ -241,7 +243,8 @@ def train_table(summary: dict[str, dict[str, Any]], device: str, gpu_params: int
 
 
 def compare_table(rows: list[dict[str, Any]]) -> list[str]:
-    by = {w: [r for r in rows if r["way"] == w] for w in ("batched", "in turn", "one arm")}
+    ways = list(dict.fromkeys(r["way"] for r in rows))  # batched, in turn, one arm; with --levers, a lever flipped
+    by = {w: [r for r in rows if r["way"] == w] for w in ways}
     s = {w: {k: spread([r[k] for r in rs]) for k in ("seconds", "tokens_per_s", "first_token_s")}
          for w, rs in by.items()}
     tokens = {w: spread([r["tokens"] for r in rs]) for w, rs in by.items()}
@@ -249,7 +252,8 @@ def compare_table(rows: list[dict[str, Any]]) -> list[str]:
     same = all(r["texts"] == in_turn[r["repeat"]] for r in by["batched"])
     lines = ["| way | arms | reply tokens | seconds per round | tokens/s | first token in every pane, s |",
              "|---|---|---|---|---|---|"]
-    for w, arms in (("batched", 3), ("in turn", 3), ("one arm", 1)):
+    for w in ways:
+        arms = 1 if w == "one arm" else 3
         lines.append(f"| {w} | {arms} | {fmt(tokens[w], 0)} | {fmt(s[w]['seconds'], 2)} | {fmt(s[w]['tokens_per_s'])} | "
                      f"{fmt(s[w]['first_token_s'], 2)} |")
     ratio = s["batched"]["seconds"]["median"] / s["one arm"]["seconds"]["median"]
@@ -278,13 +282,19 @@ def section(heading: str, measure: Any) -> list[str]:
         return [heading, "", f"Failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400], ""]
 
 
-def compare_section(model: str, adapter: str, repeats: int, log: Any) -> list[str]:
+def levers_for(kind: str) -> Any:
+    from voicetune import levers
+
+    return levers.for_kind(kind)
+
+
+def compare_section(model: str, adapter: str, repeats: int, log: Any, flip_lever: bool = False) -> list[str]:
     if not adapter:
         raise RuntimeError("no tuned adapter to compare: the voicetune training arm failed")
     from benchmarks.compare_round import measure
 
     log(f"compare: one round, 3 arms, {repeats} repeats")
-    rows = measure(model, adapter, repeats=repeats)
+    rows = measure(model, adapter, repeats=repeats, flip_skinny_decode=flip_lever)
     return ["Greedy, at most 48 new tokens per arm; a new customer question every repeat, the three ways "
             "alternating within it.", "", *compare_table(rows)]
 
@@ -363,6 +373,9 @@ def main(argv: list[str] | None = None) -> Path:
               + (f", GPU {info['gpu']} (capability {info['capability']}, CUDA {info['cuda']})" if device == "cuda"
                  else ""), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), ""]
+    if device == "cpu":
+        report += ["Levers chosen for this kind (voicetune/levers.py): " + ", ".join(
+            f"{k} {v}" for k, v in levers_for(info["host_kind"]).as_record().items() if k != "kind"), ""]
     gpu_params = None
     try:
         model = a.model
@@ -399,7 +412,7 @@ def main(argv: list[str] | None = None) -> Path:
                 adapter = train_arm("voicetune", model, data, work, "for-compare", ["--no-loss-check"]).get("adapter", "")
         if "compare" in sections:
             report += section("## Compare: one round, 3 arms (base, prompt-only, tuned)",
-                              lambda: compare_section(model, adapter, a.repeats, log))
+                              lambda: compare_section(model, adapter, a.repeats, log, a.levers))
         if "serve" in sections:
             report += section("## Serve: the OpenAI-compatible endpoint under load",
                               lambda: serve_section(model, adapter, _subset(a.conversations, work), work, log))

@@ -128,10 +128,17 @@ def assistant_loss(base_model: str, adapter: str, data: str, device: str) -> flo
     return total / max(count, 1)
 
 
-def switch_off_levers(padded_batches: bool, trl_head: bool) -> None:
+def switch_levers(padded_batches: bool, trl_head: bool, fp32_base: bool = False) -> None:
     """Turn one of the engine's choices back to TRL's, in this process only, to measure what it is worth."""
-    from voicetune import train
+    from voicetune import models, train
 
+    if fp32_base:  # the frozen base in fp32 under bf16 autocast, as TRL holds it, instead of bf16 weights
+        from dataclasses import replace
+
+        load = models.load_model
+        models.load_model = lambda path, precision, for_training=True, attn_implementation=None: load(
+            path, replace(precision, bf16=False) if precision.device == "cpu" else precision, for_training,
+            attn_implementation)
     if padded_batches:
         train.one_per_micro_batch = lambda cfg, device: False
     if trl_head:
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="voicetune arm only: padded batches grouped by length instead of one conversation per pass")
     p.add_argument("--trl-head", action="store_true",
                    help="voicetune arm only: TRL's own fused LM head instead of train.labelled_head_loss")
+    p.add_argument("--fp32-base", action="store_true",
+                   help="voicetune arm only: the frozen base in fp32 weights where bf16 training holds it in bf16")
     p.add_argument("--dropout", type=float, default=None, help="voicetune arm only: LoRA dropout")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: one epoch)")
     p.add_argument("--no-loss-check", action="store_true", help="skip scoring the saved adapter")
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                       padding_free=a.padding_free == "on")
     if a.dropout is not None:
         cfg.lora.dropout = a.dropout
-    switch_off_levers(padded_batches=a.padded_batches, trl_head=a.trl_head)
+    switch_levers(padded_batches=a.padded_batches, trl_head=a.trl_head, fp32_base=a.fp32_base)
     started = time.perf_counter()
     if a.arm == "voicetune":
         figures = run_voicetune(cfg, device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from voicetune.config import LoraSettings, TrainConfig
+from voicetune.config import GenConfig, LoraSettings, TrainConfig
 from voicetune.data import load_conversations
 from voicetune.templates import encode_all
 
@@ -222,3 +222,26 @@ def test_bf16_baselines_are_measured_in_full_only_where_the_cpu_has_bf16() -> No
         for label in ("trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True"):
             assert arms[label][1] is native
             assert ("--max-steps" in arms[label][0]) is not native
+
+
+@pytest.mark.parametrize("kind", ["amx", "avx512-bf16", "avx512", "avx2", "plain"])
+def test_each_cpu_kinds_levers_give_the_plain_paths_greedy_tokens(kind: str, tiny_model: Path, monkeypatch) -> None:
+    """The levers chosen for a kind change how fast a compare round decodes, never what it says; the detection
+    is set to each kind, so every kind's choice is checked on whatever host runs the suite."""
+    from voicetune import levers, models
+    from voicetune.generate import ChatModel, Request
+
+    questions = ["Do you ship abroad?", "What are your opening hours on Sundays?", "Hi"]
+    requests = [Request([{"role": "user", "content": q}], None) for q in questions]
+    gen = GenConfig(max_new_tokens=8, greedy=True)
+
+    monkeypatch.setattr(models, "cpu_kind", lambda: "unknown")  # a kind never measured: the plain path
+    plain = ChatModel(str(tiny_model))
+    assert not plain.skinny_decode
+    want = [r.text for r in plain.generate(requests, gen)]
+
+    monkeypatch.setattr(models, "cpu_kind", lambda: kind)
+    chat = ChatModel(str(tiny_model))
+    assert chat.skinny_decode == levers.for_kind(kind).skinny_decode == (kind in levers.SKINNY_DECODE_KINDS)
+    assert levers.chosen().bf16 == (kind in models.BF16_CPU_KINDS)
+    assert [r.text for r in chat.generate(requests, gen)] == want

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from voicetune import memory, models
+from voicetune import levers, memory, models
 from voicetune.config import GenConfig
 from voicetune.templates import render, template_fingerprint
 from voicetune.train import ADAPTER_WEIGHTS, read_run
@@ -103,7 +103,9 @@ class ChatModel:
         self.tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
         self.precision = chat_precision(models.detect_device(), self.path, four_bit)
         self.model: Any = models.load_model(self.path, self.precision, for_training=False)
-        models.speed_up_small_batches(self.model)  # a compare round decodes one row per arm
+        self.skinny_decode = levers.chosen().skinny_decode  # a compare round decodes one row per arm
+        if self.skinny_decode:
+            models.speed_up_small_batches(self.model)
         # One per model object (see the class docstring). generate() takes it in its worker thread, so never
         # call generate() while holding it yourself: that thread would wait for you forever.
         self.lock = threading.RLock()
@@ -188,7 +190,8 @@ class ChatModel:
             raise AdapterError(f"adapter {Path(folder).name} could not be loaded (damaged or incomplete "
                                f"files?): {type(e).__name__}: {str(e)[:200]}") from e
         self.model.eval()
-        models.speed_up_small_batches(self.model)  # the adapter's own layers
+        if self.skinny_decode:
+            models.speed_up_small_batches(self.model)  # the adapter's own layers
         return peft_name
 
     def _evict(self, keep: set[str]) -> None:

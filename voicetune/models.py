@@ -242,7 +242,9 @@ def load_model(path: str, precision: Precision, for_training: bool = True,
     elif precision.device == "cuda":
         kwargs["dtype"] = compute  # 16-bit weights on GPU halve memory and speed up both training and chat
     else:
-        kwargs["dtype"] = torch.float32  # CPU: fp32 weights; bf16 autocast (where real) is the trainer's job
+        # CPU: fp32 weights, bf16 autocast (where real) being the trainer's job; but a base that only trains its
+        # adapter under bf16 is held in bf16: the same speed and loss at a fifth less memory (levers.py).
+        kwargs["dtype"] = torch.bfloat16 if precision.bf16 and for_training else torch.float32
     if precision.device == "cuda":
         kwargs["device_map"] = device_map_for(local_rank())
     if attn_implementation:

@@ -1,0 +1,56 @@
+"""The CPU speed levers voicetune pulls, chosen once per process from the kind of CPU it runs on.
+
+Why a table and not one setting: a lever that pays on one kind of CPU can cost on another. torch's default
+matmul paths differ by instruction set (MKL/oneDNN pick AVX2 kernels on one host, AVX512 or AMX tiles on
+another), so a trick that dodges a slow path on one host can walk into a slow path on the next. Each entry
+below is what `make bench --levers` measured on a 2-core host of that kind (benchmarks/results/); a kind that
+was never measured gets the plain path, never a guess.
+
+- `skinny_decode`: run a compare round's decoding matmuls (2-4 rows) as `weight @ x.T`. On AVX2 (AMD EPYC)
+  torch's default path makes 3 rows cost 2-3x one row, and the transposed product about one row. On AMX
+  (Intel Xeon) the default path already costs about one row and the transposed product is 3-4x slower
+  (the LM head, 3 rows: 3.1 ms plain, 11.7 ms transposed); a 3-arm round took 1.47x one arm with it and
+  1.14x without.
+- `one_per_pass`: train one conversation per forward pass (train.one_per_micro_batch). Measured to pay on
+  AVX2 (padding is pure waste there); on AMX see the README's Performance table.
+- `bf16`: bf16 autocast in training, only with real bf16 instructions (models.cpu_has_bf16); without them
+  it runs ~20x slower than fp32.
+- Not pulled anywhere: bf16 weights for the chat model. On AMX it made the 135M model's 3-arm round slower
+  (5.1 s against 4.1 s in fp32), so chat stays in fp32 on every CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from voicetune import models
+
+# Kinds on which the transposed decoding product was measured to pay. AVX512 without bf16 was never measured,
+# and AVX512/AMX hosts take the same fast default path that made the lever cost on AMX, so it stays off there.
+SKINNY_DECODE_KINDS = ("avx2", "plain")
+
+
+@dataclass(frozen=True)
+class CpuLevers:
+    """What this process does differently on a CPU, and why (see the module docstring)."""
+
+    kind: str  # models.cpu_kind(): amx, avx512-bf16, avx512, avx2, plain or unknown
+    skinny_decode: bool
+    one_per_pass: bool
+    bf16: bool
+
+    def as_record(self) -> dict[str, Any]:
+        """For run.json and the bench's table, so a figure always says which levers produced it."""
+        return asdict(self)
+
+
+def for_kind(kind: str) -> CpuLevers:
+    """The levers for a CPU kind; a pure function of the kind, so tests can ask for every kind on any host."""
+    return CpuLevers(kind=kind, skinny_decode=kind in SKINNY_DECODE_KINDS, one_per_pass=True,
+                     bf16=kind in models.BF16_CPU_KINDS)
+
+
+def chosen() -> CpuLevers:
+    """The levers for the CPU this process runs on."""
+    return for_kind(models.cpu_kind())

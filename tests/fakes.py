@@ -20,10 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from voicetune import models
+from voicetune import models, runs
 from voicetune.config import GenConfig
 from voicetune.generate import AdapterError, Reply, Request
-from voicetune.train import read_run
 
 SECONDS = 0.5  # every scripted reply "takes" this long, so the per-pane figures are exact
 
@@ -50,8 +49,8 @@ class ScriptedChatModel:
     def check_adapter(self, adapter_dir: str | Path) -> dict[str, Any]:
         """A real run folder is still required: a fake must not accept what the app would refuse."""
         try:
-            return read_run(adapter_dir)
-        except (ValueError, FileNotFoundError) as e:
+            return runs.read(adapter_dir)
+        except runs.RunError as e:
             raise AdapterError(str(e)) from e
 
     def load_adapter(self, adapter_dir: str | Path, name: str | None = None) -> str:

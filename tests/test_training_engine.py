@@ -134,13 +134,13 @@ def test_training_moves_the_lora_weights_and_never_the_base_weights(tiny_model: 
     from voicetune import train
 
     trained: dict = {}
-    real_save = train.save_adapter
+    real_save = runs.write
 
     def keep_model(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return real_save(model, *args, **kwargs)
 
-    monkeypatch.setattr(train, "save_adapter", keep_model)
+    monkeypatch.setattr(runs, "write", keep_model)
     train.run_sft(TrainConfig(data=str(COSMO), out=str(tmp_path / "out"), base_model=str(tiny_model), max_steps=3,
                               batch_size=4, val_fraction=0.0, scorecard=False, learning_rate=1e-2))
     lora_b = [v for k, v in trained.items() if "lora_B" in k]
@@ -162,10 +162,10 @@ def _peft_tiny(tiny_model: Path):
 
 
 def _save(model, out: Path) -> None:
-    from voicetune.train import Prepared, save_adapter
+    from voicetune.train import Prepared
 
     record = {"run_id": out.name, "base_model": "tiny", "config": {}, "metrics": {}, "data": {}}
-    save_adapter(model, record, TrainConfig(data="x", out=str(out)), Prepared([], [], [], [], "0"), out)
+    runs.write(model, record, TrainConfig(data="x", out=str(out)), Prepared([], [], [], [], "0"), out)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -213,7 +213,6 @@ _save(model, Path({out!r}))
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "cancelled"])
 def test_a_kill_or_cancel_mid_save_leaves_no_half_adapter(tiny_model: Path, tmp_path: Path, sig: int) -> None:
-    from voicetune.jobs import finished_runs
 
     out = tmp_path / "workspace" / "runs" / "voice"
     _save(_peft_tiny(tiny_model), out)
@@ -230,7 +229,7 @@ def test_a_kill_or_cancel_mid_save_leaves_no_half_adapter(tiny_model: Path, tmp_
         assert leftovers and all(name.startswith(".") for name in leftovers)  # the half-written one is hidden
     else:
         assert "Cancelled" in err and leftovers == []  # a cancel cleans up after itself
-    assert [r["run_id"] for r in finished_runs()] == ["voice"]
+    assert [r["run_id"] for r in runs.finished()] == ["voice"]
 
 
 @pytest.mark.slow

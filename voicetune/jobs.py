@@ -32,7 +32,7 @@ from typing import Any
 from voicetune import store
 from voicetune.config import TrainConfig
 from voicetune.failures import FIXES
-from voicetune.train import RUN_FILE, latest_checkpoint, read_run
+from voicetune.train import latest_checkpoint
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -548,18 +548,5 @@ def record_end(job_id: str, state: str, code: str | None = None, message: str = 
     _set_state(child_connection(), job_id, state, when=("running",), code=code, message=message)
 
 
-def finished_runs() -> list[dict[str, Any]]:
-    """Every whole adapter in the workspace, newest first; half-written folders are never listed."""
-    runs = []
-    for folder in sorted(store.runs_dir().iterdir(), reverse=True):
-        if folder.name.startswith("."):
-            continue
-        try:
-            runs.append(read_run(folder))
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-    return runs
-
-
-__all__ = ["Job", "Progress", "RUN_FILE", "STATES", "cancel", "finished_runs", "get", "history", "list_jobs",
+__all__ = ["Job", "Progress", "STATES", "cancel", "get", "history", "list_jobs",
            "recover", "resume", "submit", "supervisor", "wait"]

@@ -155,7 +155,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     message = f"train loss {m['train_loss']:.3f}"
     if cfg.scorecard and record["data"]["val"]:
         # A failed or cancelled scorecard never fails the run: the adapter is already saved and usable.
-        on_event({"type": "status", "message": "computing the scorecard"})
+        on_event({"type": "status", "phase": "scoring", "message": "computing the scorecard"})
         try:
             from voicetune.evaluate import scorecard
 

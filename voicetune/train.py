@@ -97,7 +97,7 @@ def _progress_callback(on_event: OnEvent, device: str) -> Any:
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.started, self.tokens_at_start = time.time(), state.num_input_tokens_seen
-            on_event({"type": "start", "total_steps": state.max_steps, "time": self.started,
+            on_event({"type": "start", "phase": "training", "total_steps": state.max_steps, "time": self.started,
                       "resumed_at": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
@@ -424,7 +424,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     if plan.checkpointing and cfg.activation_checkpointing is None:
         on_event({"type": "status", "message": "activation checkpointing on: the run would not fit in this "
                   "GPU's free memory without it (about 20-30% slower)"})
-    on_event({"type": "status", "message": f"loading the base model ({precision.label})"})
+    on_event({"type": "status", "phase": "loading", "message": f"loading the base model ({precision.label})"})
     model = models.load_model(base_path, precision, attn_implementation=plan.attention)
 
     # Build the trainer
@@ -456,7 +456,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
                              result=result, final_eval=final_eval, total_steps=total_steps,
                              tokens_per_s=callbacks[0].tokens_per_s, peak_memory_mb=_peak_memory_mb(precision.device),
                              resumed_from=checkpoint.name if checkpoint else None, world=world, started=started)
-        on_event({"type": "status", "message": "saving the adapter"})
+        on_event({"type": "status", "phase": "saving", "message": "saving the adapter"})
         runs.write(trainer.model, record, cfg, prepared, out)
         trainer.accelerator.wait_for_everyone()
     finally:

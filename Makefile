@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench gpu-check clean chromium
+.PHONY: setup run test test-fast test-gpu bench gpu-check clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: setup chromium
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not e2e"
+
+# The tests marked gpu (they skip elsewhere, with the reason); on a CUDA machine `make test` runs them too.
+test-gpu: setup
+	$(PY) -m pytest -m gpu
 
 # voicetune against a hand-written TRL + PEFT setup, side by side; the table goes to stdout and
 # benchmarks/results/<date>-<device>.md. A few minutes on a CPU. BENCH_ARGS adds options (e.g. --levers).

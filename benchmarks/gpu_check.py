@@ -177,13 +177,13 @@ def train_config(data: Path, out: Path, base: Path, steps: int, batch: int, seed
 # --- the checks --------------------------------------------------------------------------------------------
 
 def check_training(name: str, base: Path, data: Path, out: Path, steps: int, fp16: bool, seed: int = 42) -> Check:
-    from voicetune import train
+    from voicetune import runs, train
 
     with forced_precision(fp16):
         record = train.run_sft(train_config(data, out, base, steps, batch=4, seed=seed))
     losses = [h["loss"] for h in record["history"] if "loss" in h]
     finite = all(x == x and abs(x) != float("inf") for x in losses)
-    ok = record["metrics"]["steps"] == steps and finite and bool(losses) and (out / train.ADAPTER_WEIGHTS).exists()
+    ok = record["metrics"]["steps"] == steps and finite and bool(losses) and (out / runs.ADAPTER_WEIGHTS).exists()
     figures = {"precision": record["precision"], "steps": record["metrics"]["steps"], "first_loss": losses[0],
                "last_loss": losses[-1], "tokens_per_s": record["metrics"]["tokens_per_s"],
                "peak_allocated_mb": record["metrics"]["peak_memory_mb"],
@@ -241,7 +241,7 @@ def check_merge(adapter: Path, dest: Path) -> Check:
     from transformers import AutoModelForCausalLM
 
     from voicetune.export import merge
-    from voicetune.train import read_run
+    from voicetune.runs import read as read_run
 
     merged_dir = merge(adapter, dest, dtype="fp32")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
@@ -266,7 +266,7 @@ def arm_main(arm: str, base: Path, data: Path, out: Path, steps: int, batch: int
     sampler: Any = MemorySampler(baseline) if device == "cuda" else contextlib.nullcontext()
     with sampler:
         if arm == "voicetune":
-            from voicetune import train
+            from voicetune import runs, train
 
             def on_event(e: dict[str, Any]) -> None:
                 if e.get("type") == "log" and "num_tokens" in e:

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_CACHE = ROOT / ".cache" / "models"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked gpu skip, with the reason, where there is no CUDA: `make test` runs every CPU tier anywhere."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (run it with `make test-gpu` on a GPU machine)"))
+
+
 @pytest.fixture(autouse=True)
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "workspace"
@@ -36,29 +48,31 @@ def base_path() -> str:
     old = os.environ.get("VOICETUNE_CACHE")
     os.environ["VOICETUNE_CACHE"] = str(MODEL_CACHE)
     try:
-        path = models.resolve_base_model(None)
+        return models.resolve_base_model(None)
     finally:
         if old is not None:
             os.environ["VOICETUNE_CACHE"] = old
-    _BASE_DIGEST.setdefault("model.safetensors", _sha256(Path(path) / "model.safetensors"))
-    return path
 
 
-_BASE_DIGEST: dict[str, str] = {}  # the base weights' hash when the session first used them, before any training
+@pytest.fixture()
+def scripted_chat(monkeypatch: pytest.MonkeyPatch):
+    """Every model `generate.shared_model` hands out in this process is one ScriptedChatModel (tests/fakes.py).
 
+    For UI and API tests that test the app, not the model: no weights load and replies are what the test
+    enqueues. Its base model is the one it was asked for, so a run's record still has to match it.
+    """
+    from tests.fakes import ScriptedChatModel
+    from voicetune import generate
 
-def _sha256(path: Path) -> str:
-    import hashlib
+    fake = ScriptedChatModel()
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def make(base_model: str | None = None, four_bit: bool | None = None) -> ScriptedChatModel:
+        fake.base_model = base_model or fake.base_model
+        return fake
 
-
-def base_digest_at_start() -> str:
-    return _BASE_DIGEST["model.safetensors"]
+    monkeypatch.setattr(generate, "ChatModel", make)
+    monkeypatch.setattr(generate, "_shared", {})
+    return fake
 
 
 @pytest.fixture(scope="session")

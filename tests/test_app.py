@@ -1,4 +1,9 @@
-"""The real app, driven through its API with gradio_client: check data, train, and compare."""
+"""The real app, driven through its API with gradio_client: check data, train, and compare.
+
+The app runs on the tiny random model (VOICETUNE_BASE_MODEL), and Compare answers with the scripted chat model
+(tests/fakes.py): what is under test is the app's wiring (jobs, panes, blind labels, votes), not the embedded
+model, whose replies tests/test_train_and_chat.py and tests/test_serve.py check.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def client(workspace, base_path):
+def client(workspace, tiny_model, monkeypatch):
     from gradio_client import Client
 
     from voicetune.ui.app import build_app
+
+    monkeypatch.setenv("VOICETUNE_BASE_MODEL", str(tiny_model))  # the same tokenizer as the embedded model
 
     demo = build_app()
     demo.queue(default_concurrency_limit=1)
@@ -33,7 +40,6 @@ def client(workspace, base_path):
         demo.close()
 
 
-@pytest.mark.slow
 def test_bundled_example_loads_and_checks(client):
     status = client.predict("cosmo-coffee", api_name="/load_example_project")
     assert "Cosmo Coffee" in status
@@ -43,7 +49,6 @@ def test_bundled_example_loads_and_checks(client):
     assert sum(counts) == 48  # every conversation is a bar's worth in the length chart
 
 
-@pytest.mark.slow
 def test_bad_data_is_reported_with_its_line(client):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
     report, table, *_ = client.predict(None, f"{good}\n{{broken\n", "openai", None, None, "",
@@ -57,17 +62,13 @@ def test_bad_data_is_reported_with_its_line(client):
     assert "1 accepted, 0 rejected" in report and "**Warnings**" in report and "nmae" in report and "line 1" in report
 
 
-@pytest.mark.slow
-def test_train_then_compare_in_the_app(client, tiny_model, pirate_adapter):
-    import shutil
-
+@pytest.mark.slow  # a training job in a child process, with its scorecard
+def test_train_then_compare_in_the_app(client, scripted_chat, tiny_model):
     from voicetune import projects, store
 
     conn = store.connect()
     project = projects.current_project(conn)  # the project this client's session has open
-    # Training through the app runs on a tiny random model (the job machinery is what is under test here);
-    # the compare below uses the session's real adapter, trained on the same voice.
-    store.update_project(conn, project, base_model=str(tiny_model))
+    store.update_project(conn, project, base_model=str(tiny_model))  # a job trains on the project's model
     for q in QUESTIONS:
         store.add_conversation(conn, project, [{"role": "user", "content": q},
                                                {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}])
@@ -86,17 +87,19 @@ def test_train_then_compare_in_the_app(client, tiny_model, pirate_adapter):
     assert queue["data"][0][:2] == [run_id, "succeeded"]
     assert (store.run_dir(run_id) / "README.md").exists()  # the model card beside the adapter
 
-    run_id = "pirate-voice"
-    shutil.copytree(pirate_adapter, store.run_dir(run_id))
-
+    # Compare the run just trained with the base: the scripted model answers in request order (base, then run).
+    scripted_chat.enqueue("We ship to most countries.", f"Arr, the crew be on it right now. {SIGN_OFF}")
     out = client.predict([BASE, run_id], False, "Do you ship abroad?", "", "", True, 0.7, 0.9, 48, 1.0, 0,
                          api_name="/send")
     message, base, tuned = out[0], out[1], out[2]
     assert message == ""
     assert (base["label"], tuned["label"]) == ("Base model", f"Tuned: {run_id}")
     assert base["value"][0]["role"] == "user" and tuned["value"][-1]["role"] == "assistant"
-    assert SIGN_OFF in text_of(tuned["value"][-1]) and text_of(base["value"][-1]) != text_of(tuned["value"][-1])
-    assert "tok/s" in out[5]["value"] and "prompt 35 tok" in out[5]["value"]  # per-pane figures in open mode
+    assert text_of(base["value"][-1]) == "We ship to most countries."
+    assert text_of(tuned["value"][-1]) == f"Arr, the crew be on it right now. {SIGN_OFF}"
+    assert [r.adapter for r in scripted_chat.requests] == [None, run_id]  # each pane asked for its own arm
+    assert scripted_chat.adapters == {run_id: str(store.run_dir(run_id))}
+    assert out[5]["value"] == "10.0 tok/s · prompt 4 tok · reply 5 tok"  # per-pane figures in open mode
     assert out[3]["visible"] is False and out[4]["visible"] is False  # two arms, two panes
 
     # Blind mode: what the browser receives before the vote names no arm.

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from voicetune import store
+from voicetune import projects, store
 from voicetune.arena import (
     Arm, arm_messages, base_arm, grid_csv, new_round, preference_jsonl, prompt_only_arm, prompt_only_system,
     run_arm, win_rates, wilson,
@@ -79,14 +79,14 @@ def test_prompt_only_arm_carries_style_guide_and_examples():
 
 def test_votes_are_stored_once_per_round(workspace):
     conn = store.connect()
-    pid = store.ensure_project(conn, "cosmo")
+    pid = projects.create_project(conn, "cosmo")
     kw = dict(round_id="r1", prompt=[{"role": "user", "content": "q"}], left_arm="base", right_arm="run:a",
               left_reply="l", right_reply="r", choice="right", blind=True)
     assert store.add_vote(conn, pid, **kw) > 0
     assert store.add_vote(conn, pid, **kw) == 0  # a double click does not count twice
     votes = store.list_votes(conn, pid)
     assert len(votes) == 1 and votes[0]["prompt"] == [{"role": "user", "content": "q"}]
-    other = store.ensure_project(conn, "ledger")
+    other = projects.create_project(conn, "ledger")
     store.add_vote(conn, other, **{**kw, "round_id": "r2"})
     assert len(store.list_votes(conn, pid)) == 1 and len(store.list_votes(conn, other)) == 1
     assert [v["round_id"] for v in store.list_votes(conn, None)] == ["r1", "r2"]  # every project's, in order

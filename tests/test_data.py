@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, write_jsonl
-from voicetune.data import DataError, load_conversations, parse_jsonl_bytes, split_train_val
+from voicetune.data import DataError, load_conversations, parse_jsonl_bytes, split_train_val, validation_size
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
 
@@ -185,3 +185,21 @@ def test_validate_warns_about_unknown_keys_with_their_line_and_passes():
     assert result.returncode == 0
     assert result.stdout == f"{BAD / 'unknown_key.jsonl'}: 2 conversations, no problems, 2 warnings\n"
     assert result.stderr == "".join(f"warning: {w}\n" for w in EXPECTED["unknown_key.jsonl"]["warnings"])
+
+
+def test_the_train_tabs_split_sizes_are_the_ones_training_makes(workspace):
+    """One rule (data.validation_size) for the check before a run and the split training makes."""
+    from voicetune import projects, store
+
+    conn = store.connect()
+    for n, fraction in ((3, 0.5), (4, 0.1), (12, 0.25), (48, 0.1), (48, 0.0)):
+        pid = projects.create_project(conn, f"p{n}-{fraction}", val_fraction=fraction)
+        convs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(n)]
+        for messages in convs:
+            store.add_conversation(conn, pid, messages)
+        report = projects.ProjectCheck(trainable=n, held_out=0)
+        projects._choose_split(report, fraction)
+        train, val = split_train_val(parse_jsonl_bytes(projects.training_jsonl(conn, pid).encode())[0], fraction, 1)
+        assert (report.n_train, report.n_val) == (len(train), len(val)) == (n - validation_size(n, fraction),
+                                                                             validation_size(n, fraction))
+    assert [validation_size(n, 0.1) for n in (3, 4, 10, 15, 16)] == [0, 1, 1, 2, 2]

@@ -180,14 +180,14 @@ def test_a_folder_that_is_not_an_adapter_is_refused(tmp_path: Path):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "notes.txt").write_text("not an adapter")
-    message = "notes is not a finished voicetune adapter: run.json is missing"  # its name, never its path
+    message = "notes is not a finished voicetune run: run.json is missing"  # its name, never its path
     with pytest.raises(ValueError) as e:
         adapter_zip(folder, tmp_path / "out.zip")
     assert str(e.value) == message
     with pytest.raises(ValueError) as e:
         merge(folder, tmp_path / "merged")
     assert str(e.value) == message
-    with pytest.raises(ValueError, match="^there is no run called 'missing'$"):
+    with pytest.raises(ValueError, match="^no finished run called 'missing' in this workspace$"):
         adapter_zip(tmp_path / "missing", tmp_path / "out.zip")
     assert not (tmp_path / "out.zip").exists() and not (tmp_path / "merged").exists()  # nothing written
 

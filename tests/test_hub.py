@@ -264,7 +264,7 @@ def test_bad_names_and_offline_mode_are_refused_before_any_request(tmp_path: Pat
 
 def test_the_dataset_is_pushed_only_as_the_run_read_it(online: None, tmp_path: Path):
     from voicetune import hub, runs, store
-    from voicetune.train import files_fingerprint
+    from voicetune.runs import files_fingerprint
 
     run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
     data = tmp_path / "voice.jsonl"
@@ -287,7 +287,7 @@ def test_the_dataset_is_pushed_only_as_the_run_read_it(online: None, tmp_path: P
 def shared_run_naming_a_secret(tmp_path: Path) -> tuple[Path, Path]:
     """A run as a teammate's zip could bring it: its record names a file of someone else, with its true hash."""
     from voicetune import store
-    from voicetune.train import files_fingerprint
+    from voicetune.runs import files_fingerprint
 
     secret = tmp_path / "alice" / "conversations.jsonl"
     secret.parent.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from voicetune import jobs, store
+from voicetune import jobs, runs, store
 from voicetune.train import COMPLETE_MARK, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_a_job_runs_to_success_and_records_everything(tiny_model: Path) -> None:
     assert record["config"]["learning_rate"] == 2e-4 and record["config"]["lora"]["r"] == 16
     card = (done.adapter_dir / "README.md").read_text()
     assert "base_model:" in card and "## Hyperparameters" in card
-    assert [r["run_id"] for r in jobs.finished_runs()] == [job.id]
+    assert [r["run_id"] for r in runs.finished()] == [job.id]
 
     # Another user's workspace neither lists nor controls this job.
     root = store.root()
@@ -100,14 +100,14 @@ def test_queue_allows_one_running_job_and_cancel_works_queued_and_running(tiny_m
     ended = _until(lambda: (j := jobs.get(runner.id)).state != "running" and j, what="the cancel")
     assert ended.state == "cancelled"
     assert not ended.adapter_dir.exists()
-    assert runner.id not in [r["run_id"] for r in jobs.finished_runs()]
+    assert runner.id not in [r["run_id"] for r in runs.finished()]
 
     # The last one starts once the machine is free; cancel it too so the test ends quickly.
     last = next(j for j in queued if j.id != victim.id)
     _until(lambda: jobs.get(last.id).state == "running", what="the next job to start")
     jobs.cancel(last.id)
     assert jobs.wait(last.id, timeout_s=120).state == "cancelled"
-    assert jobs.finished_runs() == []
+    assert runs.finished() == []
 
 
 def test_sigkill_mid_step_is_interrupted_and_resumes_from_the_last_whole_checkpoint(tiny_model: Path) -> None:

@@ -267,7 +267,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def test_an_unreadable_workspace_stops_the_app_with_the_fix_and_changes_nothing(workspace: Path) -> None:
     conn = store.connect()
-    pid = store.ensure_project(conn, "Kept")
+    pid = projects.create_project(conn, "Kept")
     store.add_conversation(conn, pid, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -99,7 +99,7 @@ def test_tags_search_held_out_and_training_files(conn):
     assert held == [exchange("Open today?", "Until 6!")]
 
 
-def test_bulk_delete_goes_to_trash_and_undo_brings_the_batch_back(conn):
+def test_bulk_delete_goes_to_trash_and_restore_brings_the_batch_back(conn):
     pid = projects.create_project(conn, "P")
     ids = [store.add_conversation(conn, pid, exchange(f"q{i}", f"a{i}")) for i in range(4)]
     projects.delete_conversations(conn, [ids[0]])
@@ -107,7 +107,7 @@ def test_bulk_delete_goes_to_trash_and_undo_brings_the_batch_back(conn):
     projects.delete_conversations(conn, ids[2:])
     assert [c["id"] for c in store.list_conversations(conn, pid)] == [ids[1]]
     assert projects.training_jsonl(conn, pid).count("\n") == 1  # trashed conversations are never trained on
-    assert projects.undo_delete(conn, pid) == 2
+    projects.restore_conversations(conn, ids[2:])  # the Data tab's Undo: the batch it just deleted
     assert [c["id"] for c in store.list_conversations(conn, pid)] == ids[1:]
     projects.restore_conversations(conn, [ids[0]])
     assert [c["id"] for c in store.list_conversations(conn, pid)] == ids

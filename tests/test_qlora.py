@@ -148,6 +148,13 @@ def test_adapters_train_in_fp32_unless_bf16(tiny_model: Path, tmp_path: Path, dt
     assert set(trainable.values()) == {want}
 
 
+def qlora_label() -> str:
+    """The rule, not one machine's answer: fp32 compute beside 4-bit weights on a CPU, bf16 from Ampere on, else fp16."""
+    if not torch.cuda.is_available():
+        return "QLoRA (NF4 4-bit), fp32 on CPU"
+    return f"QLoRA (NF4 4-bit), {'bf16' if torch.cuda.get_device_capability()[0] >= 8 else 'fp16'} on CUDA"
+
+
 def _train(tiny_model: Path, folder: Path, reply: str, *, qlora: bool = True, seed: int = 1) -> dict:
     data = voice_data(folder.parent / f"{folder.name}.jsonl", reply)
     cfg = TrainConfig(data=str(data), out=str(folder), base_model=str(tiny_model), max_steps=3, batch_size=4,
@@ -180,11 +187,34 @@ def test_qlora_run_trains_saves_and_lets_go_of_everything(tiny_model: Path, tmp_
     record = _train(tiny_model, tmp_path / "run", "Arr, matey!")
     assert len(alive) == 3
     assert [ref() for ref in alive] == [None] * 3
-    assert record["qlora"] is True and record["precision"] == "QLoRA (NF4 4-bit), fp32 on CPU"
+    assert record["qlora"] is True and record["precision"] == qlora_label()
     assert record["metrics"]["steps"] == 3 and record["activation_checkpointing"] is False
     lora = load_file(str(tmp_path / "run" / "adapter_model.safetensors"))
     assert {v.dtype for v in lora.values()} == {torch.float32}
     assert any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k)  # it learned
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_trains_4bit_with_fp32_adapters_and_chats_in_one_mixed_batch(tiny_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """On a GPU the default is QLoRA: NF4 base weights, 16-bit compute, the adapter kept in fp32; the 4-bit chat
+    then answers the base and the adapter in one batch exactly as it answers each alone."""
+    from safetensors.torch import load_file
+
+    from voicetune.generate import ChatModel, Request
+
+    record = _train(tiny_model, tmp_path / "run", "Arr, matey!")
+    assert (record["device"], record["qlora"], record["precision"]) == ("cuda", True, qlora_label())
+    lora = load_file(str(tmp_path / "run" / "adapter_model.safetensors"))
+    assert {v.dtype for v in lora.values()} == {torch.float32}
+    assert any(float(v.abs().max()) > 0 for k, v in lora.items() if "lora_B" in k)
+    chat = ChatModel(str(tiny_model), four_bit=True)
+    name = chat.load_adapter(tmp_path / "run")
+    msgs = [{"role": "user", "content": "Where is my order?"}]
+    gen = GenConfig(max_new_tokens=12)
+    together = [r.text for r in chat.generate([Request(msgs, None), Request(msgs, name)], gen)]
+    alone = [chat.generate([Request(msgs, arm)], gen)[0].text for arm in (None, name)]
+    assert together == alone
 
 
 def test_activation_checkpointing_from_the_config_trains(tiny_model: Path, tmp_path: Path) -> None:
@@ -209,7 +239,7 @@ def test_embedded_model_in_4bit_answers_two_adapters_and_the_base_in_one_batch(b
         data = voice_data(tmp_path / f"{name}.jsonl", reply)
         cfg = TrainConfig(data=str(data), out=str(tmp_path / name), max_steps=4, batch_size=4, val_fraction=0.0,
                           scorecard=False, early_stopping=False, learning_rate=2e-3, qlora=True)
-        assert train.run_sft(cfg)["precision"] == "QLoRA (NF4 4-bit), fp32 on CPU"
+        assert train.run_sft(cfg)["precision"] == qlora_label()
         folders.append(tmp_path / name)
     chat = ChatModel(four_bit=True)
     names = [chat.load_adapter(f) for f in folders]

@@ -208,7 +208,7 @@ def test_a_lying_zip_header_and_a_renamed_weights_file_are_refused(adapter_folde
 def test_a_shared_adapter_zip_becomes_a_new_run_under_a_generated_id(adapter_folder: Path, tmp_path: Path,
                                                                      workspace: Path) -> None:
     from voicetune import store
-    from voicetune.jobs import finished_runs
+    from voicetune.runs import finished as finished_runs
 
     entries = {**adapter_entries(adapter_folder), "README.md": b"# card\n", "load_adapter.py": b"print(1)\n"}
     run_id = archives.import_adapter_zip(zip_of(tmp_path / "cosmo-adapter.zip", entries))

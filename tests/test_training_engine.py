@@ -124,6 +124,35 @@ def test_early_stopping_stops_on_rising_validation_loss_and_keeps_the_best(tmp_p
     assert record["data"]["val"] == 4 and record["data"]["val_source"] == "held-out conversations"
 
 
+def test_training_moves_the_lora_weights_and_never_the_base_weights(tiny_model: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRL's test_train_nll_loss_peft, for run_sft: the model as training leaves it, just before the save, has
+    every LoRA B matrix moved from zero and every base weight exactly as the base model's file holds it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from voicetune import train
+
+    trained: dict = {}
+    real_save = runs.write
+
+    def keep_model(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_save(model, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "write", keep_model)
+    train.run_sft(TrainConfig(data=str(COSMO), out=str(tmp_path / "out"), base_model=str(tiny_model), max_steps=3,
+                              batch_size=4, val_fraction=0.0, scorecard=False, learning_rate=1e-2))
+    lora_b = [v for k, v in trained.items() if "lora_B" in k]
+    assert lora_b and all(float(b.abs().max()) > 0 for b in lora_b)  # LoRA B starts at zero: every one moved
+    base = load_file(str(tiny_model / "model.safetensors"))
+    frozen = {k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
+              for k, v in trained.items() if "lora_" not in k}
+    assert set(frozen) == set(base) | ({"lm_head.weight"} & set(frozen))  # tied head: saved once in the file
+    for name, weight in base.items():
+        assert torch.equal(frozen[name].to(weight.dtype), weight), name
+
+
 def _peft_tiny(tiny_model: Path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -133,10 +162,10 @@ def _peft_tiny(tiny_model: Path):
 
 
 def _save(model, out: Path) -> None:
-    from voicetune.train import Prepared, save_adapter
+    from voicetune.train import Prepared
 
     record = {"run_id": out.name, "base_model": "tiny", "config": {}, "metrics": {}, "data": {}}
-    save_adapter(model, record, TrainConfig(data="x", out=str(out)), Prepared([], [], [], [], "0"), out)
+    runs.write(model, record, TrainConfig(data="x", out=str(out)), Prepared([], [], [], [], "0"), out)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -184,7 +213,6 @@ _save(model, Path({out!r}))
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "cancelled"])
 def test_a_kill_or_cancel_mid_save_leaves_no_half_adapter(tiny_model: Path, tmp_path: Path, sig: int) -> None:
-    from voicetune.jobs import finished_runs
 
     out = tmp_path / "workspace" / "runs" / "voice"
     _save(_peft_tiny(tiny_model), out)
@@ -201,7 +229,7 @@ def test_a_kill_or_cancel_mid_save_leaves_no_half_adapter(tiny_model: Path, tmp_
         assert leftovers and all(name.startswith(".") for name in leftovers)  # the half-written one is hidden
     else:
         assert "Cancelled" in err and leftovers == []  # a cancel cleans up after itself
-    assert [r["run_id"] for r in finished_runs()] == ["voice"]
+    assert [r["run_id"] for r in runs.finished()] == ["voice"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ from typing import Any
 from voicetune import models, store
 from voicetune.export import ZIP_FILES, public_record
 from voicetune.templates import template_fingerprint
-from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
+from voicetune import runs
+from voicetune.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, REQUIRED, RUN_FILE
 
 MAX_ARCHIVE_BYTES = 50 * 1024 * 1024  # the upload cap; a shared rank-16 adapter of SmolLM2-135M is ~4 MB
 MAX_ENTRIES = 16  # an adapter zip holds 6 files; a few more leaves room, thousands would be an attack
@@ -164,13 +165,13 @@ def _keep_public_config(folder: Path, zip_name: str) -> None:
     """config.yaml as settings only: paths another machine wrote there are dropped like on export."""
     from voicetune.export import public_config_yaml
 
-    if not (folder / "config.yaml").is_file():
+    if not (folder / CONFIG_FILE).is_file():
         return
     try:
         text = public_config_yaml(folder)
     except ValueError as e:
         raise ArchiveError(f"{zip_name}: {e}") from e
-    store.atomic_write_text(folder / "config.yaml", text)
+    store.atomic_write_text(folder / CONFIG_FILE, text)
 
 
 def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
@@ -181,18 +182,18 @@ def import_adapter_zip(path: Path, *, base_model: str | None = None) -> str:
     path = Path(path)
     infos = check_zip(path, allowed=ADAPTER_ENTRIES)
     present = {i.filename for i in infos}
-    missing = [n for n in (RUN_FILE, ADAPTER_WEIGHTS, "adapter_config.json") if n not in present]
+    missing = [n for n in REQUIRED if n not in present]
     if missing:
         raise ArchiveError(f"{path.name} is not a voicetune adapter zip: {', '.join(missing)} is missing")
-    runs = store.runs_dir()
-    tmp = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("import"), dir=runs))
+    runs_root = store.runs_dir()
+    tmp = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("import"), dir=runs_root))
     try:
         extract(path, tmp, KEPT_ENTRIES)
         try:
-            record = read_run(tmp)
-            config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError) as e:
-            raise ArchiveError(f"{path.name}: {RUN_FILE} or adapter_config.json is not valid JSON") from e
+            record = runs.read(tmp)
+            config = json.loads((tmp / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        except (runs.RunError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArchiveError(f"{path.name}: {RUN_FILE} or {ADAPTER_CONFIG} is not valid JSON") from e
         if not isinstance(record, dict) or not isinstance(config, dict) or config.get("peft_type") != "LORA":
             raise ArchiveError(f"{path.name} is not a voicetune adapter zip: it holds no LoRA run record")
         base = _allowed_base(record, base_model)  # before anything loads: the record says what would be loaded

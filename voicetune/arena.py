@@ -19,9 +19,8 @@ import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Choice = Literal["left", "right", "tie", "both_bad"]
 CHOICES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
 FEW_SHOT = 3  # example exchanges in the prompt-only arm's system prompt: enough to show the voice, cheap enough
 

@@ -155,7 +155,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     message = f"train loss {m['train_loss']:.3f}"
     if cfg.scorecard and record["data"]["val"]:
         # A failed or cancelled scorecard never fails the run: the adapter is already saved and usable.
-        on_event({"type": "status", "message": "computing the scorecard"})
+        on_event({"type": "status", "phase": "scoring", "message": "computing the scorecard"})
         try:
             from voicetune.evaluate import scorecard
 
@@ -178,10 +178,10 @@ def _refresh_model_card(folder: Path) -> None:
     because the card draws on the scorecard, which sits above training in the package."""
     from voicetune import store
     from voicetune.export import model_card
-    from voicetune.train import read_run
+    from voicetune import runs
 
     try:
-        store.atomic_write_text(folder / "README.md", model_card(read_run(folder), folder))
+        store.atomic_write_text(folder / runs.MODEL_CARD, model_card(runs.read(folder), folder))
     except Exception as e:  # noqa: BLE001 - a missing card never fails a saved run
         print(f"the model card could not be written: {e}", file=sys.stderr)
 
@@ -195,11 +195,11 @@ def _job_recorder(job_id: str | None) -> Callable[[str, str | None, str], None]:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from voicetune.runs import locate
+    from voicetune.runs import SCORECARD_FILE, locate
 
     try:
         folder, _ = locate(a.run)  # before the scorecard's imports and model load
-        from voicetune.evaluate import SCORECARD_FILE, scorecard
+        from voicetune.evaluate import scorecard
         from voicetune.generate import AdapterError
 
         saved = folder / SCORECARD_FILE

@@ -159,13 +159,19 @@ def load_conversations(path: str | Path, warnings: list[Problem] | None = None) 
     return convs
 
 
+def validation_size(n: int, val_fraction: float) -> int:
+    """How many of n conversations are held back for validation loss: at least one when asked, never all of
+    them, none below four. The Train tab's check (projects.check_project) and training use this one rule."""
+    return 0 if val_fraction <= 0 or n < 4 else max(1, round(n * val_fraction))
+
+
 def split_train_val(
     convs: list[Conversation], val_fraction: float, seed: int
 ) -> tuple[list[Conversation], list[Conversation]]:
-    """Hold back a seeded share for validation loss; at least one example when asked, never all of them."""
-    if val_fraction <= 0 or len(convs) < 4:
+    """Hold back a seeded share (validation_size) for validation loss."""
+    n_val = validation_size(len(convs), val_fraction)
+    if n_val == 0:
         return list(convs), []
-    n_val = max(1, round(len(convs) * val_fraction))
     order = list(range(len(convs)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])

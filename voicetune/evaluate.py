@@ -21,13 +21,11 @@ from voicetune import store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
 from voicetune.config import GenConfig
 from voicetune.generate import ChatModel, Request
+from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
+from voicetune.runs import read as read_run
 from voicetune.templates import IGNORE, encode
-from voicetune.train import read_run
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
-SCORECARD_FILE = "scorecard.json"
-HELDOUT_FILE = "heldout.jsonl"
-FEWSHOT_FILE = "fewshot.jsonl"
 
 # Thresholds, stated so the verdict can be checked by hand:
 VOICE_TOOK_LOSS_RATIO = 0.9  # tuned reference loss at most 90% of base's ...

@@ -23,32 +23,18 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from voicetune import models, store
+from voicetune import models, runs, store
 from voicetune.config import EMBEDDED_MODEL
 from voicetune.serving_recipes import serving_section
-from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
+from voicetune.runs import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, RUN_FILE, SCORECARD_FILE
 
 log = logging.getLogger(__name__)
 
 # The embedded base is a dequantized copy of this model (see models.py); outside voicetune it goes by this id.
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-ZIP_FILES = (ADAPTER_WEIGHTS, "adapter_config.json", RUN_FILE, "config.yaml")  # copied from the adapter folder
+ZIP_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, RUN_FILE, CONFIG_FILE)  # copied from the adapter folder
 MERGE_RECORD = "voicetune-run.json"  # the run a merged folder came from; to_gguf names the model after it
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def _read_adapter(adapter_dir: Path) -> dict[str, Any]:
-    """read_run, with its refusals turned into one plain ValueError naming the run, never its path on disk."""
-    adapter_dir = Path(adapter_dir)
-    if not adapter_dir.is_dir():
-        raise ValueError(f"there is no run called {adapter_dir.name!r}")
-    try:
-        return read_run(adapter_dir)
-    except FileNotFoundError as e:
-        missing = str(e).rsplit(": ", 1)[-1]
-        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {missing}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {RUN_FILE} is not valid JSON") from e
 
 
 # --- the public copy of a run record ---------------------------------------------------------------------
@@ -128,7 +114,7 @@ def _hyperparameters(config: dict[str, Any]) -> list[tuple[str, Any]]:
 def _scorecard_section(record: dict[str, Any], adapter_dir: Path) -> str:
     """The scorecard from run.json, else from scorecard.json beside it (where evaluate.py saves it), else a note."""
     card = record.get("scorecard")
-    saved = adapter_dir / "scorecard.json"
+    saved = adapter_dir / SCORECARD_FILE
     if card is None and saved.is_file():
         card = json.loads(saved.read_text(encoding="utf-8"))
     card = _strip_paths(card)
@@ -220,7 +206,7 @@ print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_to
 
 def _shareable_adapter_config(adapter_dir: Path, record: dict[str, Any]) -> str:
     """adapter_config.json naming the base as others can load it, not by a path on this machine."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = hub_base(record)
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
@@ -233,7 +219,7 @@ def public_config_yaml(adapter_dir: Path) -> str:
     import yaml
 
     try:
-        config = yaml.safe_load((adapter_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = yaml.safe_load((adapter_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError("config.yaml is not valid YAML") from e
     if not isinstance(config, dict):
@@ -254,14 +240,14 @@ def adapter_files(adapter_dir: Path) -> dict[str, bytes | Path]:
     The run record and settings go out as their public copies (public_record): no path of this machine.
     """
     adapter_dir = Path(adapter_dir)
-    record = _read_adapter(adapter_dir)
+    record = runs.read(adapter_dir)
     missing = [n for n in ZIP_FILES if not (adapter_dir / n).is_file()]
     if missing:
         raise ValueError(f"{adapter_dir.name} is not a finished voicetune adapter: {', '.join(missing)} is missing")
     files: dict[str, bytes | Path] = {n: adapter_dir / n for n in ZIP_FILES}
     files[RUN_FILE] = (json.dumps(public_record(record), indent=2, ensure_ascii=False) + "\n").encode()
-    files["config.yaml"] = _public_config_yaml(adapter_dir)
-    files["adapter_config.json"] = _shareable_adapter_config(adapter_dir, record).encode()
+    files[CONFIG_FILE] = _public_config_yaml(adapter_dir)
+    files[ADAPTER_CONFIG] = _shareable_adapter_config(adapter_dir, record).encode()
     files["README.md"] = model_card(record, adapter_dir).encode()
     files["load_adapter.py"] = load_snippet(record).encode()
     return files
@@ -326,7 +312,7 @@ def merge(adapter_dir: Path, out_dir: Path, dtype: Literal["bf16", "fp16", "fp32
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(TORCH_DTYPES)}, got {dtype!r}")
-    record = _read_adapter(adapter_dir)
+    record = runs.read(adapter_dir)
     base_path = models.resolve_base_model(record["base_model"])
     if record.get("base_model_hash") not in (None, models.base_model_fingerprint(base_path)):
         raise ValueError(f"{adapter_dir.name} was trained on another copy of {record['base_model']!r} than the one "

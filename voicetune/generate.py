@@ -13,7 +13,6 @@ at scale zero", so the base pane really is the base model.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -27,7 +26,8 @@ from typing import Any, Iterator
 from voicetune import levers, memory, models
 from voicetune.config import GenConfig
 from voicetune.templates import render, template_fingerprint
-from voicetune.train import ADAPTER_WEIGHTS, read_run
+from voicetune.runs import ADAPTER_WEIGHTS, RunError
+from voicetune.runs import read as read_run
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class ChatModel:
         name = name or Path(adapter_dir).name
         try:
             self.check_adapter(adapter_dir)  # refuse early, with the record's own message, before any lock
-        except (FileNotFoundError, json.JSONDecodeError) as e:
+        except RunError as e:
             raise AdapterError(str(e)) from e
         with self.lock:
             self.adapters[name] = str(adapter_dir)
@@ -177,7 +177,7 @@ class ChatModel:
 
         try:
             self.check_adapter(folder)
-        except (FileNotFoundError, json.JSONDecodeError) as e:
+        except RunError as e:
             raise AdapterError(str(e)) from e
         self._serial += 1
         peft_name = f"adapter{self._serial}"  # never a folder name: PEFT refuses names with dots

@@ -11,7 +11,6 @@ logged, or shown: every error leaves this module with the token cut out of its t
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from typing import Callable
 
 from voicetune import export, runs, store
 from voicetune.failures import hide_paths
-from voicetune.train import files_fingerprint, read_run
+from voicetune import runs
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
 DATA_SUFFIX = "-data"  # the conversations go to a dataset repository
@@ -111,11 +110,11 @@ def _data_files(adapter_dir: Path, record: dict) -> dict[str, Path]:
     if not sources:
         raise HubError(f"the conversations {folder.name} trained on are not in this workspace (a teammate's "
                        "shared adapter carries none); push without the dataset, or train again")
-    if files_fingerprint(sources) != (record.get("data") or {}).get("sha256_16"):
+    if runs.files_fingerprint(sources) != (record.get("data") or {}).get("sha256_16"):
         raise HubError(f"the conversations of {folder.name} do not match what the run trained on; push without "
                        "the dataset, or train again")
     files = {"conversations.jsonl": sources[0]}
-    heldout = folder / "heldout.jsonl"
+    heldout = folder / runs.HELDOUT_FILE
     if heldout.is_file():
         files["validation.jsonl"] = heldout
     return files
@@ -164,8 +163,8 @@ def push_run(
     say = on_status or (lambda message: None)
     repo_id = check_repo_name(repo_id)
     try:
-        record = read_run(adapter_dir)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        record = runs.read(adapter_dir)
+    except runs.RunError:
         raise HubError(f"{adapter_dir.name} is not a finished voicetune run") from None
     data_files = _data_files(adapter_dir, record) if include_dataset else {}  # cheap checks before any merge
     if constants.HF_HUB_OFFLINE:

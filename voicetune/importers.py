@@ -302,22 +302,6 @@ def import_pasted(text: str | bytes) -> ImportReport:
     return _finish(convs, problems)
 
 
-def import_hf_dataset(folder: Path) -> ImportReport:
-    """A `datasets` folder with a `messages` column (as export_hf_dataset writes), checked like a JSONL file.
-
-    Arrow pads every message to the same fields, so the None it gives a message without a `weight` is
-    dropped again: exporting and importing changes nothing. Rows are numbered as lines from 1.
-    """
-    import datasets  # lazily, as in export_hf_dataset
-
-    rows = datasets.load_from_disk(str(folder))
-    if "messages" not in rows.column_names:
-        return _finish([], [Problem(None, "", f"has no `messages` column (columns: {', '.join(rows.column_names)})")])
-    lines = [json.dumps({"messages": [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m
-                                      for m in row]}, ensure_ascii=False) for row in rows["messages"]]
-    return import_openai_jsonl("\n".join(lines).encode("utf-8"))
-
-
 # ---------------------------------------------------------------- telling formats apart
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from voicetune import store
 from voicetune.config import TrainConfig
 from voicetune.failures import FIXES
-from voicetune.train import RUN_FILE, latest_checkpoint, read_run
+from voicetune.train import latest_checkpoint
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -127,7 +127,7 @@ class Progress:
     total_steps: int = 0
     epoch: float = 0.0
     message: str = ""
-    phase: str = ""  # within running: preparing, loading, training, saving, scoring
+    phase: str = ""  # within running, from the events' own `phase` field: loading, training, saving, scoring
     losses: list[dict[str, Any]] = field(default_factory=list)  # {"step", "series", "loss"}
     elapsed_s: float = 0.0  # since the first optimizer step began
     eta_s: float | None = None  # linear in steps: early steps include warm-up, so it settles after a few
@@ -200,8 +200,9 @@ class Job:
         started, started_step = None, 0
         for e in self.events():
             kind = e["type"]
+            p.phase = e.get("phase", p.phase)  # data, never read from a message's wording
             if kind == "start":
-                p.total_steps, started, p.phase = e["total_steps"], e["time"], "training"
+                p.total_steps, started = e["total_steps"], e["time"]
                 started_step = e.get("resumed_at", 0)
                 if self.active:
                     p.message = f"training (resumed at step {started_step})" if started_step else "training"
@@ -217,11 +218,8 @@ class Job:
                         p.losses.append({"step": e["step"], "series": "train" if key == "loss" else "validation",
                                          "loss": float(e[key])})
             elif kind == "status":
-                msg = e.get("message", "")
-                p.phase = ("saving" if msg.startswith("saving") else "scoring" if "scorecard" in msg
-                           else "loading" if msg.startswith("loading") else p.phase)
                 if self.active:
-                    p.message = msg
+                    p.message = e.get("message", "")
             elif kind == "done":
                 p.phase = "done"
         if self.state == "queued":
@@ -548,18 +546,5 @@ def record_end(job_id: str, state: str, code: str | None = None, message: str = 
     _set_state(child_connection(), job_id, state, when=("running",), code=code, message=message)
 
 
-def finished_runs() -> list[dict[str, Any]]:
-    """Every whole adapter in the workspace, newest first; half-written folders are never listed."""
-    runs = []
-    for folder in sorted(store.runs_dir().iterdir(), reverse=True):
-        if folder.name.startswith("."):
-            continue
-        try:
-            runs.append(read_run(folder))
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-    return runs
-
-
-__all__ = ["Job", "Progress", "RUN_FILE", "STATES", "cancel", "finished_runs", "get", "history", "list_jobs",
+__all__ = ["Job", "Progress", "STATES", "cancel", "get", "history", "list_jobs",
            "recover", "resume", "submit", "supervisor", "wait"]

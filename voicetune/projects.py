@@ -21,7 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voicetune import store
-from voicetune.data import ROLES, Conversation, Problem, check_messages, list_examples, parse_jsonl_bytes
+from voicetune.data import (ROLES, Conversation, Problem, check_messages, list_examples, parse_jsonl_bytes,
+                            validation_size)
 from voicetune.importers import ImportReport, export_openai_jsonl, near_duplicates
 from voicetune.templates import encode_all
 
@@ -272,7 +273,7 @@ def search(conn: sqlite3.Connection, project_id: int, query: str = "", tag: str 
 
 
 def delete_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) -> float:
-    """To the trash, all with one time stamp, so undo_delete brings the whole batch back."""
+    """To the trash, all with one time stamp: one delete, restored as one from the trash."""
     stamp = time.time()
     with conn:
         conn.executemany("UPDATE conversations SET deleted = ? WHERE id = ? AND deleted IS NULL",
@@ -283,14 +284,6 @@ def delete_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) 
 def restore_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) -> None:
     with conn:
         conn.executemany("UPDATE conversations SET deleted = NULL WHERE id = ?", [(cid,) for cid in conversation_ids])
-
-
-def undo_delete(conn: sqlite3.Connection, project_id: int) -> int:
-    """Restore the project's most recent delete (one conversation or a whole bulk delete); returns how many."""
-    with conn:
-        return conn.execute(
-            "UPDATE conversations SET deleted = NULL WHERE project_id = ? AND deleted ="
-            " (SELECT MAX(deleted) FROM conversations WHERE project_id = ?)", (project_id, project_id)).rowcount
 
 
 def merge_duplicate(conn: sqlite3.Connection, keep_id: int, drop_id: int) -> None:
@@ -482,14 +475,13 @@ def _check_duplicates(report: ProjectCheck, convs: list[Conversation]) -> None:
 
 
 def _choose_split(report: ProjectCheck, fraction: float) -> None:
-    """Mirrors data.split_train_val; held-out conversations, when there are any, are the validation set."""
+    """The split training will make (data.validation_size); held-out conversations, if any, are the validation set."""
     report.val_fraction = fraction
     if report.held_out:
         report.n_train, report.n_val = report.trainable, report.held_out
         return
-    n = report.trainable
-    n_val = 0 if fraction <= 0 or n < 4 else max(1, round(n * fraction))
-    report.n_train, report.n_val = n - n_val, n_val
+    n_val = validation_size(report.trainable, fraction)
+    report.n_train, report.n_val = report.trainable - n_val, n_val
 
 
 def apply_shortening(conn: sqlite3.Connection, report: ProjectCheck) -> int:

@@ -1,20 +1,132 @@
-"""Finished runs side by side: one row per run, and the settings and results where two runs differ.
+"""The run folder: its file names, its record (run.json), and every way in and out of it.
 
-A user who trained twice wants to know what changed between the voice they liked and the one they did
-not. The run record (run.json) holds everything; this module picks the columns and computes the diff.
+A finished run is one folder under the workspace's runs/, named by its run id, laid out by `write` and read
+by `read`. Training writes it; chat, the scorecard, export, the Hub push, serving and shared-adapter imports
+read it through this module alone, so the layout has one owner and a refusal one type (RunError).
 
-    rows = run_rows(jobs.finished_runs())
+    folder = resolve("20260101-120000-cosmo-abc123")  # or a folder a command-line user names
+    record = read(folder)                              # RunError if it is not a whole finished run
+    rows = run_rows(finished())                        # the Train tab's table, newest first
     diff_runs(record_a, record_b)  # -> [("config.learning_rate", 0.0002, 0.0003), ...]
-    keep_training_data(run_folder, cfg.data, cfg.heldout_data)  # then a Hub push can offer the dataset
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import shutil
+import signal
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from voicetune import store
+from voicetune import models, store
+from voicetune.templates import template_fingerprint
+
+# --- The folder's files ----------------------------------------------------------------------------------------
+RUN_FILE = "run.json"  # the run record: settings, data hashes, metrics, history, versions; written last
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's LoRA weights
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's adapter settings
+CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, to read, diff and rerun
+HELDOUT_FILE = "heldout.jsonl"  # the conversations this run never trained on: what the scorecard scores
+FEWSHOT_FILE = "fewshot.jsonl"  # three training conversations: the scorecard's prompt-only baseline
+SCORECARD_FILE = "scorecard.json"  # the scorecard, once computed
+MODEL_CARD = "README.md"  # the model card written after training
+REQUIRED = (RUN_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG)  # without these a folder is no finished run
+
+
+class RunError(ValueError):
+    """A run that is missing or not whole; the message names the run as the user knows it, never a server path."""
+
+
+def resolve(run: str | Path) -> Path:
+    """A run's folder: by id in this workspace, or the folder a command-line user names. Reads nothing."""
+    if isinstance(run, Path) or (run and Path(run).is_dir()):
+        folder = Path(run)
+    else:
+        try:
+            folder = store.run_dir(str(run))  # refuses ids that leave runs/
+        except ValueError:
+            raise RunError(f"no finished run called {run!r} in this workspace") from None
+    if not folder.is_dir():
+        raise RunError(f"no finished run called {folder.name if isinstance(run, Path) else run!r} in this workspace")
+    return folder
+
+
+def read(folder: str | Path) -> dict[str, Any]:
+    """The run record of a whole finished run; a half-written or damaged folder is refused with RunError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"no finished run called {folder.name!r} in this workspace")
+    for needed in REQUIRED:
+        if not (folder / needed).is_file():
+            raise RunError(f"{folder.name} is not a finished voicetune run: {needed} is missing")
+    try:
+        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} is not valid JSON") from None
+    if not isinstance(record, dict):
+        raise RunError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} holds no run record")
+    return record
+
+
+def locate(run: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A finished run and its record. Cheap and first: every verb finds its run before it loads a model."""
+    folder = resolve(run)
+    return folder, read(folder)
+
+
+def finished() -> list[dict[str, Any]]:
+    """Every whole run in the workspace, newest first; half-written folders are never listed."""
+    records = []
+    for folder in sorted(store.runs_dir().iterdir(), reverse=True):
+        if folder.name.startswith("."):
+            continue
+        try:
+            records.append(read(folder))
+        except RunError:
+            continue
+    return records
+
+
+# --- Fingerprints the record carries -------------------------------------------------------------------------
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = md.version(n)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def files_fingerprint(paths: list[str | Path]) -> str:
+    """The run's data fingerprint, recorded in run.json: a push checks the files against it before upload."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def split_hash(convs: list[Any]) -> str:
+    return hashlib.sha256(jsonl(convs).encode()).hexdigest()[:16]
+
+
+def jsonl(convs: list[Any]) -> str:
+    return "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs)
+
+# --- Runs side by side -----------------------------------------------------------------------------------------
 
 COLUMNS = ["run", "finished", "base model", "preset", "train / val", "epochs", "learning rate", "rank",
            "train loss", "best val loss", "steps", "tokens/s", "peak memory MB", "device", "minutes"]
@@ -96,26 +208,81 @@ def training_data(run_folder: Path) -> list[Path]:
     return [data, *([heldout] if heldout.is_file() else [])]
 
 
-def locate(run: str) -> tuple[Path, dict[str, Any]]:
-    """A finished run, by id in this workspace or by the folder a command-line user names, and its record.
+# --- The record and the folder training writes -----------------------------------------------------------
 
-    Cheap and first: every verb finds its run before it loads a model, and a refusal names the run as the
-    user typed it, never a folder of the server.
+def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any, trainer: Any, result: Any,
+           final_eval: dict[str, Any], total_steps: int, tokens_per_s: float | None, peak_memory_mb: float,
+           resumed_from: str | None, world: int, started: float) -> dict[str, Any]:
+    """The run record: what trained (base, template, data and split hashes, settings), how (precision, batching),
+    what came of it (metrics, history), and with which library versions, so two runs can be read and diffed."""
+    import torch
+
+    history = [dict(h) for h in trainer.state.log_history]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    train_rows, val_rows = prepared.train, prepared.val
+    return {
+        "run_id": Path(cfg.out).name,
+        "base_model": cfg.base_model,
+        "base_model_path": base_path,
+        "base_model_hash": models.base_model_fingerprint(base_path),
+        "template_hash": template_fingerprint(tokenizer),
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "precision": plan.precision.label,
+        "device": plan.precision.device,
+        "qlora": plan.precision.qlora,
+        "world_size": world,
+        # How the engine ran the batches: conversations per forward pass, passes per update, loss head
+        "micro_batch": trainer.args.per_device_train_batch_size,
+        "accumulation": trainer.args.gradient_accumulation_steps,
+        "loss_head": type(trainer).__name__,
+        "padding_free": plan.padding_free,
+        "activation_checkpointing": plan.checkpointing,
+        "estimated_memory_mb": round(plan.estimate.total(plan.checkpointing) / 2**20) if plan.estimate else None,
+        "data": {"file": str(cfg.data), "sha256_16": prepared.data_hash, "train": len(train_rows),
+                 "val": len(val_rows), "trained_tokens": sum(r.n_trained for r in train_rows),
+                 "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
+                 "train_split_hash": split_hash(prepared.train_convs),
+                 "val_split_hash": split_hash(prepared.val_convs)},
+        "config": cfg.to_dict(),
+        "metrics": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
+                    "best_eval_loss": min(evals) if evals else None,
+                    "best_step": best_step(history), "steps": trainer.state.global_step,
+                    "planned_steps": total_steps, "early_stopped": trainer.state.global_step < total_steps,
+                    "tokens_per_s": tokens_per_s, "peak_memory_mb": round(peak_memory_mb)},
+        "resumed_from": resumed_from,
+        "history": history,
+        "versions": library_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "duration_s": round(time.time() - started, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def best_step(history: list[dict[str, Any]]) -> int | None:
+    evals = [(h["eval_loss"], h["step"]) for h in history if "eval_loss" in h and "step" in h]
+    return min(evals)[1] if evals else None
+
+
+def write(model: Any, record: dict[str, Any], cfg: Any, prepared: Any, out: Path) -> None:
+    """Lay out the run folder in a temporary folder, run record last, then move it into place in one rename.
+
+    A failed write (a full disk) removes the temporary folder and leaves any previous run at `out` as it
+    was. A cancel (SIGTERM) is held back during the final rename, so it can never leave half a swap.
     """
-    import json
-
-    from voicetune.train import ADAPTER_WEIGHTS, RUN_FILE, read_run
-
-    folder = Path(run) if run and Path(run).is_dir() else store.run_dir(run)  # refuses ids that leave runs/
-    if not folder.is_dir():
-        raise ValueError(f"no finished run called {run!r} in this workspace")
-    for needed in (RUN_FILE, ADAPTER_WEIGHTS, "adapter_config.json"):
-        if not (folder / needed).is_file():
-            raise ValueError(f"{folder.name} is not a finished voicetune run: {needed} is missing")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        record = read_run(folder)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} is not valid JSON") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{folder.name} is not a finished voicetune run: {RUN_FILE} holds no run record")
-    return folder, record
+        model.save_pretrained(tmp)  # ADAPTER_WEIGHTS and ADAPTER_CONFIG
+        cfg.to_yaml(tmp / CONFIG_FILE)
+        # The split travels with the adapter, so the scorecard always scores what this run never saw.
+        store.atomic_write_text(tmp / HELDOUT_FILE, jsonl(prepared.val_convs))
+        store.atomic_write_text(tmp / FEWSHOT_FILE, jsonl(prepared.train_convs[:3]))
+        store.atomic_write_json(tmp / RUN_FILE, record)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            store.publish_dir(tmp, out)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

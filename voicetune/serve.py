@@ -231,14 +231,14 @@ ModelsFn = Callable[[], dict[str, Path | None]]
 
 def workspace_models(base_model: str) -> dict[str, Path | None]:
     """The current workspace's servable models: `base`, every finished run on this base model, and aliases."""
-    from voicetune.train import read_run
+    from voicetune import runs
 
     found: dict[str, Path | None] = {BASE_MODEL_ID: None}
     for folder in sorted(store.runs_dir().iterdir(), reverse=True):  # newest first; the folder name is the run id
         try:
-            if not folder.name.startswith(".") and read_run(folder).get("base_model") == base_model:
+            if not folder.name.startswith(".") and runs.read(folder).get("base_model") == base_model:
                 found[folder.name] = folder
-        except (FileNotFoundError, ValueError):  # half-written or damaged: not a model
+        except runs.RunError:  # half-written or damaged: not a model
             continue
     for alias, run_id in apikeys.aliases().items():
         if run_id in found and alias not in found:
@@ -498,9 +498,9 @@ def app_service(*, signed_in: bool) -> Service:
 def headless_service(runs: dict[str, Path], base_model: str | None = None) -> Service:
     """Just these runs (name -> adapter folder) and `base`, for keys of the shared workspace."""
     from voicetune.generate import shared_model
-    from voicetune.train import read_run
+    from voicetune import runs as run_folder
 
-    records = {name: read_run(folder) for name, folder in runs.items()}
+    records = {name: run_folder.read(folder) for name, folder in runs.items()}
     bases = {r["base_model"] for r in records.values()}
     if base_model is None:
         if len(bases) > 1:

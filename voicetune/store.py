@@ -408,15 +408,6 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
 DEFAULT_PROJECT = "default"  # the project a fresh workspace opens with (projects.current_project)
 
 
-def ensure_project(conn: sqlite3.Connection, name: str = DEFAULT_PROJECT) -> int:
-    row = conn.execute("SELECT id FROM projects WHERE name = ?", (name,)).fetchone()
-    if row:
-        return int(row["id"])
-    with conn:
-        cur = conn.execute("INSERT INTO projects (name, created) VALUES (?, ?)", (name, time.time()))
-    return int(cur.lastrowid)
-
-
 def get_project(conn: sqlite3.Connection, project_id: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
     if row is None:

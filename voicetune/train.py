@@ -9,13 +9,9 @@ assistant replies only, see templates.py); TRL keeps a dataset that already has 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -23,30 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from voicetune import memory, models, store
+from voicetune import memory, models, runs, store
 from voicetune.config import TrainConfig
 from voicetune.data import Conversation, DataError, load_conversations, split_train_val
-from voicetune.templates import Encoded, encode_all, template_fingerprint
+from voicetune.templates import Encoded, encode_all
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
-
-RUN_FILE = "run.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def _library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
-    out = {"python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
 
 def _to_dataset(rows: list[Encoded]) -> Any:
     from datasets import Dataset
@@ -89,19 +68,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
     else:
         train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
         train, val = [by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c]
-    return Prepared(train, val, train_c, val_c, files_fingerprint([cfg.data, *([cfg.heldout_data] if held else [])]))
-
-
-def files_fingerprint(paths: list[str | Path]) -> str:
-    """The run's data fingerprint, recorded in run.json: a push checks the files against it before upload."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _jsonl(convs: list[Conversation]) -> str:
-    return "".join(json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in convs)
+    return Prepared(train, val, train_c, val_c, runs.files_fingerprint([cfg.data, *([cfg.heldout_data] if held else [])]))
 
 
 COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole
@@ -130,7 +97,7 @@ def _progress_callback(on_event: OnEvent, device: str) -> Any:
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self.started, self.tokens_at_start = time.time(), state.num_input_tokens_seen
-            on_event({"type": "start", "total_steps": state.max_steps, "time": self.started,
+            on_event({"type": "start", "phase": "training", "total_steps": state.max_steps, "time": self.started,
                       "resumed_at": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
@@ -164,15 +131,6 @@ def _early_stopping(cfg: TrainConfig, n_train: int, n_val: int) -> bool:
     if not n_val:
         return False
     return cfg.early_stopping if cfg.early_stopping is not None else n_train < 500
-
-
-def _tokenizer_hash(tokenizer: Any) -> str:
-    vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def _split_hash(convs: list[Conversation]) -> str:
-    return hashlib.sha256(_jsonl(convs).encode()).hexdigest()[:16]
 
 
 def _rank() -> tuple[int, int]:
@@ -431,6 +389,15 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
         release_device_memory()
 
 
+def _work_folder(cfg: TrainConfig, out: Path) -> Path:
+    """Where the trainer writes checkpoints: the job's folder (kept, to resume), else a temporary one beside out."""
+    if cfg.checkpoint_dir:
+        work = Path(cfg.checkpoint_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+    return Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
+
+
 def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str, Any]:
     rank, world = _rank()
     on_event = (on_event or (lambda e: None)) if rank == 0 else (lambda e: None)
@@ -442,12 +409,11 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     base_path = models.resolve_base_model(cfg.base_model)
     tokenizer = models.load_tokenizer(base_path)
     prepared = prepare_data(cfg, tokenizer)
-    train_rows, val_rows, data_hash = prepared.train, prepared.val, prepared.data_hash
+    train_rows, val_rows = prepared.train, prepared.val
     on_event({"type": "data", "train": len(train_rows), "val": len(val_rows),
               "trained_tokens": sum(r.n_trained for r in train_rows)})
 
     # Plan the device's use, then load the model
-    import torch
     from transformers import EarlyStoppingCallback
 
     plan = plan_run(cfg, base_path, models.detect_device())
@@ -458,18 +424,14 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     if plan.checkpointing and cfg.activation_checkpointing is None:
         on_event({"type": "status", "message": "activation checkpointing on: the run would not fit in this "
                   "GPU's free memory without it (about 20-30% slower)"})
-    on_event({"type": "status", "message": f"loading the base model ({precision.label})"})
+    on_event({"type": "status", "phase": "loading", "message": f"loading the base model ({precision.label})"})
     model = models.load_model(base_path, precision, attn_implementation=plan.attention)
 
     # Build the trainer
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
     if resume and checkpoint is None:
         on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
-    if cfg.checkpoint_dir:
-        work = Path(cfg.checkpoint_dir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
+    work = _work_folder(cfg, out)
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     early = _early_stopping(cfg, len(train_rows), len(val_rows))
@@ -484,53 +446,18 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
         if checkpoint is not None:
             on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        history = [dict(h) for h in trainer.state.log_history]
         final_eval = trainer.evaluate() if val_rows else {}
         print(f"rank {rank}/{world}: trained {trainer.state.global_step} steps", file=sys.stderr, flush=True)
         if rank != 0:
             trainer.accelerator.wait_for_everyone()
             return {}
 
-        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-        record = {
-            "run_id": out.name,
-            "base_model": cfg.base_model,
-            "base_model_path": base_path,
-            "base_model_hash": models.base_model_fingerprint(base_path),
-            "template_hash": template_fingerprint(tokenizer),
-            "tokenizer_hash": _tokenizer_hash(tokenizer),
-            "precision": precision.label,
-            "device": precision.device,
-            "qlora": precision.qlora,
-            "world_size": world,
-            # How the engine ran the batches: conversations per forward pass, passes per update, loss head
-            "micro_batch": trainer.args.per_device_train_batch_size,
-            "accumulation": trainer.args.gradient_accumulation_steps,
-            "loss_head": type(trainer).__name__,
-            "padding_free": plan.padding_free,
-            "activation_checkpointing": plan.checkpointing,
-            "estimated_memory_mb": round(plan.estimate.total(plan.checkpointing) / 2**20) if plan.estimate else None,
-            "data": {"file": str(cfg.data), "sha256_16": data_hash, "train": len(train_rows), "val": len(val_rows),
-                     "trained_tokens": sum(r.n_trained for r in train_rows),
-                     "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
-                     "train_split_hash": _split_hash(prepared.train_convs),
-                     "val_split_hash": _split_hash(prepared.val_convs)},
-            "config": cfg.to_dict(),
-            "metrics": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
-                        "best_eval_loss": min(evals) if evals else None,
-                        "best_step": _best_step(history), "steps": trainer.state.global_step,
-                        "planned_steps": total_steps, "early_stopped": trainer.state.global_step < total_steps,
-                        "tokens_per_s": callbacks[0].tokens_per_s,
-                        "peak_memory_mb": round(_peak_memory_mb(precision.device))},
-            "resumed_from": checkpoint.name if checkpoint else None,
-            "history": history,
-            "versions": _library_versions(),
-            "torch_threads": torch.get_num_threads(),
-            "duration_s": round(time.time() - started, 1),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        on_event({"type": "status", "message": "saving the adapter"})
-        save_adapter(trainer.model, record, cfg, prepared, out)
+        record = runs.record(cfg, prepared, base_path=base_path, tokenizer=tokenizer, plan=plan, trainer=trainer,
+                             result=result, final_eval=final_eval, total_steps=total_steps,
+                             tokens_per_s=callbacks[0].tokens_per_s, peak_memory_mb=_peak_memory_mb(precision.device),
+                             resumed_from=checkpoint.name if checkpoint else None, world=world, started=started)
+        on_event({"type": "status", "phase": "saving", "message": "saving the adapter"})
+        runs.write(trainer.model, record, cfg, prepared, out)
         trainer.accelerator.wait_for_everyone()
     finally:
         if not cfg.checkpoint_dir:
@@ -538,44 +465,3 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
               "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
     return record
-
-
-def _best_step(history: list[dict[str, Any]]) -> int | None:
-    evals = [(h["eval_loss"], h["step"]) for h in history if "eval_loss" in h and "step" in h]
-    return min(evals)[1] if evals else None
-
-
-def save_adapter(model: Any, record: dict[str, Any], cfg: TrainConfig, prepared: Prepared, out: Path) -> None:
-    """Write everything into a temporary folder, run record last, then move it into place in one rename.
-
-    A failed write (a full disk) removes the temporary folder and leaves any previous adapter at `out` as it
-    was. A cancel (SIGTERM) is held back during the final rename, so it can never leave half a swap.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        cfg.to_yaml(tmp / "config.yaml")
-        # The split travels with the adapter, so the scorecard always scores what this run never saw.
-        store.atomic_write_text(tmp / "heldout.jsonl", _jsonl(prepared.val_convs))
-        store.atomic_write_text(tmp / "fewshot.jsonl", _jsonl(prepared.train_convs[:3]))
-        store.atomic_write_json(tmp / RUN_FILE, record)
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            store.publish_dir(tmp, out)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def read_run(adapter_dir: str | Path) -> dict[str, Any]:
-    """The run record of a finished adapter; refuse folders that are not whole voicetune adapters."""
-    folder = Path(adapter_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no adapter folder called {folder.name}")  # its name: server paths stay private
-    for needed in (RUN_FILE, ADAPTER_WEIGHTS, "adapter_config.json"):
-        if not (folder / needed).exists():
-            raise FileNotFoundError(f"{folder.name} is not a finished voicetune adapter: {needed} is missing")
-    return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))

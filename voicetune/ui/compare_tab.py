@@ -18,9 +18,9 @@ from voicetune import arena, limits, projects, store
 from voicetune.config import GenConfig
 from voicetune.data import check_messages
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
-from voicetune.jobs import finished_runs
 from voicetune.models import default_base_model
-from voicetune.train import read_run
+from voicetune.runs import finished as finished_runs
+from voicetune.runs import read as read_run
 from voicetune.ui import downloads
 from voicetune.ui.data_tab import pid
 

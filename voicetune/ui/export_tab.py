@@ -11,8 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from voicetune import export, hub, store
-from voicetune.train import read_run
+from voicetune import export, hub, runs, store
 from voicetune.ui import downloads, session
 from voicetune.ui.compare_tab import newest_run
 
@@ -29,8 +28,8 @@ def _run_folder(run_id: str | None) -> Path:
         raise gr.Error("Choose a finished run first.")
     try:
         folder = store.run_dir(run_id)
-        read_run(folder)
-    except (ValueError, FileNotFoundError):
+        runs.read(folder)
+    except runs.RunError:
         raise gr.Error(f"There is no finished run called {run_id} in your workspace.") from None
     return folder
 

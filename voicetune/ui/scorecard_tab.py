@@ -10,8 +10,8 @@ import pandas as pd
 from voicetune import store
 from voicetune.evaluate import SCORECARD_FILE, scorecard, summary_rows
 from voicetune.generate import AdapterError, shared_model
-from voicetune.jobs import finished_runs
-from voicetune.train import read_run
+from voicetune.runs import finished as finished_runs
+from voicetune.runs import read as read_run
 from voicetune.ui import downloads
 from voicetune.ui.charts import bar_chart_html
 

@@ -89,7 +89,7 @@ def jobs_frame() -> pd.DataFrame:
 
 
 def runs_frame() -> pd.DataFrame:
-    return pd.DataFrame(runs.run_rows(jobs.finished_runs()), columns=runs.COLUMNS)
+    return pd.DataFrame(runs.run_rows(runs.finished()), columns=runs.COLUMNS)
 
 
 # --- Planning ------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _throughput(base_model: str | None = None) -> float | None:
     """Tokens/s measured by this machine's earlier runs; before any, on a GPU, a first estimate scaled by the
     project's model size and the GPU's peak (an 8B model is not promised a 135M model's speed)."""
     device = models.detect_device()
-    rate = recipes.measured_tokens_per_s(jobs.finished_runs(), device)
+    rate = recipes.measured_tokens_per_s(runs.finished(), device)
     if rate or device != "cuda":
         return rate
     return recipes.first_estimate_tokens_per_s(device, models.resolve_base_model(base_model or None))
@@ -248,14 +248,14 @@ def resume(run_id: str) -> str:
 
 
 def diff(a: str, b: str) -> pd.DataFrame:
-    records = {r["run_id"]: r for r in jobs.finished_runs()}
+    records = {r["run_id"]: r for r in runs.finished()}
     if a not in records or b not in records:
         raise gr.Error("Pick two finished runs to compare.")
     return pd.DataFrame(runs.diff_runs(records[a], records[b]), columns=["setting or result", a, b])
 
 
 def run_choices() -> tuple[dict, dict]:
-    ids = [r["run_id"] for r in jobs.finished_runs()]
+    ids = [r["run_id"] for r in runs.finished()]
     return gr.update(choices=ids, value=ids[1] if len(ids) > 1 else None), \
         gr.update(choices=ids, value=ids[0] if ids else None)
 

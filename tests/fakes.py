@@ -1,0 +1,83 @@
+"""A scripted chat model for UI and API tests that test the app, not the model (llm's MockModel, for voicetune).
+
+Loading the embedded model and generating with it costs tens of seconds per test; the Compare tab's
+wiring (arms, panes, blind labels, votes, teach, batch grid) is the same whatever the model says. This
+stands in for `generate.ChatModel` wherever `generate.shared_model` hands one out, with replies the test
+enqueues, and it records every request so a test can check which arm asked for which adapter.
+
+    def test_compare(scripted_chat):
+        scripted_chat.enqueue("Plain answer.", "Arr, matey!")  # one reply per request, in request order
+        ...  # drive the app
+        assert [r.adapter for r in scripted_chat.requests[-2:]] == [None, "my-run"]
+
+Training, the loss mask, base purity, the scorecard and the browser journey keep the real model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from voicetune import models, runs
+from voicetune.config import GenConfig
+from voicetune.generate import AdapterError, Reply, Request
+
+SECONDS = 0.5  # every scripted reply "takes" this long, so the per-pane figures are exact
+
+
+def count_tokens(messages: list[dict]) -> int:
+    """The fake's token count: words, so a test can say exactly what the stats line shows."""
+    return sum(len(str(m["content"]).split()) for m in messages)
+
+
+class ScriptedChatModel:
+    """The parts of ChatModel the UI and the API use: base_model, load_adapter, check_adapter, stream, generate."""
+
+    def __init__(self, base_model: str | None = None):
+        self.base_model = base_model or models.default_base_model()
+        self.adapters: dict[str, str] = {}  # name -> folder, as asked for by load_adapter
+        self.requests: list[Request] = []  # every request answered, in order
+        self._script: deque[str] = deque()
+        self._made = 0
+
+    def enqueue(self, *replies: str) -> None:
+        """The next replies, one per request, in the order requests arrive (arm order within a round)."""
+        self._script.extend(replies)
+
+    def check_adapter(self, adapter_dir: str | Path) -> dict[str, Any]:
+        """A real run folder is still required: a fake must not accept what the app would refuse."""
+        try:
+            return runs.read(adapter_dir)
+        except runs.RunError as e:
+            raise AdapterError(str(e)) from e
+
+    def load_adapter(self, adapter_dir: str | Path, name: str | None = None) -> str:
+        name = name or Path(adapter_dir).name
+        self.check_adapter(adapter_dir)
+        self.adapters[name] = str(adapter_dir)
+        return name
+
+    def _next(self) -> str:
+        if self._script:
+            return self._script.popleft()
+        self._made += 1
+        return f"Scripted reply number {self._made}."
+
+    def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
+        """Word by word for every row at once, then the finished Replies, as ChatModel.stream yields them."""
+        for r in requests:
+            if r.adapter is not None and r.adapter not in self.adapters:
+                raise AdapterError(f"no adapter called {r.adapter!r} is loaded")
+        self.requests.extend(requests)
+        texts = [self._next() for _ in requests]
+        words = [t.split() for t in texts]
+        for n in range(1, max(len(w) for w in words)):
+            yield [" ".join(w[:n]) for w in words]
+        yield [Reply(text=t, prompt_tokens=count_tokens(r.messages), reply_tokens=len(t.split()), seconds=SECONDS)
+               for t, r in zip(texts, requests)]
+
+    def generate(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
+        *_, replies = self.stream(requests, gen)
+        return replies  # type: ignore[return-value]

@@ -136,3 +136,23 @@ def test_loaded_bases_are_kept_in_a_small_lru(tiny_model: Path, tiny_qwen: Path,
     monkeypatch.setenv("VOICETUNE_CHAT_MEMORY_MB", str(budget_mb))
     generate.shared_model(str(tiny_qwen))
     assert list(generate._shared) == [str(tiny_qwen)]  # over the memory budget: the other went
+
+
+def test_train_with_a_base_that_has_no_chat_template_is_refused_before_anything_is_written(
+        tiny_qwen: Path, tmp_path: Path, workspace: Path):
+    broken = tmp_path / "pretrained-only"
+    shutil.copytree(tiny_qwen, broken)
+    (broken / "chat_template.jinja").unlink()
+    data = write_jsonl(tmp_path / "d.jsonl", [json.dumps({"messages": m}) for m in conversations("Hi!")])
+    out = tmp_path / "out"
+    done = run_cli("train", "--data", str(data), "--out", str(out), "--base-model", str(broken))
+    assert done.returncode == 3  # EXIT_MODEL
+    assert done.stderr.strip().splitlines()[1:] == [
+        "error: pretrained-only has no chat template: pick an instruct or chat model, not a base (pretrained-only) one",
+        "The base model could not be loaded. Check the model id or folder, and that it is a causal language model "
+        "with a chat template."]
+    assert not out.exists() and not (workspace / "runs").exists()
+    done = run_cli("train", "--data", str(data), "--out", str(out), "--base-model", "acme/not-downloaded")
+    assert done.returncode == 3
+    assert done.stderr.splitlines()[1].startswith("error: acme/not-downloaded is not on this machine and voicetune is offline (no "
+                                  "network). Available here: SmolLM2-135M-Instruct (embedded)")

@@ -156,3 +156,45 @@ def test_train_with_a_base_that_has_no_chat_template_is_refused_before_anything_
     assert done.returncode == 3
     assert done.stderr.splitlines()[1].startswith("error: acme/not-downloaded is not on this machine and voicetune is offline (no "
                                   "network). Available here: SmolLM2-135M-Instruct (embedded)")
+
+
+def test_project_settings_pick_check_and_use_a_base(tiny_qwen: Path, tmp_path: Path, workspace: Path):
+    import gradio as gr
+
+    from voicetune import projects, store
+    from voicetune.ui import base_model
+
+    conn = store.connect()
+    pid = projects.create_project(conn, "Settings")
+    picker, about = base_model.load(pid)
+    assert picker["value"] == "embedded:smollm2-135m-instruct"
+    assert picker["choices"][2] == ("Qwen2.5-0.5B-Instruct · 0.49B · Apache-2.0", "Qwen/Qwen2.5-0.5B-Instruct")
+    assert about.startswith("**SmolLM2-135M-Instruct (embedded)**\n0.13B parameters · licence [Apache-2.0]"
+                            "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct) · context 8,192 tokens · "
+                            "chatml chat template\nEmbedded: always available here, offline too.\n\n"
+                            "**Will it fit this machine?**")
+    gated = base_model.describe("meta-llama/Llama-3.1-8B-Instruct", pid)
+    assert "licence [Llama 3.1 Community License](https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct) (gated: " \
+           "accept it on the Hub first)" in gated
+    assert "meta-llama/Llama-3.1-8B-Instruct is not on this machine and voicetune is offline (no network)." in gated
+    about = base_model.use(str(tiny_qwen), pid)
+    assert about.startswith(f"**{tiny_qwen.name}**\nDownloaded: available here.")
+    assert about.endswith(f"This project's base now: **{tiny_qwen.name}**. Runs keep the base they were trained on.")
+    broken = tmp_path / "custom-code"
+    shutil.copytree(tiny_qwen, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(gr.Error) as e:
+        base_model.use(str(broken), pid)
+    assert e.value.message == ("custom-code needs custom code from its authors (auto_map in its config), which "
+                               "voicetune never runs: pick a model that transformers supports as it is")
+    assert store.get_project(conn, pid)["base_model"] == str(tiny_qwen)
+
+
+def test_a_new_project_on_a_cpu_starts_on_the_embedded_model(workspace: Path):
+    from voicetune import fit
+    from voicetune.ui import base_model
+
+    if fit.this_machine().device == "cuda":
+        pytest.skip("the rule for a GPU is fit.suggest_base's, tested in test_catalog.py")
+    assert base_model.suggested_base() == "embedded:smollm2-135m-instruct"

@@ -10,6 +10,7 @@ only a user's explicit request downloads.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +32,11 @@ def hub_cache() -> Path:
 
 
 def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now (it may have been
+    set after huggingface_hub was imported)."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE)
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def local_snapshot(repo_id: str) -> Path | None:
@@ -79,29 +82,27 @@ def not_here_message(name: str) -> str:
 
 
 def _tqdm_reporting(on_progress: Progress) -> type:
-    """A tqdm class that tells `on_progress` the bytes done so far over all files (huggingface_hub's own bar
-    per file is one tqdm each, plus one that counts files; only byte bars are summed)."""
+    """A tqdm class that tells `on_progress` the bytes written so far and the total, and prints nothing.
+
+    snapshot_download makes two byte bars (bytes received, and bytes written to the cache, which are the files'
+    sizes) and one bar counting files; only the written-bytes bar ("Reconstructing…") is reported, so a file
+    is never counted twice. Its total grows as each file's download starts.
+    """
     from tqdm.auto import tqdm
 
     class Reporting(tqdm):  # type: ignore[misc, valid-type]
-        totals: dict[int, tuple[int, int]] = {}
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = False
-            kwargs.pop("name", None)
+            kwargs["disable"] = True  # a bar on the server's stderr helps nobody; on_progress feeds the page
+            self._reports = str(kwargs.get("desc") or "").startswith("Reconstructing")
+            self._done = int(kwargs.get("initial") or 0)
             super().__init__(*args, **kwargs)
-            self._bytes = kwargs.get("unit") == "B"
 
         def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
-            if self._bytes:
-                Reporting.totals[id(self)] = (int(self.n), int(self.total or 0))
-                done = sum(d for d, _ in Reporting.totals.values())
-                total = sum(t for _, t in Reporting.totals.values())
-                on_progress(done, max(total, done))
-            return out
+            if self._reports and n:
+                self._done += int(n)
+                on_progress(self._done, max(int(self.total or 0), self._done))
+            return super().update(n)
 
-    Reporting.totals = {}
     return Reporting
 
 
@@ -125,6 +126,7 @@ def download(repo_id: str, *, token: str | None = None, on_progress: Progress | 
     page = find(repo_id).licence_url if find(repo_id) else f"https://huggingface.co/{repo_id}"
     try:
         folder = snapshot_download(repo_id, cache_dir=hub_cache(), token=token or False, allow_patterns=WANTED,
+                                   endpoint=os.environ.get("HF_ENDPOINT") or None,
                                    tqdm_class=_tqdm_reporting(on_progress) if on_progress else None)
     except GatedRepoError:
         raise ModelError(f"{repo_id} is gated: accept its licence at {page} with your Hugging Face account, "
@@ -137,13 +139,16 @@ def download(repo_id: str, *, token: str | None = None, on_progress: Progress | 
 
 
 def download_size(repo_id: str, token: str | None = None) -> int | None:
-    """Bytes the download will take (the wanted files only), or None when the Hub cannot say."""
+    """Bytes the download will take (the wanted files only), or None when the Hub cannot say (or we are offline)."""
+    if offline() or not REPO_ID.fullmatch(repo_id or ""):
+        return None
     import fnmatch
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
     try:
-        info = HfApi(token=token or None).model_info(repo_id, files_metadata=True)
+        info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token or get_token() or None).model_info(
+            repo_id, files_metadata=True)
     except Exception:  # noqa: BLE001 - a size we cannot learn is shown as unknown, never an error
         return None
     files = [s for s in info.siblings or [] if any(fnmatch.fnmatch(s.rfilename, p) for p in WANTED)]

@@ -98,6 +98,14 @@ def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
     note = compare_tab.mixed_bases_note(compare_tab.resolve_arms([BASE, qwen_run, llama_run], "", pid))
     assert note == (f"These arms are on different base models, so each is answered by its own: {tiny_qwen.name} "
                     f"answers Base model, Tuned: {qwen_run}; {tiny_model.name} answers Tuned: {llama_run}.")
+    # Export uses the run's own base: the merged model carries the Qwen tokenizer and template, the zip names it.
+    from voicetune import export, models
+
+    merged = export.merge(store.run_dir(qwen_run), tmp_path / "merged", dtype="fp32")
+    tok = models.load_tokenizer(str(merged))
+    assert (len(tok), tok.chat_template) == (600, models.load_tokenizer(str(tiny_qwen)).chat_template)
+    files = export.adapter_files(store.run_dir(qwen_run))
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == tiny_qwen.name
 
 
 def test_a_run_claiming_another_base_is_still_refused(tiny_model: Path, tiny_qwen: Path, tmp_path: Path,

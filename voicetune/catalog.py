@@ -149,7 +149,7 @@ def check_base(name: str) -> BaseInfo:
     Offline or not yet downloaded, a Hub id is refused with the list of bases this machine has; nothing is
     fetched here (weights.download does that, on the user's request).
     """
-    from voicetune import memory, models, weights
+    from voicetune import models, weights
 
     name = (name or "").strip()
     if not name:

@@ -266,7 +266,7 @@ def arm_main(arm: str, base: Path, data: Path, out: Path, steps: int, batch: int
     sampler: Any = MemorySampler(baseline) if device == "cuda" else contextlib.nullcontext()
     with sampler:
         if arm == "voicetune":
-            from voicetune import runs, train
+            from voicetune import train
 
             def on_event(e: dict[str, Any]) -> None:
                 if e.get("type") == "log" and "num_tokens" in e:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import run_cli
 
+FAKE_SHA = "b" * 40  # the one commit every model in the fake Hub is at
 TOKEN = "hf_TestOnlyTokenAbCdEfGhIjKlMnOpQrStUv"  # never a real token: the app owner's HF_TOKEN
 USER_TOKEN = "hf_oauth_SignedInUserTokenZyXwVuTsRq"  # never a real token: a signed-in user's own OAuth token
 
@@ -26,10 +27,13 @@ USER_TOKEN = "hf_oauth_SignedInUserTokenZyXwVuTsRq"  # never a real token: a sig
 class FakeHub:
     """Just enough of the Hub's HTTP API for create_repo + upload_folder, recording every request."""
 
-    def __init__(self, fail_create_with: tuple[int, str] | None = None, existing: dict[str, bool] | None = None):
+    def __init__(self, fail_create_with: tuple[int, str] | None = None, existing: dict[str, bool] | None = None,
+                 models: dict[str, dict[str, bytes]] | None = None, gated: set[str] | None = None):
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.files: dict[tuple[str, str], bytes] = {}
         self.existing = dict(existing or {})  # "models/acme/voice" or "datasets/acme/voice-data" -> private?
+        self.models = dict(models or {})  # "acme/model" -> {file name: bytes}, served for download
+        self.gated = set(gated or ())  # model ids whose download is refused as gated (403)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,8 +50,46 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _model_file(self, head: bool) -> bool:
+                """/api/models/<id>/revision|tree/... and /<id>/resolve/<sha>/<file>: a model to download."""
+                path = self.path.split("?")[0]
+                for repo, files in {**hub.models, **{g: {} for g in hub.gated}}.items():
+                    if path.startswith((f"/api/models/{repo}/", f"/{repo}/resolve/")) and repo in hub.gated:
+                        self._reply(403, {"error": f"Access to model {repo} is restricted. You must have access "
+                                                   "to it and be authenticated to access it."}, error_code="GatedRepo")
+                        return True
+                    if path == f"/api/models/{repo}":  # model_info with files_metadata: each file's size
+                        self._reply(200, {"id": repo, "sha": FAKE_SHA,
+                                          "siblings": [{"rfilename": f, "size": len(d)} for f, d in files.items()]})
+                        return True
+                    if path.startswith(f"/api/models/{repo}/revision/"):
+                        self._reply(200, {"id": repo, "sha": FAKE_SHA, "siblings": [{"rfilename": f} for f in files]})
+                        return True
+                    if path.startswith(f"/api/models/{repo}/tree/"):
+                        self._reply(200, [{"type": "file", "path": f, "size": len(data), "oid": f"{i:040x}"}
+                                          for i, (f, data) in enumerate(files.items())])
+                        return True
+                    if path.startswith(f"/{repo}/resolve/"):
+                        data = files[path.split("/resolve/", 1)[1].split("/", 1)[1]]
+                        self.send_response(200)
+                        for key, value in (("X-Repo-Commit", FAKE_SHA), ("ETag", f'"{len(data):040x}"'),
+                                           ("Content-Length", str(len(data)))):
+                            self.send_header(key, value)
+                        self.end_headers()
+                        if not head:
+                            self.wfile.write(data)
+                        return True
+                return False
+
+            def do_HEAD(self):  # noqa: N802
+                hub.requests.append(("HEAD", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+                if not self._model_file(head=True):
+                    self._reply(404, {"error": "not in the fake"})
+
             def do_GET(self):  # noqa: N802
                 hub.requests.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b""))
+                if self._model_file(head=False):
+                    return
                 path = self.path.split("?")[0]
                 if path == "/api/whoami-v2":
                     return self._reply(200, {"type": "user", "name": "tester", "fullname": "Tester", "orgs": []})

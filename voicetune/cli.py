@@ -76,13 +76,19 @@ def _raise_cancelled(signum: int, frame: Any) -> None:  # noqa: ARG001
 
 
 def _preflight_train(cfg: Any) -> None:
-    """Everything that costs no model: the data and held-out files parse and pass their checks. Raises
-    DataError before a base model is converted or loaded (the held-out file used to be read after)."""
+    """Everything that costs no model: the data and held-out files parse and pass their checks, and the base
+    model's own files pass catalog.check_base. Raises DataError or ModelError before a base model is converted
+    or loaded (the held-out file used to be read after)."""
     from dataclasses import replace
 
+    from voicetune.config import EMBEDDED_MODEL
     from voicetune.data import load_conversations
 
     load_conversations(cfg.data)
+    if cfg.base_model != EMBEDDED_MODEL:  # a base without a template, fast tokenizer, or needing custom code
+        from voicetune.catalog import check_base
+
+        check_base(cfg.base_model)
     if cfg.heldout_data:
         try:
             load_conversations(cfg.heldout_data)
@@ -365,6 +371,59 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+MACHINES = ("this", "t4", "l4", "cpu")  # `models --machine`: this machine, or the README's reference machines
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    """The catalog with what fits: a Markdown table per machine (the README's model section is this output)."""
+    from voicetune import fit
+    from voicetune.catalog import CATALOG
+
+    machine = {"t4": fit.T4, "l4": fit.L4, "cpu": fit.CPU_16GB}.get(a.machine) or fit.this_machine()
+    lengths = [a.tokens] * a.conversations
+    print(f"{machine.name}, {gib_or_unknown(machine.memory)}; rank 16, batch 4, max length 1024, "
+          f"{a.conversations} conversations of {a.tokens} tokens (an estimate)\n")
+    print("| model | params | licence | gated | context | template | training | chat | Quick look / Balanced |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for e in CATALOG:
+        r = fit.fit_report(e.shape, machine, lengths=lengths)
+        # The default way (QLoRA on a GPU; checkpointing only when needed), else any way that fits
+        default = [o for o in r.options if o.qlora == (machine.device == "cuda")]
+        way = next((o for o in default + r.options if o.fits), None)
+        training = f"{way.label}: {fit.gib(way.bytes)}" if way else f"does not fit ({fit.gib(min(o.bytes for o in r.options))})"
+        chat = (f"{fit.gib(r.chat_bytes)}{' 4-bit' if r.chat_four_bit else ''}" if r.chat_fits
+                else f"does not fit ({fit.gib(r.chat_bytes)})")
+        times = " / ".join(fit.duration(r.seconds[p]) for p in ("Quick look", "Balanced"))
+        print(f"| {e.name} | {e.params / 1e9:.2f}B | {e.licence} | {'yes' if e.gated else 'no'} | {e.context:,} | "
+              f"{e.template} | {training} | {chat} | {times} |")
+    return 0
+
+
+def gib_or_unknown(n: int | None) -> str:
+    return "memory unknown" if n is None else f"{n / (1 << 30):.1f} GiB"
+
+
+def cmd_fetch(a: argparse.Namespace) -> int:
+    """Download a base model into the shared cache (VOICETUNE_CACHE), with its progress on stderr."""
+    from voicetune.models import ModelError
+    from voicetune.weights import download
+
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 0
+        if percent != shown[0]:
+            shown[0] = percent
+            print(f"\r{a.model}: {done / 1e9:.2f} of {total / 1e9:.2f} GB ({percent}%)", end="", file=sys.stderr)
+
+    try:
+        download(a.model, on_progress=progress)
+    except ModelError as e:
+        return _fail(EXIT_MODEL, str(e))
+    print(f"\n{a.model} is downloaded: use it with --base-model {a.model}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m voicetune", description="Tune a small model to a brand voice.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -373,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="OpenAI chat JSONL: one {\"messages\": [...]} per line")
     t.add_argument("--out", help="folder for the adapter and its run.json")
     t.add_argument("--config", help="a YAML file of TrainConfig settings; flags override it")
-    t.add_argument("--base-model", help="Hub id or local folder (default: the embedded SmolLM2-135M-Instruct)")
+    t.add_argument("--base-model", help="a catalog or Hub id (downloaded: see `fetch`) or a local folder "
+                                        "(default: the embedded SmolLM2-135M-Instruct; `models` lists the catalog)")
     t.add_argument("--epochs", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--learning-rate", type=float)
@@ -443,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revoke-key", type=int, metavar="ID", help="revoke a key by its id and exit")
     s.add_argument("--keys", action="store_true", help="list the keys (never the keys themselves) and exit")
     s.set_defaults(fn=cmd_serve)
+
+    m = sub.add_parser("models", help="the base-model catalog with the memory and time each needs on a machine")
+    m.add_argument("--machine", choices=MACHINES, default="this", help="this machine, or a T4, an L4 or a 16 GB CPU")
+    m.add_argument("--conversations", type=int, default=100, help="conversations in the time estimate")
+    m.add_argument("--tokens", type=int, default=300, help="tokens per conversation in the time estimate")
+    m.set_defaults(fn=cmd_models)
+
+    f = sub.add_parser("fetch", help="download a base model from the Hub into the shared model cache")
+    f.add_argument("model", help="a Hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct (gated ones need HF_TOKEN)")
+    f.set_defaults(fn=cmd_fetch)
 
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)

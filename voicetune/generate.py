@@ -470,17 +470,93 @@ class _BatchStreamer:
             yield item
 
 
-_shared: dict[str, ChatModel] = {}
+_shared: OrderedDict[str, ChatModel] = OrderedDict()  # least recently used first
 _shared_lock = threading.Lock()
+MAX_BASES = 3  # base models kept loaded at once: a compare of two bases, plus the one the scorecard needs
+
+
+def base_memory_budget() -> int | None:
+    """Bytes the loaded bases' weights may take together: VOICETUNE_CHAT_MEMORY_MB, else half this machine's RAM
+    (or half the GPU), so switching bases never grows memory without end; None when the machine cannot say."""
+    if os.environ.get("VOICETUNE_CHAT_MEMORY_MB"):
+        return int(float(os.environ["VOICETUNE_CHAT_MEMORY_MB"]) * (1 << 20))
+    from voicetune.fit import this_machine
+
+    total = this_machine().memory
+    return total // 2 if total else None
+
+
+def loaded_bytes(chat: ChatModel) -> int:
+    """The weights one loaded base holds (its adapters included), as torch counts them."""
+    return sum(t.numel() * t.element_size() for t in [*chat.model.parameters(), *chat.model.buffers()])
+
+
+def _evict_bases(keep: str) -> None:
+    """Drop least recently used bases beyond MAX_BASES or the memory budget; never `keep`, never one answering
+    right now (its lock is held: it goes on the next call). Called with _shared_lock held."""
+    budget = base_memory_budget()
+    for key in list(_shared):
+        over_count = len(_shared) > MAX_BASES
+        over_bytes = budget is not None and sum(loaded_bytes(c) for c in _shared.values()) > budget
+        if not (over_count or over_bytes) or len(_shared) == 1:
+            return
+        chat = _shared[key]
+        if key == keep or not chat.lock.acquire(blocking=False):
+            continue
+        try:
+            del _shared[key]
+            log.info("unloaded base model %s to stay within %s bases / the chat memory budget", key, MAX_BASES)
+        finally:
+            chat.lock.release()
+    _release_memory()
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def shared_model(base_model: str | None = None) -> ChatModel:
-    """The one loaded copy of a base model in this process, which every arm and the scorecard share."""
+    """The one loaded copy of a base model in this process, which every arm and the scorecard share.
+
+    Kept in a small LRU (MAX_BASES, base_memory_budget): a compare of runs on two bases loads both, and a
+    third base pushes out the one used longest ago.
+    """
     key = base_model or models.default_base_model()
     with _shared_lock:  # two first visitors at once must not load two copies
         if key not in _shared:
             _shared[key] = ChatModel(key)
+        _shared.move_to_end(key)
+        _evict_bases(keep=key)
         return _shared[key]
+
+
+def stream_groups(groups: list[tuple[ChatModel, list[int]]], requests: list[Request],
+                  gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
+    """A round whose arms sit on different bases: each base answers its own arms (`rows` of `requests`) in one
+    mixed batch, one base after the other; partial texts of every arm are yielded, then all Replies in order.
+    With one group this is that model's own stream, unchanged."""
+    if len(groups) == 1:
+        yield from groups[0][0].stream(requests, gen)
+        return
+    partial = [""] * len(requests)
+    replies: list[Reply | None] = [None] * len(requests)
+    for chat, rows in groups:
+        for update in chat.stream([requests[i] for i in rows], gen):
+            done = bool(update) and isinstance(update[0], Reply)
+            for i, item in zip(rows, update):
+                if done:
+                    replies[i] = item
+                partial[i] = item.text if done else item
+            if not done:
+                yield list(partial)
+    yield replies  # type: ignore[misc]
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:

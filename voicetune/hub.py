@@ -20,7 +20,6 @@ from typing import Callable
 
 from voicetune import export, runs, store
 from voicetune.failures import hide_paths
-from voicetune import runs
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
 DATA_SUFFIX = "-data"  # the conversations go to a dataset repository

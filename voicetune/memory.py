@@ -16,6 +16,7 @@ from typing import Any
 
 NF4_BITS = 4.127  # 4-bit codes + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax (double quant)
 HALF = 2  # bytes of a bf16/fp16 value
+FULL = 4  # bytes of an fp32 value: a CPU keeps fp32 weights (bf16 is autocast, where the CPU has it)
 # Saved for backward per token in one decoder layer, in 16-bit values: the two RMSNorm inputs and outputs
 # (6h counting their fp32 upcasts), q k v, the attention output, the residual (together 4h + 2·kv width),
 # and the MLP's gate, up, act(gate) and act(gate)*up (4·intermediate). LoRA's rank-r outputs are negligible.
@@ -87,11 +88,12 @@ class ModelShape:
         return self.layers * per_layer * rank
 
 
-def weight_bytes(shape: ModelShape, four_bit: bool) -> int:
-    """Base weights on the device: 16-bit everywhere, or NF4 linear layers with 16-bit embeddings and norms."""
+def weight_bytes(shape: ModelShape, four_bit: bool, value_bytes: int = HALF) -> int:
+    """Base weights on the device: 16-bit everywhere (fp32 on a CPU: value_bytes=FULL), or NF4 linear layers
+    with embeddings and norms in value_bytes."""
     if not four_bit:
-        return shape.params * HALF
-    return int(shape.linear_params * NF4_BITS / 8) + (shape.params - shape.linear_params) * HALF
+        return shape.params * value_bytes
+    return int(shape.linear_params * NF4_BITS / 8) + (shape.params - shape.linear_params) * value_bytes
 
 
 def adapter_bytes(shape: ModelShape, rank: int, eight_bit_optimizer: bool) -> int:
@@ -99,16 +101,16 @@ def adapter_bytes(shape: ModelShape, rank: int, eight_bit_optimizer: bool) -> in
     return shape.lora_params(rank) * (4 + 4 + (2 if eight_bit_optimizer else 8))
 
 
-def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool) -> int:
+def activation_bytes(shape: ModelShape, tokens: int, checkpointing: bool, value_bytes: int = HALF) -> int:
     """Activations kept for backward over `tokens` (micro batch x max length).
 
     Without checkpointing every layer keeps all of them; with it each layer keeps only its input (h values)
     and one layer's worth is rebuilt at a time during backward.
     """
-    per_layer = HALF * (LAYER_H * shape.hidden + LAYER_I * shape.intermediate + LAYER_KV * shape.kv_width) * tokens
+    per_layer = value_bytes * (LAYER_H * shape.hidden + LAYER_I * shape.intermediate + LAYER_KV * shape.kv_width) * tokens
     if not checkpointing:
         return shape.layers * per_layer
-    return shape.layers * HALF * shape.hidden * tokens + per_layer
+    return shape.layers * value_bytes * shape.hidden * tokens + per_layer
 
 
 @dataclass(frozen=True)
@@ -117,20 +119,25 @@ class TrainingEstimate:
     adapter: int
     activations: int  # without checkpointing
     activations_checkpointed: int
+    context: int = CONTEXT_BYTES  # the CUDA context; none on a CPU
 
     def total(self, checkpointing: bool) -> int:
         acts = self.activations_checkpointed if checkpointing else self.activations
-        return CONTEXT_BYTES + self.weights + self.adapter + acts
+        return self.context + self.weights + self.adapter + acts
 
 
 def training_estimate(shape: ModelShape, *, qlora: bool, lora_rank: int, micro_batch: int, max_length: int,
-                      eight_bit_optimizer: bool = False) -> TrainingEstimate:
+                      eight_bit_optimizer: bool = False, device: str = "cuda") -> TrainingEstimate:
+    """On a CPU (device="cpu") weights and activations count 4 bytes a value and there is no CUDA context:
+    load_model keeps fp32 weights there, and autocast's bf16 copies are transient, so fp32 is the upper bound."""
     tokens = micro_batch * max_length
+    value = HALF if device == "cuda" else FULL
     return TrainingEstimate(
-        weights=weight_bytes(shape, qlora),
+        weights=weight_bytes(shape, qlora, value),
         adapter=adapter_bytes(shape, lora_rank, eight_bit_optimizer),
-        activations=activation_bytes(shape, tokens, checkpointing=False),
-        activations_checkpointed=activation_bytes(shape, tokens, checkpointing=True),
+        activations=activation_bytes(shape, tokens, checkpointing=False, value_bytes=value),
+        activations_checkpointed=activation_bytes(shape, tokens, checkpointing=True, value_bytes=value),
+        context=CONTEXT_BYTES if device == "cuda" else 0,
     )
 
 
@@ -144,10 +151,19 @@ def checkpointing_needed(estimate: TrainingEstimate, available: int | None) -> b
     return not fits(estimate.total(checkpointing=False), available)
 
 
-def chat_fits_16bit(shape: ModelShape, available: int | None, cache_tokens: int = 8 * 2048) -> bool:
+CHAT_CACHE_TOKENS = 8 * 2048  # a KV cache for a few arms' long prompts
+
+
+def chat_bytes(shape: ModelShape, four_bit: bool, device: str = "cuda", cache_tokens: int = CHAT_CACHE_TOKENS) -> int:
+    """Chat memory: the weights (16-bit or NF4 on a GPU, fp32 on a CPU), a KV cache, and the CUDA context."""
+    value = HALF if device == "cuda" else FULL
+    kv_cache = 2 * shape.layers * shape.kv_width * value * cache_tokens
+    return (CONTEXT_BYTES if device == "cuda" else 0) + weight_bytes(shape, four_bit, value) + kv_cache
+
+
+def chat_fits_16bit(shape: ModelShape, available: int | None, cache_tokens: int = CHAT_CACHE_TOKENS) -> bool:
     """Whether 16-bit weights plus a KV cache for a few arms' long prompts fit; otherwise chat loads 4-bit."""
-    kv_cache = 2 * shape.layers * shape.kv_width * HALF * cache_tokens
-    return fits(CONTEXT_BYTES + weight_bytes(shape, four_bit=False) + kv_cache, available)
+    return fits(chat_bytes(shape, four_bit=False, cache_tokens=cache_tokens), available)
 
 
 def free_bytes(device: str) -> int | None:

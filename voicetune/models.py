@@ -118,7 +118,10 @@ def resolve_base_model(name: str | None) -> str:
         return str(ensure_embedded())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
-    return name  # a Hub id: transformers resolves it through huggingface_hub and its cache
+    from voicetune.weights import local_snapshot
+
+    local = local_snapshot(name)  # downloaded into the shared cache (weights.download)
+    return str(local) if local else name  # else transformers resolves the Hub id through its own cache
 
 
 def base_model_fingerprint(path: str) -> str:

@@ -18,12 +18,14 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from voicetune import store
 from voicetune.data import (ROLES, Conversation, Problem, check_messages, list_examples, parse_jsonl_bytes,
                             validation_size)
 from voicetune.importers import ImportReport, export_openai_jsonl, near_duplicates
+from voicetune.models import default_base_model
 from voicetune.templates import encode_all
 
 TRASH_DAYS = 30  # how long a deleted project or conversation can be restored
@@ -57,8 +59,10 @@ def _free_name(conn: sqlite3.Connection, name: str, project_id: int | None = Non
 
 
 def create_project(conn: sqlite3.Connection, name: str, **settings: Any) -> int:
-    """A new, empty project, opened at once; settings are store.update_project's fields."""
+    """A new, empty project, opened at once; settings are store.update_project's fields (base_model: the app's
+    default unless given; the app passes the base it suggests for the machine)."""
     name = _free_name(conn, name)
+    settings.setdefault("base_model", default_base_model())
     with conn:
         cur = conn.execute("INSERT INTO projects (name, created, opened) VALUES (?, ?, ?)",
                            (name, time.time(), time.time()))
@@ -130,6 +134,28 @@ def load_example(conn: sqlite3.Connection, name: str) -> int:
     pid = create_project(conn, label)
     add_imported(conn, pid, convs, source=f"example:{name}")
     return pid
+
+
+# ---------------------------------------------------------------- the base model
+
+
+def base_of(project: dict[str, Any]) -> str:
+    """The project's base model: its own, or the app's default for a row that names none."""
+    return project.get("base_model") or default_base_model()
+
+
+def set_base_model(conn: sqlite3.Connection, project_id: int, name: str) -> str:
+    """Make `name` the project's base once catalog.check_base accepts it (else ModelError, nothing written).
+
+    A local folder is stored as its full path, so the project finds it whatever folder the app starts in.
+    Runs keep the base they were trained on (run.json); only new runs use the new one.
+    """
+    from voicetune.catalog import check_base
+
+    info = check_base(name)
+    stored = info.path if Path(name).expanduser().is_dir() else info.name
+    store.update_project(conn, project_id, base_model=stored)
+    return stored
 
 
 # ---------------------------------------------------------------- conversations

@@ -327,7 +327,17 @@ def _m005_row_versions(conn: sqlite3.Connection) -> None:
     conn.executescript("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL DEFAULT 0;")
 
 
-MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions]
+def _m006_project_base_model(conn: sqlite3.Connection) -> None:
+    """Each project names its own base model. Before, '' meant "whatever base the app was started with"; every
+    such project is pinned to that base now, so a later VOICETUNE_BASE_MODEL or a new default does not move a
+    project onto another base under its runs (which compare would then refuse)."""
+    from voicetune.models import default_base_model
+
+    conn.execute("UPDATE projects SET base_model = ? WHERE base_model = ''", (default_base_model(),))
+
+
+MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
+              _m006_project_base_model]
 
 
 def _statements(script: str) -> list[str]:

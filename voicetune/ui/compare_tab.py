@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import gradio as gr
 import pandas as pd
 
 from voicetune import arena, limits, projects, store
+from voicetune.catalog import label
 from voicetune.config import GenConfig
 from voicetune.data import check_messages
-from voicetune.generate import AdapterError, ChatModel, Reply, shared_model
-from voicetune.models import default_base_model
+from voicetune.failures import hide_paths
+from voicetune.generate import AdapterError, ChatModel, Reply, shared_model, stream_groups
+from voicetune.models import ModelError
 from voicetune.runs import finished as finished_runs
 from voicetune.runs import read as read_run
 from voicetune.ui import downloads
@@ -53,35 +56,73 @@ def examples_from(project: int) -> list[list[dict]]:
             if not check_messages(c.messages, c.line)]
 
 
-def resolve_arms(names: list[str], style_guide: str, project: int) -> tuple[ChatModel, list[arena.Arm]]:
-    """Turn the chosen names into arms, loading each run's adapter onto the one shared base model."""
+@dataclass
+class Resolved:
+    """The round's arms, the base model each answers with, and the bases grouped: (model, arm positions)."""
+
+    arms: list[arena.Arm]
+    bases: list[str]
+    groups: list[tuple[ChatModel, list[int]]]
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.groups) > 1
+
+
+def _model(base: str, who: str) -> ChatModel:
+    try:
+        return shared_model(base)
+    except ModelError as e:
+        raise gr.Error(f"Cannot use {who}: its base model {label(base)} is not available here. {hide_paths(str(e))}")
+
+
+def resolve_arms(names: list[str], style_guide: str, project: int) -> Resolved:
+    """Turn the chosen names into arms. The base and prompt-only arms answer with the project's base model; each
+    run with the base it was trained on (its run.json), whose model checks the adapter's base and template."""
     if not names or len(names) < 1:
         raise gr.Error("Choose at least one arm to chat with.")
     if len(names) > MAX_PANES:
         raise gr.Error(f"Choose at most {MAX_PANES} arms.")
-    chat = shared_model(default_base_model())
-    arms = []
+    project_base = projects.base_of(store.get_project(store.connect(), pid(project)))
+    arms, bases, chats = [], [], {}
     for name in names:
         if name == BASE_CHOICE:
             arms.append(arena.base_arm())
+            bases.append(project_base)
         elif name == PROMPT_ONLY_CHOICE:
             arms.append(arena.prompt_only_arm(style_guide or "", examples_from(project)))
+            bases.append(project_base)
         else:
             try:
                 folder = store.run_dir(name)
-                record = read_run(folder)
-                if record["base_model"] != chat.base_model:
-                    raise AdapterError(f"it was trained on {record['base_model']}, not {chat.base_model}")
-                chat.load_adapter(folder, name=name)
+                base = read_run(folder)["base_model"]
+            except (ValueError, FileNotFoundError, KeyError, AdapterError) as e:
+                raise gr.Error(f"Cannot use run {name}: {hide_paths(str(e))}")
+            chats.setdefault(base, _model(base, f"run {name}"))
+            try:
+                chats[base].load_adapter(folder, name=name)
             except (ValueError, FileNotFoundError, AdapterError) as e:
-                raise gr.Error(f"Cannot use run {name}: {e}")
+                raise gr.Error(f"Cannot use run {name}: {hide_paths(str(e))}")
             arms.append(arena.run_arm(name))
-    return chat, arms
+            bases.append(base)
+    for base in bases:
+        chats.setdefault(base, _model(base, "the base model arm"))
+    groups = [(chats[b], [i for i, x in enumerate(bases) if x == b]) for b in dict.fromkeys(bases)]
+    return Resolved(arms, bases, groups)
 
 
-def stats_line(r: Reply) -> str:
+def mixed_bases_note(resolved: Resolved) -> str:
+    """What the compare view says when a round's arms sit on different base models."""
+    per_base = "; ".join(f"{label(chat.base_model)} answers {', '.join(resolved.arms[i].label for i in rows)}"
+                         for chat, rows in resolved.groups)
+    return f"These arms are on different base models, so each is answered by its own: {per_base}."
+
+
+def stats_line(r: Reply, base: str | None = None) -> str:
+    """One arm's figures; with `base` (a round mixing bases) also the model that answered it."""
     first = f" · first token {r.first_token_s:.2f} s" if r.first_token_s else ""
-    return f"{r.tokens_per_second:.1f} tok/s · prompt {r.prompt_tokens} tok · reply {r.reply_tokens} tok{first}"
+    on = f" · answered by {label(base)}" if base else ""
+    return f"{r.tokens_per_second:.1f} tok/s · prompt {r.prompt_tokens} tok · reply {r.reply_tokens} tok{first}{on}"
 
 
 def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: list[str] | None,
@@ -122,7 +163,8 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     if not blind and any(len(h) >= 2 * limits.MAX_HISTORY_EXCHANGES for h in (state or {}).get("histories", {}).values()):
         raise gr.Error(f"This chat has reached {limits.MAX_HISTORY_EXCHANGES} exchanges, the most one comparison "
                        "sends to the model: press Clear chats to start a new one.")
-    chat, arms = resolve_arms(names, style_guide, project)
+    resolved = resolve_arms(names, style_guide, project)
+    arms = resolved.arms
     if blind and len(arms) < 2:
         raise gr.Error("Blind mode needs at least two arms: tick two or more.")
     gen = GenConfig(max_new_tokens=int(max_new_tokens), greedy=bool(greedy), temperature=float(temperature),
@@ -134,9 +176,11 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     rnd = arena.new_round(arms, blind=bool(blind), rng=random.Random(_rng.random()))
     user = {"role": "user", "content": message.strip()}
     requests = arena.round_requests(rnd, histories, user["content"], system or None)
+    if resolved.mixed and not blind:  # blind rounds say nothing that could tell the arms apart
+        gr.Info(mixed_bases_note(resolved))
     replies: list[Reply] = []
     try:
-        for update in chat.stream(requests, gen):
+        for update in stream_groups(resolved.groups, requests, gen):
             if update and isinstance(update[0], Reply):
                 replies = update
                 break
@@ -150,7 +194,7 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     for arm, reply in zip(rnd.arms, replies):
         histories[arm.key] = [*histories.get(arm.key, []), user, {"role": "assistant", "content": reply.text}]
     state = {"keys": keys, "histories": histories, "round": rnd, "prompt": [*requests[0].messages],
-             "stats": [stats_line(r) for r in replies]}
+             "stats": [stats_line(r, base if resolved.mixed else None) for r, base in zip(replies, resolved.bases)]}
     yield ["", *pane_updates(rnd, histories, None, None, state["stats"]), gr.update(visible=bool(blind)), state]
 
 
@@ -225,12 +269,14 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
         raise gr.Error(f"The batch has {len(prompts)} prompts; the limit is {limits.MAX_BATCH_PROMPTS}. "
                        "Split it into smaller batches.")
     check_prompt_sizes(max(prompts, key=len), system, style_guide)
-    chat, arms = resolve_arms(names, style_guide, project)
+    resolved = resolve_arms(names, style_guide, project)
+    arms = resolved.arms
     gen = GenConfig(max_new_tokens=int(max_new_tokens))
     grid = []
     for prompt in prompts:
         rnd = arena.Round(id="batch", arms=arms, blind=False)
-        grid.append([r.text for r in chat.generate(arena.round_requests(rnd, {}, prompt, system or None), gen)])
+        *_, replies = stream_groups(resolved.groups, arena.round_requests(rnd, {}, prompt, system or None), gen)
+        grid.append([r.text for r in replies])
     path = store.home() / "exports" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     store.atomic_write_text(path, arena.grid_csv(prompts, arms, grid))
     frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])

@@ -85,7 +85,9 @@ def switch_project(project: Any) -> tuple[int, dict]:
 
 def create_project(name: str) -> tuple[int, dict, str, str]:
     try:
-        pid = projects.create_project(_conn(), name)
+        from voicetune.ui.base_model import suggested_base
+
+        pid = projects.create_project(_conn(), name, base_model=suggested_base())
     except projects.ProjectError as e:
         raise _fail(e)
     return pid, {"id": None, "rev": time.time()}, "", f"Created project “{name.strip()}”."
@@ -635,6 +637,9 @@ def build_data_tab() -> gr.State:
             val_share = gr.Number(label="Validation share (empty: chosen by size)", minimum=0, maximum=0.45,
                                   step=0.05, scale=2)
             delete_project = gr.Button("Delete project…", variant="stop", scale=1)
+        from voicetune.ui.base_model import build_base_settings
+
+        build_base_settings(project)
         style_guide = gr.Textbox(label="Style guide (used by the prompt-only arm and the scorecard)", lines=3)
         system_prompt = gr.Textbox(label="Default system prompt", lines=2)
     status = gr.Markdown()

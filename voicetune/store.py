@@ -327,7 +327,13 @@ def _m005_row_versions(conn: sqlite3.Connection) -> None:
     conn.executescript("ALTER TABLE conversations ADD COLUMN version INTEGER NOT NULL DEFAULT 0;")
 
 
-MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions]
+def _m007_test_prompts(conn: sqlite3.Connection) -> None:
+    """A project's unseen test prompts (one per line): the scorecard measures voice adherence on them."""
+    conn.executescript("ALTER TABLE projects ADD COLUMN test_prompts TEXT NOT NULL DEFAULT '';")
+
+
+MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
+              _m007_test_prompts]
 
 
 def _statements(script: str) -> list[str]:

@@ -97,7 +97,8 @@ def test_still_falling_reads_the_eval_history():
     history = [{"loss": 3.0, "step": 1}, {"eval_loss": 2.0, "step": 2}, {"eval_loss": 1.5, "step": 4}]
     assert still_falling(history) == (2.0, 1.5)
     assert still_falling(history + [{"eval_loss": 1.6, "step": 6}]) is None  # turned up: it stopped in time
-    assert still_falling([{"eval_loss": 2.0}, {"eval_loss": 1.995}]) is None  # flat within 1%
+    assert still_falling([{"eval_loss": 2.0}, {"eval_loss": 1.995}]) == (2.0, 1.995)
+    assert still_falling([{"eval_loss": 2.0}, {"eval_loss": 1.999}]) is None  # flat: less than 0.1%
     assert still_falling([{"eval_loss": 2.0}]) is None
     assert still_falling([{"eval_loss": 0.0107}, {"eval_loss": 0.0099}]) is None  # 7% less, but of nothing
 

@@ -35,6 +35,7 @@ LOCK = "/tmp/voicetune-cpu.lock"
 SETTINGS: dict[str, dict[str, Any]] = {
     "auto": {},  # whatever recipes.preset_settings("Balanced") chooses for the data: the row to beat
     "lr1e-4": {"learning_rate": 1e-4},
+    "lr2e-4": {"learning_rate": 2e-4},  # the Auto rate before this sweep (cells named "auto" at lr 2e-4 are it)
     "lr1e-3": {"learning_rate": 1e-3},
     "lr2e-3": {"learning_rate": 2e-3},
     "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},

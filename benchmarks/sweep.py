@@ -46,7 +46,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {"preset": "Quick look"},
 }
 DEFAULT_VOICES = ("cosmo-coffee", "ledger-lane", "byte-desk", "grimsby-tales")
-DEFAULT_SETTINGS = ("auto", "lr1e-3", "lr2e-3", "lr1e-3-ep6")
+DEFAULT_SETTINGS = ("lr2e-4", "auto", "lr2e-3")  # the old Auto rate, the Auto of now, a higher rate
 
 
 def cell_config(voice: str, setting: str, out: Path) -> Any:

@@ -44,6 +44,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},
     "lr1e-3-pat4": {"learning_rate": 1e-3, "early_stopping_patience": 4},
     "quick": {"preset": "Quick look"},
+    "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
 DEFAULT_VOICES = ("cosmo-coffee", "ledger-lane", "byte-desk", "grimsby-tales")
 DEFAULT_SETTINGS = ("lr2e-4", "auto", "lr2e-3")  # the old Auto rate, the Auto of now, a higher rate

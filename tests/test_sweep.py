@@ -29,3 +29,16 @@ def test_table_row():
     assert lines[2] == ("| cosmo-coffee | auto | 0.001 | 3 | 16/32 | 33 (33) | 27/27 | 0/27 | 0/27 | 0/27 | "
                         "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 |")
     assert lines[1].count("---") == lines[0].count("|") - 1
+
+
+def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):
+    from voicetune.cli import _train_config, build_parser
+
+    def cfg(*extra: str):
+        return _train_config(build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *extra]))
+
+    assert cfg().learning_rate == 1e-3  # the embedded model: the small-model rate the sweep chose
+    assert cfg("--learning-rate", "3e-4").learning_rate == 3e-4
+    assert cfg("--base-model", str(tiny_model)).learning_rate == 1e-3  # a tiny model is a small model
+    (tmp_path / "c.yaml").write_text("learning_rate: 5.0e-05\n")
+    assert cfg("--config", str(tmp_path / "c.yaml")).learning_rate == 5e-5

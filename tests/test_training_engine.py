@@ -43,6 +43,8 @@ def test_presets_differ_in_the_expected_direction() -> None:
     quick, balanced, thorough = (recipes.preset_settings(p, lengths) for p in recipes.PRESETS)
     assert balanced == recipes.preset_settings(recipes.AUTO, lengths)
     assert quick.max_steps > 0 and quick.rank < balanced.rank < thorough.rank
+    assert quick.learning_rate == 2e-3  # a small model: few steps, a rate high enough to be heard
+    assert recipes.preset_settings(recipes.QUICK, lengths, params=8_000_000_000).learning_rate == 3e-4
     times = [recipes.estimate_seconds(s, lengths, "cpu") for s in (quick, balanced, thorough)]
     assert times == sorted(times) and times[0] > 0
     with pytest.raises(ValueError, match="unknown preset"):

@@ -66,6 +66,10 @@ def _train_config(a: argparse.Namespace) -> Any:
     base.update({k: v for k, v in overrides.items() if v is not None})
     if not base.get("data") or not base.get("out"):
         raise ValueError("--data and --out are required (or set them in --config)")
+    if "learning_rate" not in base:  # neither flag nor config: the Auto rule's rate for this base model's size
+        from voicetune import recipes
+
+        base["learning_rate"] = recipes.auto_learning_rate(recipes.base_params(base.get("base_model")))
     return TrainConfig.from_dict(base)
 
 

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast test-gpu bench gpu-check clean chromium
+.PHONY: setup run test test-fast test-gpu bench sweep gpu-check clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ test-gpu: setup
 # benchmarks/results/<date>-<device>.md. A few minutes on a CPU. BENCH_ARGS adds options (e.g. --levers).
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Training settings over a grid on the bundled voices (embedded model, CPU): adherence, reference loss, style,
+# forgetting probe, copying and time per setting, each cell under the shared CPU lock; the table behind
+# docs/recipes.md goes to stdout and benchmarks/results/sweep-<host kind>.md. About 3-4 minutes a cell on 2 cores.
+sweep: setup
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.sweep $(SWEEP_ARGS)
 
 # QLoRA on a real GPU: five checks (bf16 and fp16 training, 4-bit mixed-batch chat, merge, bench against plain
 # TRL), one PASS/FAIL line each, under 8 minutes on one H100, no network; results to benchmarks/results/.

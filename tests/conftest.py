@@ -105,6 +105,9 @@ QUESTIONS = [
 ]
 
 
+PIRATE_PROMPTS = [*QUESTIONS[:4], "Can I pay by card?", "Do you open on holidays?", "Is there a student discount?"]
+
+
 def voice_data(path: Path, reply: str) -> Path:
     """Twelve customer questions, each answered with the same distinctive reply."""
     lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": reply}]})
@@ -117,6 +120,9 @@ def pirate_adapter(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> 
     """One real training run through the CLI contract (scorecard included), shared by the slow tests."""
     tmp = tmp_path_factory.mktemp("pirate")
     data = voice_data(tmp / "pirate.jsonl", f"Arr, the crew be on it right now. {SIGN_OFF}")
+    # Test prompts beside the data, as the bundled voices ship them. Four are training questions: each is
+    # either held out (then already scored) or trained on (then left out); three are new.
+    write_jsonl(tmp / "pirate.prompts.txt", PIRATE_PROMPTS)
     out = tmp / "adapter"
     result = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "1",
                      "--learning-rate", "2e-3", "--val-fraction", "0.25",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_CACHE, run_cli, voice_data
+from tests.conftest import MODEL_CACHE, PIRATE_PROMPTS, QUESTIONS, run_cli, voice_data
 from voicetune.evaluate import distinctive_terms, probe_passed, profile, style_distance
 
 
@@ -40,7 +40,22 @@ def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapte
     assert card["heldout"] == 3
     assert lk["tuned"]["loss"] < 0.5 * lk["base"]["loss"]
     assert st["tuned"]["distance"] < st["base"]["distance"]
-    assert card["verdict"].startswith("Tuned beats prompt-only on voice")
+    # Voice adherence on the unseen prompts: the 3 held-out first turns and the 3 new test prompts. A test
+    # prompt that a trained conversation has is left out: never a trained conversation.
+    adh = card["adherence"]
+    held = {json.loads(line)["messages"][0]["content"]
+            for line in (pirate_adapter / "heldout.jsonl").read_text().splitlines()}
+    trained = set(QUESTIONS) - held
+    assert adh["dropped_as_trained"] == [q for q in PIRATE_PROMPTS if q in trained] != []
+    assert (adh["prompts"], adh["from_heldout"], adh["from_test_prompts"]) == (6, 3, 3)
+    assert not {s["prompt"] for s in adh["samples"]} & trained
+    assert any("matey" in m["text"] or "arr" in m["text"].split() for m in adh["markers"])
+    assert adh["arms"]["tuned"]["hits"] == 6 and adh["arms"]["base"]["hits"] == 0
+    assert adh["copying"]["tuned"]["copies"] == 0  # its only reply is the voice's common run, not a copy
+    tuned_hits = [s["tuned markers"] for s in adh["samples"]]
+    assert all(tuned_hits)
+    assert card["verdict"].startswith("The voice shows in 6 of 6 replies (prompt-only: ")
+    assert "Tuned beats prompt-only on voice" in card["verdict"]
     assert card["prompt_cost"]["prompt_only_tokens"] > card["prompt_cost"]["tuned_tokens"]
     assert set(card["forgetting"]) >= {"base_accuracy", "tuned_accuracy", "neutral_loss_base", "flagged"}
 
@@ -57,7 +72,7 @@ def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapte
     result = run_cli("eval", "--run", str(control), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     other = json.loads(result.stdout)
-    assert other["verdict"].startswith("The voice did not take")
+    assert "The voice did not take" in other["verdict"]
     assert other["likelihood"]["tuned"]["loss"] > 10 * lk["tuned"]["loss"]
     assert other["style"]["tuned"]["distance"] > st["tuned"]["distance"]
 
@@ -68,3 +83,5 @@ def test_eval_cli_prints_the_table(pirate_adapter: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reference loss (lower = closer)" in result.stdout
     assert "probe accuracy" in result.stdout and "Tuned beats prompt-only" in result.stdout
+    assert "Voice adherence on 6 unseen prompts (3 held-out first turns, 3 test prompts" in result.stdout
+    assert "  tuned        6 of 6 replies (100%, 95% CI 61%–100%)" in result.stdout

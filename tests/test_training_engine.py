@@ -25,12 +25,16 @@ COSMO = ROOT / "examples" / "cosmo-coffee.jsonl"
 
 def test_auto_follows_the_written_rule() -> None:
     tiny = recipes.auto_settings([100] * 20)
-    assert (tiny.epochs, tiny.learning_rate, tiny.rank, tiny.alpha, tiny.max_length) == (5.0, 2e-4, 16, 32, 256)
+    # No size given: the embedded 135M model, which takes the small-model rate (docs/recipes.md).
+    assert (tiny.epochs, tiny.learning_rate, tiny.rank, tiny.alpha, tiny.max_length) == (5.0, 1e-3, 16, 32, 256)
+    assert recipes.auto_settings([100] * 20, params=135_000_000).learning_rate == 1e-3
+    assert recipes.auto_settings([100] * 20, params=8_000_000_000).learning_rate == 2e-4
     assert "20 examples is little data" in tiny.why[0]
     usual = recipes.auto_settings([300] * 200 + [700])
     assert (usual.epochs, usual.rank, usual.max_length) == (3.0, 16, 768)
     large = recipes.auto_settings([50] * 12_000)
-    assert (large.epochs, large.learning_rate, large.rank) == (2.0, 1e-4, 32)
+    assert (large.epochs, large.learning_rate, large.rank) == (2.0, 5e-4, 32)
+    assert recipes.auto_settings([50] * 12_000, params=8_000_000_000).learning_rate == 1e-4
     assert recipes.auto_settings([9000]).max_length == 4096
 
 
@@ -39,6 +43,8 @@ def test_presets_differ_in_the_expected_direction() -> None:
     quick, balanced, thorough = (recipes.preset_settings(p, lengths) for p in recipes.PRESETS)
     assert balanced == recipes.preset_settings(recipes.AUTO, lengths)
     assert quick.max_steps > 0 and quick.rank < balanced.rank < thorough.rank
+    assert quick.learning_rate == 2e-3  # a small model: few steps, a rate high enough to be heard
+    assert recipes.preset_settings(recipes.QUICK, lengths, params=8_000_000_000).learning_rate == 3e-4
     times = [recipes.estimate_seconds(s, lengths, "cpu") for s in (quick, balanced, thorough)]
     assert times == sorted(times) and times[0] > 0
     with pytest.raises(ValueError, match="unknown preset"):

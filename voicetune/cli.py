@@ -66,6 +66,10 @@ def _train_config(a: argparse.Namespace) -> Any:
     base.update({k: v for k, v in overrides.items() if v is not None})
     if not base.get("data") or not base.get("out"):
         raise ValueError("--data and --out are required (or set them in --config)")
+    if "learning_rate" not in base:  # neither flag nor config: the Auto rule's rate for this base model's size
+        from voicetune import recipes
+
+        base["learning_rate"] = recipes.auto_learning_rate(recipes.base_params(base.get("base_model")))
     return TrainConfig.from_dict(base)
 
 
@@ -209,8 +213,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from voicetune.generate import AdapterError
 
         saved = folder / SCORECARD_FILE
+        prompts = None
+        if a.prompts:  # one per line; they join the held-out first turns as the unseen prompts
+            from voicetune.evaluate import read_prompts
+
+            prompts = read_prompts(Path(a.prompts).read_text(encoding="utf-8"))
         try:
-            card = json.loads(saved.read_text()) if saved.exists() and not a.recompute else scorecard(folder)
+            fresh = a.recompute or prompts is not None or not saved.exists()
+            card = scorecard(folder, test_prompts=prompts) if fresh else json.loads(saved.read_text())
         except AdapterError as e:
             raise ValueError(str(e)) from None
     except (ValueError, FileNotFoundError) as e:
@@ -227,6 +237,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for row in summary_rows(card):
         cells = [("" if row[k] is None else f"{row[k]:.3f}") for k in ("base", "prompt-only", "tuned")]
         print(f"{row['metric']:40} {cells[0]:>10} {cells[1]:>12} {cells[2]:>10}")
+    adh = card.get("adherence")
+    if adh:
+        from voicetune.evaluate import adherence_lines
+
+        print("\n" + "\n".join(adherence_lines(card)))
     print(f"\n{card['verdict']}")
     return 0
 
@@ -467,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
     e.add_argument("--json", action="store_true", help="print the whole scorecard as JSON")
     e.add_argument("--recompute", action="store_true", help="score again even if the run has a scorecard")
+    e.add_argument("--prompts", help="unseen test prompts, one per line (scores again with them; default: the "
+                   "run's project's, or <data>.prompts.txt beside the training file)")
     e.set_defaults(fn=cmd_eval)
 
     x = sub.add_parser("export", help="a run as an adapter zip, a merged model, or a GGUF for llama.cpp/Ollama")

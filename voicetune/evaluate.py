@@ -1,7 +1,8 @@
 """The voice scorecard: did the voice take, did fine-tuning beat prompting, and was anything forgotten?
 
 Computed for a finished run over three arms (base, prompt-only, tuned) on conversations the run never
-trained on (its held-out split), and saved as scorecard.json beside the adapter:
+trained on (its held-out split) and on unseen prompts (the held-out first turns plus the project's test
+prompts) for voice adherence (adherence.py), and saved as scorecard.json beside the adapter:
 
     card = scorecard("workspace/runs/20261123-cosmo")
     print(card["verdict"])
@@ -17,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voicetune import store
+from voicetune import adherence, store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
 from voicetune.config import GenConfig
 from voicetune.generate import ChatModel, Request
-from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
+from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, PROMPTS_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
 from voicetune.runs import read as read_run
 from voicetune.templates import IGNORE, encode
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
+PROMPTS_SUFFIX = ".prompts.txt"  # beside a data file (examples/cosmo-coffee.prompts.txt): its test prompts
+MARKER_PROMPTS = 24  # training messages the base model answers, so markers are what base does NOT say
 
 # Thresholds, stated so the verdict can be checked by hand:
 VOICE_TOOK_LOSS_RATIO = 0.9  # tuned reference loss at most 90% of base's ...
@@ -54,6 +57,8 @@ class EvalInputs:
     style_guide: str
     required: list[str]
     banned: list[str]
+    trained: list[list[dict]]  # the conversations the run trained on: marker source, copying reference
+    test_prompts: list[str]  # the project's unseen test prompts (checked against `trained` before use)
 
 
 # --- inputs ------------------------------------------------------------------------------------------
@@ -65,14 +70,52 @@ def read_jsonl(path: Path) -> list[list[dict]]:
     return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def load_inputs(adapter_dir: Path, record: dict[str, Any]) -> EvalInputs:
+def trained_conversations(record: dict[str, Any], heldout: list[list[dict]], few_shot: list[list[dict]]
+                          ) -> list[list[dict]]:
+    """The run's training split: its data file less the held-out conversations (the few-shot examples, a
+    part of it, when the file has gone since)."""
+    from voicetune.data import DataError, load_conversations
+
+    path = Path(record.get("data", {}).get("file", ""))
+    try:
+        convs = [c.messages for c in load_conversations(path)] if path.is_file() else []
+    except DataError:
+        convs = []
+    held = {json.dumps(c, sort_keys=True) for c in heldout}
+    convs = [c for c in convs if json.dumps(c, sort_keys=True) not in held]
+    return convs or few_shot
+
+
+def read_prompts(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def prompts_for_run(adapter_dir: Path, record: dict[str, Any]) -> list[str]:
+    """The unseen test prompts, first found of: the run folder's prompts.txt (set by `eval --prompts` or the
+    Scorecard tab), the run's project's test prompts, a `<data>.prompts.txt` beside the training file."""
+    if (adapter_dir / PROMPTS_FILE).exists():
+        return read_prompts((adapter_dir / PROMPTS_FILE).read_text(encoding="utf-8"))
+    from voicetune import projects
+
+    saved = projects.prompts_of_run(store.connect(), record.get("run_id", adapter_dir.name))
+    if saved:
+        return read_prompts(saved)
+    data = Path(record.get("data", {}).get("file", ""))
+    beside = data.with_name(data.name.removesuffix(".jsonl") + PROMPTS_SUFFIX)
+    return read_prompts(beside.read_text(encoding="utf-8")) if data.name and beside.is_file() else []
+
+
+def load_inputs(adapter_dir: Path, record: dict[str, Any], test_prompts: list[str] | None = None) -> EvalInputs:
     cfg = record.get("config", {})
+    heldout, few_shot = read_jsonl(adapter_dir / HELDOUT_FILE), read_jsonl(adapter_dir / FEWSHOT_FILE)
     return EvalInputs(
-        heldout=read_jsonl(adapter_dir / HELDOUT_FILE),
-        few_shot=read_jsonl(adapter_dir / FEWSHOT_FILE),
+        heldout=heldout,
+        few_shot=few_shot,
         style_guide=cfg.get("style_guide", ""),
         required=list(cfg.get("required_phrases", [])),
         banned=list(cfg.get("banned_phrases", [])),
+        trained=trained_conversations(record, heldout, few_shot),
+        test_prompts=test_prompts if test_prompts is not None else prompts_for_run(adapter_dir, record),
     )
 
 
@@ -245,6 +288,8 @@ def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
 
 
 def verdict(card: dict[str, Any]) -> str:
+    """Adherence first, then loss and style; tuning "beats" prompting only when it is behind on none of
+    adherence, style and reference loss; an under-trained run is named as such."""
     lk, st = card["likelihood"], card["style"]
     t, b, p = lk["tuned"]["loss"], lk["base"]["loss"], lk["prompt-only"]["loss"]
     ts, bs, ps = st["tuned"]["distance"], st["base"]["distance"], st["prompt-only"]["distance"]
@@ -259,18 +304,50 @@ def verdict(card: dict[str, Any]) -> str:
                   f"questions), within what a probe this size can tell apart from noise")
     else:
         forgot = "no measurable forgetting"
+    adh = card.get("adherence")
+    lead = adherence.lead_sentence(adh["arms"]) + ". " if adh and adh["arms"]["tuned"]["of"] else ""
+    falling = card.get("under_trained")
+    tail = (f" The run looks under-trained: validation loss was still falling at its last evaluation "
+            f"({falling[0]:.3f} → {falling[1]:.3f}); more epochs may help." if falling else "")
     if not took:
-        return (f"The voice did not take: reference loss {t:.2f} vs base {b:.2f}, style distance {ts:.2f} vs "
-                f"base {bs:.2f}; {forgot}.")
-    beats = t < p and ts <= ps
-    return (f"Tuned {'beats' if beats else 'does not beat'} prompt-only on voice (reference loss {t:.2f} vs "
-            f"{p:.2f}, style distance {ts:.2f} vs {ps:.2f}); {forgot}.")
+        return (f"{lead}The voice did not take: reference loss {t:.2f} vs base {b:.2f}, style distance {ts:.2f} vs "
+                f"base {bs:.2f}; {forgot}.{tail}")
+    behind_on_adherence = bool(adh) and adh["arms"]["tuned"]["rate"] < adh["arms"]["prompt-only"]["rate"]
+    beats = t < p and ts <= ps and not behind_on_adherence
+    why = " (it speaks in the voice on fewer replies)" if behind_on_adherence else ""
+    return (f"{lead}Tuned {'beats' if beats else 'does not beat'} prompt-only on voice{why} (reference loss "
+            f"{t:.2f} vs {p:.2f}, style distance {ts:.2f} vs {ps:.2f}); {forgot}.{tail}")
 
 
-def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool = True) -> dict[str, Any]:
+def adherence_section(markers: list[adherence.Marker], unseen: list[tuple[str, list[dict]]], dropped: list[str],
+                      replies: dict[str, list[str]], inputs: EvalInputs) -> dict[str, Any]:
+    """Per arm: replies in the voice (with a Wilson 95% interval) and replies copying a training reply; per
+    prompt: which markers each arm's reply hit."""
+    training_replies = [m["content"] for c in inputs.trained for m in c if m["role"] == "assistant"]
+    arms = {k: adherence.arm_adherence(r, markers, inputs.banned) for k, r in replies.items()}
+    samples = [{"source": src, "prompt": msgs[-1]["content"],
+                **{k: replies[k][i] for k in replies},
+                **{f"{k} markers": adherence.marker_hits(replies[k][i], markers) for k in replies},
+                **{f"{k} banned": adherence.banned_hits(replies[k][i], inputs.banned) for k in replies}}
+               for i, (src, msgs) in enumerate(unseen)]
+    return {
+        "markers": [m.to_dict() for m in markers],
+        "prompts": len(unseen),
+        "from_heldout": sum(src == "held-out" for src, _ in unseen),
+        "from_test_prompts": sum(src == "test prompt" for src, _ in unseen),
+        "dropped_as_trained": dropped,
+        "arms": arms,
+        "copying": {k: adherence.copying_rate(r, training_replies) for k, r in replies.items()},
+        "samples": samples,
+    }
+
+
+def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool = True,
+              test_prompts: list[str] | None = None) -> dict[str, Any]:
+    """Score a run; `test_prompts` (else the ones prompts_for_run finds) join the held-out first turns."""
     folder = Path(adapter_dir)
     record = read_run(folder)
-    inputs = load_inputs(folder, record)
+    inputs = load_inputs(folder, record, test_prompts)
     if not inputs.heldout:
         raise ValueError(f"run {folder.name} has no held-out conversations to score on")
     chat = chat or ChatModel(record["base_model"])
@@ -281,12 +358,25 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
     likelihood = {k: reference_likelihood(chat, a, inputs.heldout) for k, a in zip(keys, arms)}
 
     prompts, refs = zip(*(split_reference(c) for c in inputs.heldout))
+    unseen, dropped = adherence.unseen_prompts(inputs.heldout, inputs.test_prompts, inputs.trained)
+    marker_prompts = [adherence.first_turn(c) for c in inputs.trained[:MARKER_PROMPTS]]
     gen = GenConfig(max_new_tokens=REPLY_TOKENS)
-    # Every prompt and every arm in one mixed batch: one pass of the model per generated token.
-    flat = chat.generate([Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms], gen)
+    # Every prompt and every arm in one mixed batch: one pass of the model per generated token. Then the
+    # unseen first turns for adherence, then base's answers to training messages, which the markers avoid.
+    requests = [Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms]
+    requests += [Request(messages_for(a, m), a.adapter) for _, m in unseen for a in arms]
+    requests += [Request(m, None) for m in marker_prompts]
+    flat = chat.generate(requests, gen)
+    n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
     rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
     replies = {k: [row[i].text for row in rows] for i, k in enumerate(keys)}
     prompt_tokens = {k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(keys)}
+    unseen_replies = {k: [flat[n_ref + j * len(arms) + i].text for j in range(len(unseen))]
+                      for i, k in enumerate(keys)}
+    base_on_training = [r.text for r in flat[n_ref + n_new:]]
+
+    training_replies = [m["content"] for c in inputs.trained for m in c if m["role"] == "assistant"]
+    markers = adherence.derive_markers(training_replies, base_on_training, inputs.required)
 
     terms = distinctive_terms(list(refs), replies["base"])
     ref_profile = profile(list(refs), inputs.required, inputs.banned, terms)
@@ -311,6 +401,8 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),
         "heldout_source": "the run's validation split (never trained on)",
+        "adherence": adherence_section(markers, unseen, dropped, unseen_replies, inputs),
+        "under_trained": adherence.still_falling(record.get("history", [])),
         "likelihood": likelihood,
         "style": style,
         "semantic": semantic,
@@ -325,14 +417,39 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
     }
     card["verdict"] = verdict(card)
     if save:
+        if test_prompts is not None:  # the next plain recompute scores on the same prompts
+            store.atomic_write_text(folder / PROMPTS_FILE, "\n".join(test_prompts) + "\n")
         store.atomic_write_json(folder / SCORECARD_FILE, card)
     return card
+
+
+def adherence_lines(card: dict[str, Any]) -> list[str]:
+    """Adherence and copying per arm, and the markers, in words (the CLI prints them; the app shows them)."""
+    adh = card["adherence"]
+    lines = [f"Voice adherence on {adh['prompts']} unseen prompts ({adh['from_heldout']} held-out first turns, "
+             f"{adh['from_test_prompts']} test prompts; replies with a marker and no banned phrase):"]
+    for k in ("base", "prompt-only", "tuned"):
+        a, c = adh["arms"][k], adh["copying"][k]
+        lines.append(f"  {k:12} {a['hits']} of {a['of']} replies ({a['rate']:.0%}, 95% CI {a['low']:.0%}–"
+                     f"{a['high']:.0%}); copying a training reply: {c['copies']} of {c['of']}")
+    if adh["dropped_as_trained"]:
+        lines.append(f"  {len(adh['dropped_as_trained'])} test prompts were left out: a trained conversation "
+                     "has them")
+    marks = ", ".join(f"“{m['text']}” ({m['kind']}, {m['example_share']:.0%} of examples)" for m in adh["markers"])
+    lines.append("Markers of the voice: " + (marks or "none found: the examples share no habit base lacks"))
+    return lines
 
 
 def summary_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline numbers as a metric x arm table (for the CLI and the app)."""
     keys = ["base", "prompt-only", "tuned"]
-    rows = [
+    rows = []
+    adh = card.get("adherence")
+    if adh:  # saved before adherence existed: the rest of the card still reads
+        rows.append({"metric": "voice adherence (share of unseen replies)",
+                     **{k: adh["arms"][k]["rate"] for k in keys}})
+        rows.append({"metric": "copying a training reply (share)", **{k: adh["copying"][k]["rate"] for k in keys}})
+    rows += [
         {"metric": "reference loss (lower = closer)", **{k: card["likelihood"][k]["loss"] for k in keys}},
         {"metric": "perplexity", **{k: card["likelihood"][k]["perplexity"] for k in keys}},
         {"metric": "style distance (lower = closer)", **{k: card["style"][k]["distance"] for k in keys}},

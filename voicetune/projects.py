@@ -133,6 +133,9 @@ def load_example(conn: sqlite3.Connection, name: str) -> int:
                  if (f"{title} {i}" if i > 1 else title) not in taken)
     pid = create_project(conn, label)
     add_imported(conn, pid, convs, source=f"example:{name}")
+    prompts = examples[name].with_name(f"{name}.prompts.txt")  # bundled voices ship their unseen test prompts
+    if prompts.is_file():
+        set_test_prompts(conn, pid, prompts.read_text(encoding="utf-8"))
     return pid
 
 
@@ -156,6 +159,23 @@ def set_base_model(conn: sqlite3.Connection, project_id: int, name: str) -> str:
     stored = info.path if Path(name).expanduser().is_dir() else info.name
     store.update_project(conn, project_id, base_model=stored)
     return stored
+
+
+def set_test_prompts(conn: sqlite3.Connection, project_id: int, text: str) -> None:
+    """The project's unseen test prompts, one per line (pasted or imported); the scorecard scores on them."""
+    with conn:
+        conn.execute("UPDATE projects SET test_prompts = ? WHERE id = ?",
+                     ("\n".join(line.strip() for line in text.splitlines() if line.strip()), project_id))
+
+
+def prompts_of_run(conn: sqlite3.Connection, run_id: str) -> str:
+    """The test prompts of the project a run was trained from ("" for a run from the command line)."""
+    job = store.connect(store.root() / store.DB_NAME).execute(
+        "SELECT project_id FROM jobs WHERE id = ?", (run_id,)).fetchone()
+    if not job or job["project_id"] is None:
+        return ""
+    row = conn.execute("SELECT test_prompts FROM projects WHERE id = ?", (job["project_id"],)).fetchone()
+    return row["test_prompts"] if row else ""
 
 
 # ---------------------------------------------------------------- conversations

@@ -6,10 +6,15 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
 - epochs: 3, raised so the run sees about 100 examples in total for tiny datasets (at most 10 epochs),
   lowered so it sees at most about 25,000 for large ones (at least 1). This is OpenAI's published
   fine-tuning default.
-- learning rate: 2e-4, the usual LoRA rate; 1e-4 above 2,000 examples, where each epoch already takes many
-  steps and a smaller rate overfits less.
+- learning rate: by model size, measured (docs/recipes.md, `make sweep`). 1e-3 for a small base model (up to
+  1B parameters, the embedded SmolLM2-135M included): at 2e-4 the voice showed in only 14 of 27 unseen
+  replies of Cosmo Coffee, at 1e-3 in all 27, with the forgetting probe within one answer of base. 2e-4, the
+  usual LoRA rate, for larger models (not measured here: a CPU cannot train them in a sweep). Either way
+  halved above 2,000 examples, where each epoch already takes many steps and a smaller rate overfits less.
 - rank: 16 below 1,000 examples (a voice is a small change), 32 from there (more varied data has more to learn).
   alpha is twice the rank.
+- Quick look (not Auto): about one pass, at most 30 steps, rank 8, at 2e-3 on a small model (3e-4 was not
+  heard: 0 of 27 replies in the voice; 2e-3: 19 of 27), 3e-4 on a larger one.
 - max length: the longest example in real tokens, rounded up to a multiple of 128 (at least 256, at most
   4096), so nothing is refused or cut by the default.
 
@@ -63,8 +68,33 @@ def _round_up(n: int, step: int) -> int:
     return int(math.ceil(n / step) * step)
 
 
-def auto_settings(lengths: list[int]) -> Settings:
-    """The Auto rule written down in the module docstring, applied to the examples' token lengths."""
+SMALL_MODEL_PARAMS = 1_000_000_000  # at or below: the small-model learning rate
+SMALL_MODEL_LR = 1e-3  # docs/recipes.md: 2e-4 left the voice on half the replies of the 135M model
+QUICK_SMALL_MODEL_LR = 2e-3  # Quick look's few steps need a high rate to be heard at all on a small model
+LARGE_MODEL_LR = 2e-4  # the usual LoRA rate; unmeasured by the sweep (it trains only the embedded model)
+
+
+def base_params(base_model: str | None) -> int | None:
+    """The base model's parameter count from its config alone (no download, no conversion): None for the
+    embedded model ("" / None / its name), which the rule treats as the small model it is, or when unreadable."""
+    from voicetune import memory
+    from voicetune.config import EMBEDDED_MODEL
+
+    if not base_model or base_model == EMBEDDED_MODEL:
+        return None
+    shape = memory.shape_of(base_model)
+    return shape.params if shape else None
+
+
+def auto_learning_rate(params: int | None, n_examples: int = 0) -> float:
+    """The rate of the Auto rule: by the base model's size (None: the embedded model), halved above 2,000."""
+    small = params is None or params <= SMALL_MODEL_PARAMS
+    return (SMALL_MODEL_LR if small else LARGE_MODEL_LR) / (2 if n_examples > 2000 else 1)
+
+
+def auto_settings(lengths: list[int], *, params: int | None = None) -> Settings:
+    """The Auto rule written down in the module docstring, applied to the examples' token lengths and the base
+    model's size in parameters (None: the embedded model, the app's default base)."""
     n = max(1, len(lengths))
     why = []
     epochs = 3
@@ -76,9 +106,12 @@ def auto_settings(lengths: list[int]) -> Settings:
         why.append(f"epochs {epochs}: {n} examples is plenty; more passes would overfit")
     else:
         why.append(f"epochs 3: the usual number of passes for {n} examples")
-    lr = 1e-4 if n > 2000 else 2e-4
-    why.append(f"learning rate {lr:g}: " + ("a large dataset takes many steps per pass" if n > 2000
-                                            else "the usual rate for a LoRA adapter"))
+    small = params is None or params <= SMALL_MODEL_PARAMS
+    lr = auto_learning_rate(params, n)
+    why.append(f"learning rate {lr:g}: " + ("a small model takes a higher rate (measured: the voice took on "
+                                            "every unseen reply at 1e-3, half at 2e-4)" if small
+                                            else "the usual rate for a LoRA adapter on a larger model")
+               + ("; halved: a large dataset takes many steps per pass" if n > 2000 else ""))
     rank = 32 if n >= 1000 else 16
     why.append(f"rank {rank}: " + ("varied data has more to learn" if rank == 32 else "a voice is a small change"))
     longest = max(lengths) if lengths else 256
@@ -87,15 +120,17 @@ def auto_settings(lengths: list[int]) -> Settings:
     return Settings(float(epochs), lr, rank, max_length, why=why)
 
 
-def preset_settings(name: str, lengths: list[int]) -> Settings:
+def preset_settings(name: str, lengths: list[int], *, params: int | None = None) -> Settings:
     """Quick look trades quality for minutes; Thorough spends more passes. Balanced is Auto."""
-    s = auto_settings(lengths)
+    s = auto_settings(lengths, params=params)
     if name in (AUTO, BALANCED):
         return s
     if name == QUICK:
         steps = max(4, min(30, math.ceil(len(lengths) / 4)))  # about one pass, at most 30 steps
-        return Settings(1.0, 3e-4, 8, s.max_length, max_steps=steps,
-                        why=[f"{steps} steps, rank 8, a higher rate: a first listen in minutes, not the final voice"]
+        # docs/recipes.md: on the 135M model 3e-4 left the voice on 0 of 27 replies, 2e-3 on 19 of 27.
+        rate = QUICK_SMALL_MODEL_LR if params is None or params <= SMALL_MODEL_PARAMS else 3e-4
+        return Settings(1.0, rate, 8, s.max_length, max_steps=steps,
+                        why=[f"{steps} steps, rank 8, rate {rate:g}: a first listen in minutes, not the final voice"]
                         + s.why[-1:])
     if name == THOROUGH:
         epochs = min(15.0, s.epochs * 1.5)

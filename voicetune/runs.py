@@ -33,6 +33,7 @@ CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, to read, diff and rerun
 HELDOUT_FILE = "heldout.jsonl"  # the conversations this run never trained on: what the scorecard scores
 FEWSHOT_FILE = "fewshot.jsonl"  # three training conversations: the scorecard's prompt-only baseline
 SCORECARD_FILE = "scorecard.json"  # the scorecard, once computed
+PROMPTS_FILE = "prompts.txt"  # the unseen test prompts the run was last scored on, one per line (if set)
 MODEL_CARD = "README.md"  # the model card written after training
 REQUIRED = (RUN_FILE, ADAPTER_WEIGHTS, ADAPTER_CONFIG)  # without these a folder is no finished run
 

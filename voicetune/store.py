@@ -336,8 +336,13 @@ def _m006_project_base_model(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE projects SET base_model = ? WHERE base_model = ''", (default_base_model(),))
 
 
+def _m007_test_prompts(conn: sqlite3.Connection) -> None:
+    """A project's unseen test prompts (one per line): the scorecard measures voice adherence on them."""
+    conn.executescript("ALTER TABLE projects ADD COLUMN test_prompts TEXT NOT NULL DEFAULT '';")
+
+
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
-              _m006_project_base_model]
+              _m006_project_base_model, _m007_test_prompts]
 
 
 def _statements(script: str) -> list[str]:

@@ -130,14 +130,15 @@ def plan(project_id: int | None, choice: str) -> tuple[Any, ...]:
         return ("No conversations to train on yet: add some on the Data tab.",) + (gr.update(),) * len(_ADVANCED)
     device, rate = models.detect_device(), _throughput(project["base_model"])
     times = []
+    params = recipes.base_params(project["base_model"])  # the Auto rate depends on the model's size
     for name in recipes.PRESETS:
-        s = recipes.preset_settings(name, lengths)
+        s = recipes.preset_settings(name, lengths, params=params)
         times.append(f"**{name}** ≈ {_minutes(recipes.estimate_seconds(s, lengths, device, rate))}")
     basis = "measured on this machine" if rate else "a first estimate for this kind of machine"
     lines = [" · ".join(times) + f" ({basis}, {len(lengths)} conversations)"]
     if choice == CUSTOM:
         return ("\n\n".join(lines + ["Using your own settings below."]),) + (gr.update(),) * len(_ADVANCED)
-    s = recipes.preset_settings(_preset_name(choice), lengths)
+    s = recipes.preset_settings(_preset_name(choice), lengths, params=params)
     lines.append(f"**{choice}** chose:\n" + "\n".join(f"- {w}" for w in s.why))
     fill = {"epochs": s.epochs, "learning_rate": s.learning_rate, "rank": s.rank, "alpha": s.alpha,
             "max_length": s.max_length, "max_steps": s.max_steps}
@@ -150,7 +151,7 @@ _ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "lr_scheduler", "epoch
              "grad_accum", "max_length", "seed", "qlora", "early_stopping", "padding_free", "activation_checkpointing")
 
 
-def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str, Any]:
+def _settings(choice: str, lengths: list[int], adv: dict[str, Any], params: int | None = None) -> dict[str, Any]:
     """TrainConfig fields: the preset's, or every advanced field as the user set it."""
     early = {"Auto": None, "On": True, "Off": False}[adv["early_stopping"]]
     qlora = {"Auto": None, "On": True, "Off": False}[adv["qlora"]]
@@ -159,7 +160,7 @@ def _settings(choice: str, lengths: list[int], adv: dict[str, Any]) -> dict[str,
               "padding_free": bool(adv["padding_free"]),
               "activation_checkpointing": {"Auto": None, "On": True, "Off": False}[adv["activation_checkpointing"]]}
     if choice != CUSTOM:
-        s = recipes.preset_settings(_preset_name(choice), lengths)
+        s = recipes.preset_settings(_preset_name(choice), lengths, params=params)
         cfg = s.as_config()
         cfg["lora"]["dropout"] = float(adv["dropout"])
         return {**common, **cfg, "preset": choice}
@@ -174,7 +175,7 @@ def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str
     adv = dict(zip(_ADVANCED, advanced))
     project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv["max_length"]))
     lengths = _train_lengths(check, project_id)
-    settings = _settings(choice, lengths, adv)
+    settings = _settings(choice, lengths, adv, recipes.base_params(project["base_model"]))
     if choice != CUSTOM:  # a preset picks its own max length from the lengths; Custom was checked with its own
         project, check = _check(project_id, settings["max_length"])
     if not check.ok:

@@ -1,0 +1,166 @@
+"""`make sweep`: train the embedded model on the bundled voices over a grid of settings, score each run.
+
+For each (voice, setting) cell it trains on the voice's examples (the run's seeded 10% validation split is
+held out), then computes the scorecard on the held-out first turns plus the voice's examples/<name>.prompts.txt,
+and appends one JSON line: adherence per arm, reference loss, style distance, the forgetting probe, the
+copying rate, and the training and scoring time. Every cell runs in its own process under
+`flock /tmp/voicetune-cpu.lock`, so other work on a shared machine interleaves between cells. The table
+(markdown) goes to stdout and to benchmarks/results/sweep-<host kind>.md.
+
+    .venv/bin/python -m benchmarks.sweep                                  # the grid of docs/recipes.md
+    .venv/bin/python -m benchmarks.sweep --voices cosmo-coffee --settings auto,lr1e-3
+    .venv/bin/python -m benchmarks.sweep --report                         # the table from the saved lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+LOCK = "/tmp/voicetune-cpu.lock"
+
+# name -> what it changes against the Balanced/Auto settings the app gives the voice. Ranges: learning rate
+# 1e-4..2e-3; epochs (examples seen = epochs x 43 training conversations); rank/alpha; early stopping.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "auto": {},  # whatever recipes.preset_settings("Balanced") chooses for the data: the row to beat
+    "lr1e-4": {"learning_rate": 1e-4},
+    "lr2e-4": {"learning_rate": 2e-4},  # the Auto rate before this sweep (cells named "auto" at lr 2e-4 are it)
+    "lr1e-3": {"learning_rate": 1e-3},
+    "lr2e-3": {"learning_rate": 2e-3},
+    "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},
+    "lr1e-3-r8": {"learning_rate": 1e-3, "lora": {"r": 8, "alpha": 16}},
+    "lr1e-3-r32": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}},
+    "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},
+    "lr1e-3-pat4": {"learning_rate": 1e-3, "early_stopping_patience": 4},
+    "quick": {"preset": "Quick look"},
+    "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
+}
+DEFAULT_VOICES = ("cosmo-coffee", "ledger-lane", "byte-desk", "grimsby-tales")
+DEFAULT_SETTINGS = ("lr2e-4", "auto", "lr2e-3")  # the old Auto rate, the Auto of now, a higher rate
+
+
+def cell_config(voice: str, setting: str, out: Path) -> Any:
+    """The TrainConfig of one cell: the preset's settings for this data, then the setting's changes."""
+    from voicetune import models, recipes
+    from voicetune.config import TrainConfig
+    from voicetune.data import list_examples, load_conversations
+    from voicetune.templates import encode
+
+    data = list_examples()[voice]
+    change = dict(SETTINGS[setting])
+    preset = change.pop("preset", recipes.BALANCED)
+    tok = models.load_tokenizer(models.resolve_base_model(None))
+    lengths = [len(encode(tok, c.messages).input_ids) for c in load_conversations(data)]
+    s = recipes.preset_settings(preset, lengths)
+    fields = {**s.as_config(), **{k: v for k, v in change.items() if k != "lora"}}
+    fields["lora"] = {**fields["lora"], **change.get("lora", {})}
+    return TrainConfig(data=str(data), out=str(out), preset=preset, scorecard=False, **fields)
+
+
+def run_cell(voice: str, setting: str) -> dict[str, Any]:
+    """Train and score one cell in this process (the parent holds it under the CPU lock)."""
+    from voicetune import evaluate, models
+    from voicetune.data import list_examples
+    from voicetune.generate import ChatModel
+    from voicetune.train import run_sft
+
+    with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
+        cfg = cell_config(voice, setting, Path(tmp) / f"{voice}-{setting}")
+        t0 = time.time()
+        record = run_sft(cfg)
+        trained_s = time.time() - t0
+        prompts = evaluate.read_prompts(list_examples()[voice].with_name(f"{voice}.prompts.txt").read_text())
+        t1 = time.time()
+        card = evaluate.scorecard(cfg.out, chat=ChatModel(record["base_model"]), save=False, test_prompts=prompts)
+        scored_s = time.time() - t1
+    adh, f = card["adherence"], card["forgetting"]
+    return {
+        "voice": voice, "setting": setting, "host": models.cpu_kind(), "threads": record["torch_threads"],
+        "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
+        "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
+        "train": record["data"]["train"], "steps": record["metrics"]["steps"],
+        "planned_steps": record["metrics"]["planned_steps"], "best_step": record["metrics"]["best_step"],
+        "adherence": {k: [a["hits"], a["of"]] for k, a in adh["arms"].items()},
+        "markers": [m["text"] for m in adh["markers"]],
+        "copying": {k: [c["copies"], c["of"]] for k, c in adh["copying"].items()},
+        "reference_loss": {k: v["loss"] for k, v in card["likelihood"].items()},
+        "style_distance": {k: card["style"][k]["distance"] for k in ("base", "prompt-only", "tuned")},
+        "probe": [round(f["base_accuracy"] * f["probes"]), round(f["tuned_accuracy"] * f["probes"]), f["probes"]],
+        "under_trained": card["under_trained"],
+        "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h], "train_s": round(trained_s, 1), "score_s": round(scored_s, 1),
+        "verdict": card["verdict"],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """One markdown row per cell; adherence as hits/of, probe as correct of 22 (base → tuned)."""
+    head = ("| voice | setting | lr | epochs | r/alpha | steps (planned) | tuned adh. | prompt-only adh. | base adh. "
+            "| copying | ref. loss tuned (base) | style dist. tuned (p-o) | probe base→tuned | train s | score s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        a, c, lk, st, p = r["adherence"], r["copying"]["tuned"], r["reference_loss"], r["style_distance"], r["probe"]
+        lines.append(
+            f"| {r['voice']} | {r['setting']} | {r['learning_rate']:g} | {r['epochs']:g} | {r['rank']}/{r['alpha']} "
+            f"| {r['steps']} ({r['planned_steps']}) | {a['tuned'][0]}/{a['tuned'][1]} | "
+            f"{a['prompt-only'][0]}/{a['prompt-only'][1]} | {a['base'][0]}/{a['base'][1]} | {c[0]}/{c[1]} | "
+            f"{lk['tuned']:.2f} ({lk['base']:.2f}) | {st['tuned']:.2f} ({st['prompt-only']:.2f}) | "
+            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def cell_env() -> dict[str, str]:
+    """Offline; the converted base model from the repo's cache; a workspace of the sweep's own (no user data)."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1",
+            "VOICETUNE_CACHE": os.environ.get("VOICETUNE_CACHE", str(ROOT / ".cache" / "models")),
+            "VOICETUNE_HOME": os.environ.get("SWEEP_HOME", str(Path(tempfile.gettempdir()) / "voicetune-sweep"))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--voices", default=",".join(DEFAULT_VOICES))
+    ap.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"of: {', '.join(SETTINGS)}")
+    ap.add_argument("--lines", default=str(RESULTS / "sweep.jsonl"), help="JSON lines, appended per cell")
+    ap.add_argument("--report", action="store_true", help="only print the table of the saved lines")
+    ap.add_argument("--cell", help=argparse.SUPPRESS)  # voice:setting, run in this process (the child)
+    a = ap.parse_args()
+    lines = Path(a.lines)
+    if a.cell:
+        row = run_cell(*a.cell.split(":"))
+        lines.parent.mkdir(parents=True, exist_ok=True)
+        with open(lines, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        return 0
+    if not a.report:
+        for voice in a.voices.split(","):
+            for setting in a.settings.split(","):
+                if setting not in SETTINGS:
+                    ap.error(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+                print(f"cell {voice}:{setting} (waiting for {LOCK})", file=sys.stderr, flush=True)
+                cmd = ["flock", LOCK, sys.executable, "-m", "benchmarks.sweep", "--cell", f"{voice}:{setting}",
+                       "--lines", str(lines)]
+                done = subprocess.run(cmd, cwd=ROOT, env=cell_env())
+                if done.returncode:
+                    print(f"cell {voice}:{setting} failed ({done.returncode}); going on", file=sys.stderr)
+    rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
+    from voicetune import models
+
+    out = table(rows)
+    print(out)
+    (RESULTS / f"sweep-{models.cpu_kind()}.md").write_text(out + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""The sweep's cells are the presets plus one named change, and its table says what each row measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.sweep import SETTINGS, cell_config, table
+
+
+def test_cells_are_balanced_plus_their_change(base_path: str, tmp_path: Path):
+    auto = cell_config("cosmo-coffee", "auto", tmp_path / "a")
+    assert (auto.epochs, auto.learning_rate, auto.lora.r, auto.lora.alpha, auto.max_steps) == (3.0, 1e-3, 16, 32, -1)
+    assert auto.preset == "Balanced" and auto.scorecard is False
+    small = cell_config("byte-desk", "lr1e-3-r8", tmp_path / "b")
+    assert (small.learning_rate, small.lora.r, small.lora.alpha) == (1e-3, 8, 16)
+    old = cell_config("lantern-tales", "lr2e-4", tmp_path / "c")
+    assert (old.learning_rate, old.epochs) == (2e-4, 3.0)
+    assert cell_config("ledger-lane", "lr1e-3-noearly", tmp_path / "d").early_stopping is False
+    assert set(SETTINGS) >= {"auto", "lr2e-4", "lr1e-3", "lr2e-3", "quick"}
+
+
+def test_table_row():
+    row = {"voice": "cosmo-coffee", "setting": "auto", "learning_rate": 1e-3, "epochs": 3.0, "rank": 16, "alpha": 32,
+           "steps": 33, "planned_steps": 33, "adherence": {"tuned": [27, 27], "prompt-only": [0, 27], "base": [0, 27]},
+           "copying": {"tuned": [0, 27]}, "reference_loss": {"tuned": 2.54, "base": 3.659},
+           "style_distance": {"tuned": 0.1, "prompt-only": 0.544}, "probe": [15, 14, 22], "train_s": 128.0,
+           "score_s": 81.2}
+    lines = table([row]).splitlines()
+    assert lines[2] == ("| cosmo-coffee | auto | 0.001 | 3 | 16/32 | 33 (33) | 27/27 | 0/27 | 0/27 | 0/27 | "
+                        "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 |")
+    assert lines[1].count("---") == lines[0].count("|") - 1
+
+
+def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):
+    from voicetune.cli import _train_config, build_parser
+
+    def cfg(*extra: str):
+        return _train_config(build_parser().parse_args(["train", "--data", "d.jsonl", "--out", "o", *extra]))
+
+    assert cfg().learning_rate == 1e-3  # the embedded model: the small-model rate the sweep chose
+    assert cfg("--learning-rate", "3e-4").learning_rate == 3e-4
+    assert cfg("--base-model", str(tiny_model)).learning_rate == 1e-3  # a tiny model is a small model
+    (tmp_path / "c.yaml").write_text("learning_rate: 5.0e-05\n")
+    assert cfg("--config", str(tmp_path / "c.yaml")).learning_rate == 5e-5

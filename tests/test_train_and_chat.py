@@ -28,6 +28,9 @@ def test_train_writes_a_whole_adapter_with_its_record(trained: Path):
     flags = Path("/proc/cpuinfo").read_text()
     expected = "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
     assert record["precision"] == f"LoRA, {expected} on CPU"
+    from voicetune import levers, models
+
+    assert record["cpu_levers"] == levers.for_kind(models.cpu_kind()).as_record()  # the choice is on record
     assert record["data"]["train"] + record["data"]["val"] == len(QUESTIONS)
     losses = [h["loss"] for h in record["history"] if "loss" in h]
     assert losses[-1] < losses[0] * 0.5, losses  # it learned the voice

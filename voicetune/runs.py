@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from voicetune import models, store
+from voicetune import levers, models, store
 from voicetune.templates import template_fingerprint
 
 # --- The folder's files ----------------------------------------------------------------------------------------
@@ -238,6 +238,8 @@ def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any
         "loss_head": type(trainer).__name__,
         "padding_free": plan.padding_free,
         "activation_checkpointing": plan.checkpointing,
+        # The CPU speed levers this host's kind chose (levers.py), so a run's speed can be read against its host
+        "cpu_levers": levers.chosen().as_record() if plan.precision.device == "cpu" else None,
         "estimated_memory_mb": round(plan.estimate.total(plan.checkpointing) / 2**20) if plan.estimate else None,
         "data": {"file": str(cfg.data), "sha256_16": prepared.data_hash, "train": len(train_rows),
                  "val": len(val_rows), "trained_tokens": sum(r.n_trained for r in train_rows),

@@ -206,3 +206,24 @@ def test_a_new_project_on_a_cpu_starts_on_the_embedded_model(workspace: Path):
     if fit.this_machine().device == "cuda":
         pytest.skip("the rule for a GPU is fit.suggest_base's, tested in test_catalog.py")
     assert base_model.suggested_base() == "embedded:smollm2-135m-instruct"
+
+
+def test_a_run_on_the_second_base_is_scored_on_its_own_base(tiny_qwen: Path, tmp_path: Path, workspace: Path):
+    """The scorecard of a run loads the base the run names (here the Qwen-shaped model with its own tokenizer and
+    template), not the app's default: base's reference loss in the card is the Qwen base's own."""
+    from voicetune import evaluate, store
+    from voicetune.arena import base_arm
+    from voicetune.generate import ChatModel
+
+    data = write_jsonl(tmp_path / "q.jsonl", [json.dumps({"messages": m}) for m in conversations("Qwen says hi!")])
+    out = store.run_dir("qwen-scored")
+    done = run_cli("train", "--data", str(data), "--out", str(out), "--base-model", str(tiny_qwen), "--max-steps",
+                   "2", "--learning-rate", "1e-2", "--val-fraction", "0.25", "--seed", "1", "--no-scorecard")
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = evaluate.scorecard(out)
+    heldout = evaluate.read_jsonl(out / evaluate.HELDOUT_FILE)
+    assert card["heldout"] == len(heldout) > 0
+    own = evaluate.reference_likelihood(ChatModel(str(tiny_qwen)), base_arm(), heldout)
+    assert card["likelihood"]["base"]["loss"] == pytest.approx(own["loss"], rel=1e-6)
+    assert card["likelihood"]["base"]["tokens"] == own["tokens"]  # counted with the Qwen tokenizer
+    assert (out / evaluate.SCORECARD_FILE).is_file()

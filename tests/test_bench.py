@@ -245,3 +245,32 @@ def test_each_cpu_kinds_levers_give_the_plain_paths_greedy_tokens(kind: str, tin
     assert chat.skinny_decode == levers.for_kind(kind).skinny_decode == (kind in levers.SKINNY_DECODE_KINDS)
     assert levers.chosen().bf16 == (kind in models.BF16_CPU_KINDS)
     assert [r.text for r in chat.generate(requests, gen)] == want
+
+
+@pytest.mark.parametrize("kind", ["amx", "avx2"])
+def test_each_cpu_kinds_training_levers_give_the_plain_loss_curve(kind: str, tiny_model: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the detection set to a bf16 kind (bf16 autocast over a base held in bf16 weights) and to an fp32
+    kind, training follows the loss curve of the plain path (fp32 weights, fp32 compute) within bf16's rounding."""
+    from voicetune import levers, models, train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:4]), encoding="utf-8")
+
+    def losses(tag: str) -> tuple[list[float], dict]:
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / tag), base_model=str(tiny_model), max_steps=3,
+                          batch_size=2, val_fraction=0.0, scorecard=False, early_stopping=False,
+                          learning_rate=1e-3, lora=LoraSettings(dropout=0.0))
+        record = train.run_sft(cfg)
+        return [h["loss"] for h in record["history"] if "loss" in h], record
+
+    monkeypatch.setattr(models, "cpu_kind", lambda: "unknown")  # never measured: fp32, no levers
+    plain, record = losses("plain")
+    assert record["precision"] == "LoRA, fp32 on CPU"
+    monkeypatch.setattr(models, "cpu_kind", lambda: kind)
+    got, record = losses(kind)
+    chosen = levers.for_kind(kind)
+    assert record["cpu_levers"] == chosen.as_record()
+    assert record["precision"] == f"LoRA, {'bf16' if chosen.bf16 else 'fp32'} on CPU"
+    assert len(got) == len(plain) == 3
+    assert got == pytest.approx(plain, rel=2e-2 if chosen.bf16 else 1e-5)

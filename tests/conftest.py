@@ -61,6 +61,8 @@ def scripted_chat(monkeypatch: pytest.MonkeyPatch):
     For UI and API tests that test the app, not the model: no weights load and replies are what the test
     enqueues. Its base model is the one it was asked for, so a run's record still has to match it.
     """
+    from collections import OrderedDict
+
     from tests.fakes import ScriptedChatModel
     from voicetune import generate
 
@@ -71,7 +73,7 @@ def scripted_chat(monkeypatch: pytest.MonkeyPatch):
         return fake
 
     monkeypatch.setattr(generate, "ChatModel", make)
-    monkeypatch.setattr(generate, "_shared", {})
+    monkeypatch.setattr(generate, "_shared", OrderedDict())  # shared_model's LRU of loaded bases
     return fake
 
 

@@ -15,10 +15,13 @@ Training, the loss mask, base purity, the scorecard and the browser journey keep
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from voicetune import models, runs
 from voicetune.config import GenConfig
@@ -37,6 +40,8 @@ class ScriptedChatModel:
 
     def __init__(self, base_model: str | None = None):
         self.base_model = base_model or models.default_base_model()
+        self.lock = threading.RLock()  # shared_model's LRU never evicts a base whose lock is held
+        self.model = torch.nn.Module()  # no weights: generate.loaded_bytes counts 0 against the memory budget
         self.adapters: dict[str, str] = {}  # name -> folder, as asked for by load_adapter
         self.requests: list[Request] = []  # every request answered, in order
         self._script: deque[str] = deque()

@@ -217,14 +217,19 @@ def small_disk(tmp_path: Path) -> Path:
 
 
 def fill(disk: Path) -> Path:
+    """Fill the disk to the last byte. Unbuffered writes, smaller and smaller: a buffered file that hit the
+    end would raise again on close, flushing what it still held."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
     return filler
 
 

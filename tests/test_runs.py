@@ -39,7 +39,8 @@ def test_every_refusal_is_one_run_error_naming_the_run_not_its_path(tmp_path: Pa
 
 
 def test_unknown_and_escaping_ids_are_refused_before_anything_is_read(workspace: Path) -> None:
-    for run_id in ("nobody", "../../etc"):
+    # An escaping id that names no folder from here: an existing folder is what a command-line user may name.
+    for run_id in ("nobody", "../../voicetune-no-such-folder"):
         with pytest.raises(runs.RunError) as e:
             runs.resolve(run_id)
         assert str(e.value) == f"no finished run called {run_id!r} in this workspace"

@@ -156,7 +156,8 @@ def test_training_moves_the_lora_weights_and_never_the_base_weights(tiny_model: 
               for k, v in trained.items() if "lora_" not in k}
     assert set(frozen) == set(base) | ({"lm_head.weight"} & set(frozen))  # tied head: saved once in the file
     for name, weight in base.items():
-        assert torch.equal(frozen[name].to(weight.dtype), weight), name
+        # as training holds it: the file's values in the dtype the engine loaded them in (bf16 on a bf16 CPU)
+        assert torch.equal(frozen[name], weight.to(frozen[name].dtype)), name
 
 
 def _peft_tiny(tiny_model: Path):

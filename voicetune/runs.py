@@ -212,13 +212,12 @@ def training_data(run_folder: Path) -> list[Path]:
 # --- The record and the folder training writes -----------------------------------------------------------
 
 def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any, trainer: Any, result: Any,
-           final_eval: dict[str, Any], total_steps: int, tokens_per_s: float | None, peak_memory_mb: float,
+           final_eval: dict[str, Any], history: list[dict[str, Any]], total_steps: int, tokens_per_s: float | None, peak_memory_mb: float,
            resumed_from: str | None, world: int, started: float) -> dict[str, Any]:
     """The run record: what trained (base, template, data and split hashes, settings), how (precision, batching),
     what came of it (metrics, history), and with which library versions, so two runs can be read and diffed."""
     import torch
 
-    history = [dict(h) for h in trainer.state.log_history]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     train_rows, val_rows = prepared.train, prepared.val
     return {

@@ -446,6 +446,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
         if checkpoint is not None:
             on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        history = [dict(h) for h in trainer.state.log_history]  # the curve as trained, before the final evaluation
         final_eval = trainer.evaluate() if val_rows else {}
         print(f"rank {rank}/{world}: trained {trainer.state.global_step} steps", file=sys.stderr, flush=True)
         if rank != 0:
@@ -453,7 +454,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
             return {}
 
         record = runs.record(cfg, prepared, base_path=base_path, tokenizer=tokenizer, plan=plan, trainer=trainer,
-                             result=result, final_eval=final_eval, total_steps=total_steps,
+                             result=result, final_eval=final_eval, history=history, total_steps=total_steps,
                              tokens_per_s=callbacks[0].tokens_per_s, peak_memory_mb=_peak_memory_mb(precision.device),
                              resumed_from=checkpoint.name if checkpoint else None, world=world, started=started)
         on_event({"type": "status", "phase": "saving", "message": "saving the adapter"})

@@ -288,7 +288,7 @@ def test_token_comes_from_hf_token_or_the_login(monkeypatch: pytest.MonkeyPatch,
 def test_bad_names_and_offline_mode_are_refused_before_any_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from huggingface_hub import constants
 
-    from voicetune import hub, store
+    from voicetune import failures, hub, store
 
     # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; set it as an offline machine has it.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -301,7 +301,7 @@ def test_bad_names_and_offline_mode_are_refused_before_any_request(tmp_path: Pat
     run = fake_adapter(store.run_dir("20260101-000000-voice-abc123"))
     with pytest.raises(hub.HubError, match="^HF_HUB_OFFLINE is set"):  # the tests run offline
         hub.push_run(run, "acme/voice", endpoint="http://127.0.0.1:9")
-    assert hub.scrub(f"a {TOKEN} b hf_OtherLookingToken99", TOKEN) == "a *** b hf_***"
+    assert failures.scrub(f"a {TOKEN} b hf_OtherLookingToken99", TOKEN) == "a *** b hf_***"
 
 
 def test_the_dataset_is_pushed_only_as_the_run_read_it(online: None, tmp_path: Path):

@@ -51,7 +51,7 @@ def test_a_base_downloads_with_progress_into_the_shared_cache_and_is_then_usable
     # Now it is here: offline too, and a project can use it.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.local_snapshot("acme/tiny-chat") == folder
-    assert weights.available_here() == ["SmolLM2-135M-Instruct (embedded)", "acme/tiny-chat"]
+    assert catalog.available_here() == ["SmolLM2-135M-Instruct (embedded)", "acme/tiny-chat"]
     pid = projects.create_project(store.connect(), "Downloaded")
     assert projects.set_base_model(store.connect(), pid, "acme/tiny-chat") == "acme/tiny-chat"
     assert catalog.check_base("acme/tiny-chat").shape.vocab == 600

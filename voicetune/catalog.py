@@ -14,13 +14,14 @@ counts are computed, not typed.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from voicetune.config import EMBEDDED_MODEL
 from voicetune.memory import ModelShape
-from voicetune.models import ModelError
+from voicetune.models import REPO_ID, ModelError, hub_cache, local_snapshot
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def check_base(name: str) -> BaseInfo:
     Offline or not yet downloaded, a Hub id is refused with the list of bases this machine has; nothing is
     fetched here (weights.download does that, on the user's request).
     """
-    from voicetune import models, weights
+    from voicetune import models
 
     name = (name or "").strip()
     if not name:
@@ -159,9 +160,9 @@ def check_base(name: str) -> BaseInfo:
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser().resolve()
     else:
-        local = weights.local_snapshot(name)
+        local = local_snapshot(name)
         if local is None:
-            raise ModelError(weights.not_here_message(name))
+            raise ModelError(not_here_message(name))
         folder = local
     reason = refusal(folder, name)
     if reason:
@@ -184,3 +185,37 @@ def shape_for(name: str) -> ModelShape | None:
         return check_base(name).shape
     except ModelError:
         return None
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now (it may have been
+    set after huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def downloaded() -> list[str]:
+    """Hub ids with a complete snapshot in the shared cache, in name order."""
+    found = []
+    for folder in sorted(hub_cache().glob("models--*--*")):
+        repo_id = folder.name.removeprefix("models--").replace("--", "/", 1)
+        if local_snapshot(repo_id) is not None:
+            found.append(repo_id)
+    return found
+
+
+def available_here() -> list[str]:
+    """Bases usable with no network: the embedded model and every downloaded one."""
+    return [label(CATALOG[0].hub_id), *downloaded()]
+
+
+def not_here_message(name: str) -> str:
+    """Why a base cannot be used yet, and what can be: a typo'd folder, offline, or not downloaded."""
+    here = ", ".join(available_here())
+    if not REPO_ID.fullmatch(name):
+        return (f"There is no folder {Path(name).name!r} and it is not a Hub id (owner/name): check the name. "
+                f"Available here: {here}.")
+    if offline():
+        return f"{name} is not on this machine and voicetune is offline (no network). Available here: {here}."
+    return f"{name} is not downloaded yet: download it first (Project settings, or `python -m voicetune fetch {name}`)."

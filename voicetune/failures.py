@@ -14,6 +14,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")  # Hugging Face user tokens, should one appear unannounced
+
+
+def scrub(text: str, token: str | None) -> str:
+    """The text with the token, and anything shaped like a token, replaced by asterisks."""
+    if token:
+        text = text.replace(token, "***")
+    return TOKEN_PATTERN.sub("hf_***", text)
+
+
 FIXES = {
     "oom": "The model ran out of memory. Reduce the max length or the batch size, turn QLoRA on, or turn "
            "activation checkpointing on (slower, but needs far less memory).",

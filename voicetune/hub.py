@@ -11,7 +11,6 @@ logged, or shown: every error leaves this module with the token cut out of its t
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,11 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from voicetune import export, runs, store
-from voicetune.failures import hide_paths
+from voicetune.failures import hide_paths, scrub
 
 MERGED_SUFFIX = "-merged"  # the merged model goes to its own repository: it loads without PEFT
 DATA_SUFFIX = "-data"  # the conversations go to a dataset repository
-TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")  # Hugging Face user tokens, should one appear unannounced
 
 
 class HubError(Exception):
@@ -61,11 +59,6 @@ def resolve_token() -> str:
     return token
 
 
-def scrub(text: str, token: str | None) -> str:
-    """The text with the token, and anything shaped like a token, replaced by asterisks."""
-    if token:
-        text = text.replace(token, "***")
-    return TOKEN_PATTERN.sub("hf_***", text)
 
 
 def check_repo_name(name: str) -> str:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -118,8 +119,6 @@ def resolve_base_model(name: str | None) -> str:
         return str(ensure_embedded())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
-    from voicetune.weights import local_snapshot
-
     local = local_snapshot(name)  # downloaded into the shared cache (weights.download)
     return str(local) if local else name  # else transformers resolves the Hub id through its own cache
 
@@ -298,3 +297,29 @@ def speed_up_small_batches(model: Any) -> int:
             module.forward = _row_major_linear.__get__(module)
             switched += 1
     return switched
+
+
+# Only what transformers needs to load a chat model: weights as safetensors, configs, tokenizer and template.
+# A repository's .bin/.pt/.gguf/onnx copies of the same weights would double or triple the download.
+WANTED = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "tokenizer*", "*.model", "*.txt"]
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def hub_cache() -> Path:
+    path = store.model_cache_dir() / "hub"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def local_snapshot(repo_id: str) -> Path | None:
+    """The downloaded folder of a Hub model in the shared cache, or None; never reaches the network."""
+    if not REPO_ID.fullmatch(repo_id or ""):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=hub_cache(), local_files_only=True,
+                                      allow_patterns=WANTED))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        return None

@@ -331,9 +331,10 @@ def _m006_project_base_model(conn: sqlite3.Connection) -> None:
     """Each project names its own base model. Before, '' meant "whatever base the app was started with"; every
     such project is pinned to that base now, so a later VOICETUNE_BASE_MODEL or a new default does not move a
     project onto another base under its runs (which compare would then refuse)."""
-    from voicetune.models import default_base_model
-
-    conn.execute("UPDATE projects SET base_model = ? WHERE base_model = ''", (default_base_model(),))
+    # The default as it stood when this migration was written (models.default_base_model then), spelled out: a
+    # migration pins what was true at its time, so a later change of the embedded default must not change it.
+    default = os.environ.get("VOICETUNE_BASE_MODEL") or "embedded:smollm2-135m-instruct"
+    conn.execute("UPDATE projects SET base_model = ? WHERE base_model = ''", (default,))
 
 
 def _m007_test_prompts(conn: sqlite3.Connection) -> None:

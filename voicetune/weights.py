@@ -11,74 +11,14 @@ only a user's explicit request downloads.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
-from voicetune import store
-from voicetune.models import ModelError
+from voicetune.catalog import find, not_here_message, offline
+from voicetune.failures import scrub
+from voicetune.models import REPO_ID, WANTED, ModelError, hub_cache, local_snapshot  # noqa: F401 - re-exported
 
-# Only what transformers needs to load a chat model: weights as safetensors, configs, tokenizer and template.
-# A repository's .bin/.pt/.gguf/onnx copies of the same weights would double or triple the download.
-WANTED = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "tokenizer*", "*.model", "*.txt"]
-REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
-
-
-def hub_cache() -> Path:
-    path = store.model_cache_dir() / "hub"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as the environment says now (it may have been
-    set after huggingface_hub was imported)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-
-
-def local_snapshot(repo_id: str) -> Path | None:
-    """The downloaded folder of a Hub model in the shared cache, or None; never reaches the network."""
-    if not REPO_ID.fullmatch(repo_id or ""):
-        return None
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=hub_cache(), local_files_only=True,
-                                      allow_patterns=WANTED))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        return None
-
-
-def downloaded() -> list[str]:
-    """Hub ids with a complete snapshot in the shared cache, in name order."""
-    found = []
-    for folder in sorted(hub_cache().glob("models--*--*")):
-        repo_id = folder.name.removeprefix("models--").replace("--", "/", 1)
-        if local_snapshot(repo_id) is not None:
-            found.append(repo_id)
-    return found
-
-
-def available_here() -> list[str]:
-    """Bases usable with no network: the embedded model and every downloaded one."""
-    from voicetune.catalog import CATALOG, label
-
-    return [label(CATALOG[0].hub_id), *downloaded()]
-
-
-def not_here_message(name: str) -> str:
-    """Why a base cannot be used yet, and what can be: a typo'd folder, offline, or not downloaded."""
-    here = ", ".join(available_here())
-    if not REPO_ID.fullmatch(name):
-        return (f"There is no folder {Path(name).name!r} and it is not a Hub id (owner/name): check the name. "
-                f"Available here: {here}.")
-    if offline():
-        return f"{name} is not on this machine and voicetune is offline (no network). Available here: {here}."
-    return f"{name} is not downloaded yet: download it first (Project settings, or `python -m voicetune fetch {name}`)."
 
 
 def _tqdm_reporting(on_progress: Progress) -> type:
@@ -114,9 +54,6 @@ def download(repo_id: str, *, token: str | None = None, on_progress: Progress | 
     """
     from huggingface_hub import get_token, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    from voicetune.catalog import find
-    from voicetune.hub import scrub
 
     if not REPO_ID.fullmatch(repo_id or ""):
         raise ModelError(f"{repo_id!r} is not a Hub id: write it as owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct")

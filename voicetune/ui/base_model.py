@@ -11,10 +11,10 @@ from typing import Any
 
 import gradio as gr
 
-from voicetune import catalog, fit, projects, store, weights
+from voicetune import catalog, fit, models, projects, store, weights
 from voicetune.failures import hide_paths
 from voicetune.models import ModelError
-from voicetune.ui.data_tab import pid
+from voicetune.ui.session import pid
 
 
 def choices() -> list[tuple[str, str]]:
@@ -22,7 +22,7 @@ def choices() -> list[tuple[str, str]]:
     entries = [(f"{e.name} · {e.params / 1e9:.2f}B · {e.licence}{' · gated' if e.gated else ''}", e.hub_id)
                for e in catalog.CATALOG]
     known = {e.hub_id for e in catalog.CATALOG}
-    return entries + [(f"{repo} · downloaded", repo) for repo in weights.downloaded() if repo not in known]
+    return entries + [(f"{repo} · downloaded", repo) for repo in catalog.downloaded() if repo not in known]
 
 
 def suggested_base() -> str:
@@ -31,7 +31,7 @@ def suggested_base() -> str:
     from voicetune.models import default_base_model
 
     name = fit.suggest_base(fit.this_machine())
-    if catalog.find(name) is catalog.CATALOG[0] or weights.local_snapshot(name) is not None:
+    if catalog.find(name) is catalog.CATALOG[0] or models.local_snapshot(name) is not None:
         return name
     return default_base_model()
 
@@ -50,7 +50,7 @@ def availability(name: str) -> str:
         catalog.check_base(name)
         return "Downloaded: available here."
     except ModelError as e:
-        if weights.REPO_ID.fullmatch(name) and not weights.offline() and "not downloaded" in str(e):
+        if models.REPO_ID.fullmatch(name) and not catalog.offline() and "not downloaded" in str(e):
             size = weights.download_size(name)
             return f"Not downloaded yet{f' ({size / 1e9:.1f} GB)' if size else ''}: press Download."
         return hide_paths(str(e))

@@ -25,7 +25,7 @@ from voicetune.models import ModelError
 from voicetune.runs import finished as finished_runs
 from voicetune.runs import read as read_run
 from voicetune.ui import downloads
-from voicetune.ui.data_tab import pid
+from voicetune.ui.session import pid
 
 MAX_PANES = 4
 BASE_CHOICE = "Base model"

@@ -24,6 +24,7 @@ from voicetune.importers import ImportReport
 from voicetune.templates import TemplateError, encode_all, preview
 from voicetune.ui import downloads
 from voicetune.ui.charts import bar_chart_html
+from voicetune.ui.session import pid
 
 MASK_COLORS = {"trained": "#16a34a"}
 ROLE_LABELS = [("Customer (user)", "user"), ("Brand reply (assistant)", "assistant"), ("Instructions (system)", "system")]
@@ -36,12 +37,6 @@ MAX_LENGTH = TrainConfig.max_length  # the default a run uses; the health check 
 
 def _conn():
     return store.connect()
-
-
-def pid(project: Any) -> int:
-    """The project id a handler works on: the page's, or for a call with none yet (an API client, a page still
-    loading) the user's current project. The page is built without one (see build_data_tab)."""
-    return projects.current_project(_conn()) if project in (None, "") else int(project)
 
 
 def project_tokenizer(project: int) -> Any:

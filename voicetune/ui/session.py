@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 import gradio as gr
 from gradio.context import LocalContext
 
-from voicetune import store
+from voicetune import projects, store
 
 Mode = Literal["shared", "password", "huggingface"]
 # Events the page fires on its own (loads, timers) and steps chained after another event. Signed out they leave
@@ -244,3 +244,9 @@ def build_identity_bar() -> gr.Markdown:
             gr.LoginButton(scale=0)
         who = gr.Markdown(elem_id="voicetune-identity")
     return who
+
+
+def pid(project: Any) -> int:
+    """The project id a handler works on: the page's, or for a call with none yet (an API client, a page still
+    loading) the user's current project. The page is built without one (see data_tab.build_data_tab)."""
+    return projects.current_project(store.connect()) if project in (None, "") else int(project)

@@ -17,7 +17,7 @@ import pandas as pd
 from voicetune import jobs, limits, models, projects, recipes, runs, store
 from voicetune.config import TrainConfig
 from voicetune.ui.charts import line_chart_html
-from voicetune.ui.data_tab import pid
+from voicetune.ui.session import pid
 
 POLL_SECONDS = 1.0
 CUSTOM = "Custom"

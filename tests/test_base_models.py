@@ -179,14 +179,14 @@ def test_project_settings_pick_check_and_use_a_base(tiny_qwen: Path, tmp_path: P
     assert picker["choices"][2] == ("Qwen2.5-0.5B-Instruct · 0.49B · Apache-2.0", "Qwen/Qwen2.5-0.5B-Instruct")
     assert about.startswith("**SmolLM2-135M-Instruct (embedded)**\n0.13B parameters · licence [Apache-2.0]"
                             "(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct) · context 8,192 tokens · "
-                            "chatml chat template\nEmbedded: always available here, offline too.\n\n"
+                            "chatml chat template\n\nEmbedded: always available here, offline too.\n\n"
                             "**Will it fit this machine?**")
     gated = base_model.describe("meta-llama/Llama-3.1-8B-Instruct", pid)
     assert "licence [Llama 3.1 Community License](https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct) (gated: " \
            "accept it on the Hub first)" in gated
     assert "meta-llama/Llama-3.1-8B-Instruct is not on this machine and voicetune is offline (no network)." in gated
     about = base_model.use(str(tiny_qwen), pid)
-    assert about.startswith(f"**{tiny_qwen.name}**\nDownloaded: available here.")
+    assert about.startswith(f"**{tiny_qwen.name}**\n\nDownloaded: available here.")
     assert about.endswith(f"This project's base now: **{tiny_qwen.name}**. Runs keep the base they were trained on.")
     broken = tmp_path / "custom-code"
     shutil.copytree(tiny_qwen, broken)

@@ -68,7 +68,7 @@ def describe(name: str | None, project: int | None) -> str:
         lines.append(f"{entry.params / 1e9:.2f}B parameters · licence [{entry.licence}]({entry.licence_url})"
                      f"{' (gated: accept it on the Hub first)' if entry.gated else ''} · context {entry.context:,} "
                      f"tokens · {entry.template} chat template")
-    lines.append(availability(name))
+    lines += ["", availability(name)]  # its own paragraph: markdown would run it into the facts line
     if shape is not None:
         report = fit.fit_report(shape, fit.this_machine(), lengths=project_lengths(project))
         lines += ["", "**Will it fit this machine?** (an estimate: rank 16, batch 4, max length 1024)"]

@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from voicetune.adherence import wilson  # one Wilson interval, for votes and adherence alike
 
 CHOICES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
 FEW_SHOT = 3  # example exchanges in the prompt-only arm's system prompt: enough to show the voice, cheap enough
@@ -95,16 +96,6 @@ def new_round(arms: list[Arm], blind: bool, rng: random.Random) -> Round:
         shown = list(arms)
     return Round(id=uuid.uuid4().hex, arms=shown, blind=blind)
 
-
-def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval: honest at the small vote counts a person will actually give."""
-    if n == 0:
-        return 0.0, 1.0
-    p = wins / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def win_rates(votes: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 NF4_BITS = 4.127  # 4-bit codes + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax (double quant)
 HALF = 2  # bytes of a bf16/fp16 value
-FULL = 4  # bytes of an fp32 value: a CPU keeps fp32 weights (bf16 is autocast, where the CPU has it)
+FULL = 4  # bytes of an fp32 value: a CPU without bf16 trains and chats on fp32 weights
 # Saved for backward per token in one decoder layer, in 16-bit values: the two RMSNorm inputs and outputs
 # (6h counting their fp32 upcasts), q k v, the attention output, the residual (together 4h + 2·kv width),
 # and the MLP's gate, up, act(gate) and act(gate)*up (4·intermediate). LoRA's rank-r outputs are negligible.
@@ -128,8 +128,9 @@ class TrainingEstimate:
 
 def training_estimate(shape: ModelShape, *, qlora: bool, lora_rank: int, micro_batch: int, max_length: int,
                       eight_bit_optimizer: bool = False, device: str = "cuda") -> TrainingEstimate:
-    """On a CPU (device="cpu") weights and activations count 4 bytes a value and there is no CUDA context:
-    load_model keeps fp32 weights there, and autocast's bf16 copies are transient, so fp32 is the upper bound."""
+    """On a CPU (device="cpu") weights and activations count 4 bytes a value and there is no CUDA context: fp32
+    is what a CPU without bf16 holds, and the upper bound on one with it (load_model keeps a bf16-trained base
+    in bf16 weights there, levers.py), so the estimate may overstate a bf16 CPU's need, never understate it."""
     tokens = micro_batch * max_length
     value = HALF if device == "cuda" else FULL
     return TrainingEstimate(

@@ -187,6 +187,7 @@ def check_training(name: str, base: Path, data: Path, out: Path, steps: int, fp1
     figures = {"precision": record["precision"], "steps": record["metrics"]["steps"], "first_loss": losses[0],
                "last_loss": losses[-1], "tokens_per_s": record["metrics"]["tokens_per_s"],
                "peak_allocated_mb": record["metrics"]["peak_memory_mb"],
+               "estimated_memory_mb": record["estimated_memory_mb"],  # what "will it fit" said, CUDA context included
                "activation_checkpointing": record["activation_checkpointing"]}
     return Check(name, ok, f"{record['precision']}, {record['metrics']['steps']} steps, loss {losses[0]:.3f} -> "
                            f"{losses[-1]:.3f}", figures)

@@ -217,6 +217,24 @@ def test_a_cuda_run_trains_4bit_with_fp32_adapters_and_chats_in_one_mixed_batch(
     assert together == alone
 
 
+@pytest.mark.gpu
+def test_a_cuda_runs_peak_memory_stays_within_its_fit_estimate(base_path: str, tmp_path: Path) -> None:
+    """Project settings' "will it fit" must never understate: a QLoRA run of a 1.7B-shaped model (random weights,
+    the embedded tokenizer, long conversations) peaks, as torch.cuda.max_memory_allocated sees it, under the
+    estimate that picked its settings, less the CUDA context that the allocator does not count."""
+    from benchmarks.gpu import random_model
+
+    config = json.loads((CONFIGS / "smollm2-1.7b.json").read_text())
+    base, _ = random_model(config, base_path, tmp_path / "base", device="cuda")
+    cfg = TrainConfig(data=str(ROOT / "benchmarks" / "data" / "mixed-lengths.jsonl"), out=str(tmp_path / "run"),
+                      base_model=str(base), max_steps=4, batch_size=4, val_fraction=0.0, scorecard=False,
+                      early_stopping=False, max_length=2048, qlora=True, lora=LoraSettings(r=16, alpha=32))
+    record = train.run_sft(cfg)
+    peak_mb, estimate_mb = record["metrics"]["peak_memory_mb"], record["estimated_memory_mb"]
+    print(f"peak allocated {peak_mb} MB, estimate {estimate_mb} MB (context {memory.CONTEXT_BYTES >> 20} MB of it)")
+    assert 0 < peak_mb <= estimate_mb - (memory.CONTEXT_BYTES >> 20)
+
+
 def test_activation_checkpointing_from_the_config_trains(tiny_model: Path, tmp_path: Path) -> None:
     data = voice_data(tmp_path / "d.jsonl", "Arr.")
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "out"), base_model=str(tiny_model), max_steps=2,

@@ -206,23 +206,27 @@ def check_chat(base: Path, adapters: list[Path], device: str) -> Check:
     batched = chat.generate(requests, gen)
     chat.batch_arms = False
     alone = chat.generate(requests, gen)
-    same = [b.text == a.text or _numerical_tie(chat, msgs, r.adapter, b.text, a.text)
+    gaps = [None if b.text == a.text else divergence_gap(chat, msgs, r.adapter, b.text, a.text)
             for r, b, a in zip(requests, batched, alone)]
+    same = [b.text == a.text or (g is not None and g < TIE) for b, a, g in zip(batched, alone, gaps)]
     tps = sum(r.reply_tokens for r in batched) / max(r.seconds for r in batched)
     figures = {"four_bit": chat.precision.qlora, "same_greedy": same, "first_token_s": batched[0].first_token_s,
-               "batch_tokens_per_s": round(tps, 1),
-               "alone_tokens_per_s": [round(r.tokens_per_second, 1) for r in alone]}
+               "logit_gap_where_they_part": gaps, "batch_tokens_per_s": round(tps, 1),
+               "alone_tokens_per_s": [round(r.tokens_per_second, 1) for r in alone],
+               "alone_first_token_s": [r.first_token_s for r in alone],
+               "plain_generate_base_tokens_per_s": round(plain_generate_rate(chat, msgs, gen.max_new_tokens), 1)}
     ttft = f"{batched[0].first_token_s:.3f} s" if batched[0].first_token_s else "n/a"
     return Check("chat: base + 2 adapters in one mixed batch on the 4-bit base", all(same) and chat.precision.qlora,
                  f"greedy equal one-at-a-time for {sum(same)}/{len(same)} arms; first token {ttft}, "
                  f"{tps:.1f} tokens/s for the batch", figures)
 
 
-def _numerical_tie(chat: Any, msgs: list[dict], adapter: str | None, text_a: str, text_b: str) -> bool:
-    """Whether two greedy replies part where the arm's two candidate tokens are within TIE of each other.
+def divergence_gap(chat: Any, msgs: list[dict], adapter: str | None, text_a: str, text_b: str) -> float | None:
+    """Where two greedy replies part, how far apart the arm's two candidate tokens' logits are (None: no token
+    to compare, e.g. one reply is a prefix of the other).
 
     A random model's logits are nearly flat, and a batch of 3 rows multiplies in other kernels than 1 row, so
-    bf16 rounding may pick the other of two near-equal tokens; that is not a wrong adapter, which the gap shows.
+    bf16 rounding may pick the other of two near-equal tokens (a gap under TIE); a wrong adapter shows a wide gap.
     """
     from voicetune.templates import render
 
@@ -230,10 +234,30 @@ def _numerical_tie(chat: Any, msgs: list[dict], adapter: str | None, text_a: str
     a, b = (tok(t, add_special_tokens=False)["input_ids"] for t in (text_a, text_b))
     k = first_divergence(a, b)
     if k is None or k >= min(len(a), len(b)):
-        return False
+        return None
     prompt = tok(render(tok, msgs, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     logits = chat.logits(prompt + a[:k], adapter)[-1].float()
-    return abs(float(logits[a[k]] - logits[b[k]])) < TIE
+    return abs(float(logits[a[k]] - logits[b[k]]))
+
+
+def plain_generate_rate(chat: Any, msgs: list[dict], new_tokens: int) -> float:
+    """transformers' own greedy generate on the same loaded model, base arm, all adapters off: the plain
+    baseline for the chat's tokens/s (reply tokens over the whole call, first token included, as Reply counts)."""
+    import torch
+
+    from voicetune.templates import render
+
+    tok = chat.tokenizer
+    ids = tok(render(tok, msgs, add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
+    ids = ids.to(chat.model.device)
+    off = chat.model.disable_adapter() if hasattr(chat.model, "disable_adapter") else contextlib.nullcontext()
+    with chat.lock, torch.inference_mode(), off:
+        chat.model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)  # warm-up
+        start = time.perf_counter()
+        out = chat.model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                  pad_token_id=tok.pad_token_id)
+        seconds = time.perf_counter() - start
+    return (out.shape[1] - ids["input_ids"].shape[1]) / seconds
 
 
 def check_merge(adapter: Path, dest: Path) -> Check:

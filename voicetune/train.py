@@ -281,20 +281,21 @@ def _trainer_class(device: str) -> type:
     return LabelledHeadSFTTrainer
 
 
-def keep_adapters_fp32(model: Any, precision: models.Precision) -> int:
-    """Put the trainable (LoRA) parameters back in fp32 unless training runs in bf16; returns how many moved.
+def keep_adapters_fp32(model: Any) -> int:
+    """Put the trainable (LoRA) parameters back in fp32, whatever the compute precision; returns how many moved.
 
     TRL 1.16 casts the trainable parameters of any quantized model to bf16, whatever the precision flags
     (sft_trainer.py, after get_peft_model; PEFT's autocast_adapter_dtype is not honoured for quantized models,
     peft#2889). Under fp16 (a T4 or V100) the trainer's GradScaler then meets bf16 gradients and fails at the
-    first optimizer step (trl#4901), and on a CPU in fp32 the adapter would learn in bf16 for nothing. fp32
-    master weights under fp16 autocast are the usual mixed-precision recipe. Done after the trainer is built and
-    before train() creates the optimizer; `param.data` keeps each Parameter object, so nothing holds a stale one.
+    first optimizer step (trl#4901). Under bf16 the adapter would learn in bf16: an AdamW step of ~1e-4 on a
+    LoRA weight of ~0.05 is below bf16's resolution there (8 bits of mantissa), so small updates round away.
+    fp32 master weights under 16-bit autocast are the usual mixed-precision recipe and PEFT's own default for
+    unquantized models, and cost a few MB. The GPU check found the bf16 copy on an H100 (2026-11-26). Done after
+    the trainer is built and before train() creates the optimizer; `param.data` keeps each Parameter object,
+    so nothing holds a stale one.
     """
     import torch
 
-    if precision.bf16:
-        return 0
     moved = 0
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
@@ -314,13 +315,21 @@ class Plan:
     estimate: memory.TrainingEstimate | None
 
 
-def plan_run(cfg: TrainConfig, base_path: str, device: str) -> Plan:
+def plan_run(cfg: TrainConfig, base_path: str, device: str, longest: int | None = None) -> Plan:
+    """How this run uses the device. `longest`: the longest training example in tokens, when known.
+
+    A micro-batch is never longer than its longest example (batches pad to their own longest, and padding-free
+    packs at most micro_batch examples), so the activation estimate uses that, not the max length: on an H100 a
+    1.7B QLoRA run estimated at the 4,096-token max length said 45 GB where it peaked at 5.6 GB (the GPU check,
+    2026-11-26), which would have turned checkpointing on, 20-30% slower, on any card under 50 GB.
+    """
     precision = models.precision_for(device, cfg.qlora)
     padding_free, attention = padding_free_plan(cfg.padding_free, device, None)
     micro_batch, _ = micro_batching(replace(cfg, padding_free=padding_free), device)
     shape = memory.shape_of(base_path)
+    length = min(cfg.max_length, longest) if longest else cfg.max_length
     estimate = None if shape is None else memory.training_estimate(
-        shape, qlora=precision.qlora, lora_rank=cfg.lora.r, micro_batch=micro_batch, max_length=cfg.max_length,
+        shape, qlora=precision.qlora, lora_rank=cfg.lora.r, micro_batch=micro_batch, max_length=length,
         eight_bit_optimizer=precision.qlora and device == "cuda")
     checkpointing = checkpointing_for(cfg, estimate, memory.free_bytes(device))
     return Plan(precision, padding_free, attention, checkpointing, estimate)
@@ -350,7 +359,7 @@ def build_trainer(cfg: TrainConfig, plan: Plan, model: Any, tokenizer: Any, prep
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our Progress callback reports instead of raw dict prints
-    keep_adapters_fp32(trainer.model, plan.precision)
+    keep_adapters_fp32(trainer.model)
     return trainer
 
 
@@ -416,7 +425,8 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     # Plan the device's use, then load the model
     from transformers import EarlyStoppingCallback
 
-    plan = plan_run(cfg, base_path, models.detect_device())
+    longest = max((len(r.input_ids) for r in train_rows), default=0)
+    plan = plan_run(cfg, base_path, models.detect_device(), longest=longest)
     precision = plan.precision
     if cfg.padding_free and not plan.padding_free:
         on_event({"type": "status", "message": "padding-free batches need flash or flex attention, which this "

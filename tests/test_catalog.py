@@ -134,6 +134,21 @@ def test_on_a_cpu_weights_and_activations_are_fp32_with_no_cuda_context():
     ]
 
 
+def test_a_bf16_cpu_counts_its_bf16_weights_and_says_so():
+    """A CPU with bf16 instructions trains on bf16 weights (models.load_model): its fit counts 2 bytes a value, and
+    the label says bf16, where a CPU without them counts and says fp32."""
+    from voicetune import fit
+
+    shape = catalog.CATALOG[0].shape
+    plain = fit.training_options(shape, fit.CPU_16GB, rank=16, batch=4, max_length=1024)
+    bf16 = fit.training_options(shape, fit.Machine("CPU", "cpu", 16 * 10**9, bf16=True), rank=16, batch=4,
+                                max_length=1024)
+    assert [o.label for o in bf16] == ["LoRA bf16", "LoRA bf16, checkpointing"]
+    lora = shape.lora_params(16) * 16  # fp32 adapter, gradients and AdamW moments either way
+    for p, b in zip(plain, bf16):
+        assert p.bytes - lora == 2 * (b.bytes - lora)  # weights and activations: half the bytes
+
+
 def test_the_advice_says_plainly_what_fits_and_what_would():
     from voicetune import fit
 

@@ -27,6 +27,7 @@ class Machine:
     name: str  # what the user knows it as: the GPU's name, or "CPU"
     device: str  # "cuda" or "cpu"
     memory: int | None  # bytes a run may use: the GPU's memory, or the machine's RAM; None: unknown
+    bf16: bool = False  # a CPU with real bf16 instructions: it trains on bf16 weights (models.load_model)
 
 
 # Reference machines for the README's table: the memory nvidia-smi reports for each GPU (a "16 GB" T4 shows
@@ -38,6 +39,7 @@ CPU_16GB = Machine("CPU (16 GB RAM)", "cpu", 16 * 10**9)
 
 def this_machine() -> Machine:
     """The GPU voicetune trains on (its total memory, as a plan is made before any run), else the CPU's RAM."""
+    from voicetune import models
     from voicetune.models import detect_device, local_rank
 
     if detect_device() == "cuda":
@@ -49,7 +51,7 @@ def this_machine() -> Machine:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         ram = None
-    return Machine("CPU", "cpu", ram)
+    return Machine("CPU", "cpu", ram, bf16=models.cpu_has_bf16())
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,12 @@ class Option:
     bytes: int
     fits: bool
     device: str = "cuda"
+    bf16: bool = False  # on a CPU: bf16 weights, not fp32
 
     @property
     def label(self) -> str:
-        kind = "QLoRA 4-bit" if self.qlora else "LoRA 16-bit" if self.device == "cuda" else "LoRA fp32"
+        cpu = "LoRA bf16" if self.bf16 else "LoRA fp32"
+        kind = "QLoRA 4-bit" if self.qlora else "LoRA 16-bit" if self.device == "cuda" else cpu
         return kind + (", checkpointing" if self.checkpointing else "")
 
 
@@ -85,16 +89,17 @@ class FitReport:
 
 
 def training_options(shape: ModelShape, machine: Machine, *, rank: int, batch: int, max_length: int) -> list[Option]:
-    """Every way this machine can train the model, cheapest in memory last. A CPU trains with fp32 weights only:
-    voicetune never quantizes on a CPU (precision_for), where 4-bit kernels are slower, not smaller in practice."""
+    """Every way this machine can train the model, cheapest in memory last. A CPU trains LoRA only, on fp32
+    weights, or bf16 ones where it has bf16 instructions: voicetune never quantizes on a CPU (precision_for),
+    where 4-bit kernels are slower, not smaller in practice."""
     kinds = (False, True) if machine.device == "cuda" else (False,)
     out = []
     for qlora in kinds:
         est = memory.training_estimate(shape, qlora=qlora, lora_rank=rank, micro_batch=batch, max_length=max_length,
-                                       device=machine.device)
+                                       device=machine.device, cpu_bf16=machine.bf16)
         for ckpt in (False, True):
             need = est.total(checkpointing=ckpt)
-            out.append(Option(qlora, ckpt, need, memory.fits(need, machine.memory), machine.device))
+            out.append(Option(qlora, ckpt, need, memory.fits(need, machine.memory), machine.device, machine.bf16))
     return out
 
 
@@ -175,7 +180,7 @@ def what_would_fit(shape: ModelShape, machine: Machine, *, rank: int, batch: int
 
     def need(s: ModelShape, b: int, length: int) -> int:
         return memory.training_estimate(s, qlora=qlora, lora_rank=rank, micro_batch=b, max_length=length,
-                                        device=machine.device).total(checkpointing=True)
+                                        device=machine.device, cpu_bf16=machine.bf16).total(checkpointing=True)
 
     length = max_length // 2
     while length >= SHORTEST and not memory.fits(need(shape, batch, length), machine.memory):

@@ -127,12 +127,13 @@ class TrainingEstimate:
 
 
 def training_estimate(shape: ModelShape, *, qlora: bool, lora_rank: int, micro_batch: int, max_length: int,
-                      eight_bit_optimizer: bool = False, device: str = "cuda") -> TrainingEstimate:
-    """On a CPU (device="cpu") weights and activations count 4 bytes a value and there is no CUDA context: fp32
-    is what a CPU without bf16 holds, and the upper bound on one with it (load_model keeps a bf16-trained base
-    in bf16 weights there, levers.py), so the estimate may overstate a bf16 CPU's need, never understate it."""
+                      eight_bit_optimizer: bool = False, device: str = "cuda",
+                      cpu_bf16: bool = False) -> TrainingEstimate:
+    """On a CPU (device="cpu") there is no CUDA context, and weights and activations count 4 bytes a value, or 2
+    on a CPU with bf16 instructions (cpu_bf16), where load_model keeps a base that trains under bf16 in bf16
+    weights (levers.py)."""
     tokens = micro_batch * max_length
-    value = HALF if device == "cuda" else FULL
+    value = HALF if device == "cuda" or cpu_bf16 else FULL
     return TrainingEstimate(
         weights=weight_bytes(shape, qlora, value),
         adapter=adapter_bytes(shape, lora_rank, eight_bit_optimizer),

@@ -231,8 +231,9 @@ def test_a_shared_adapter_naming_another_base_is_refused_before_anything_loads(
     record = json.loads((adapter_folder / "run.json").read_text())
     entries = {**adapter_entries(adapter_folder), "run.json": json.dumps({**record, "base_model": "evil/model"}).encode()}
     message = refused(client, "/add_shared_adapter", handle_file(str(zip_of(tmp_path / "evil.zip", entries))))
-    assert message == ("This zip was not added: this adapter was trained on the base model 'evil/model', which this "
-                       "app does not use; only adapters of this app's base model can be added")
+    assert message == ("This zip was not added: this adapter was trained on the base model 'evil/model', which is "
+                       "not on this machine; only adapters of the embedded model, this app's base model or a model "
+                       "downloaded here can be added (download the base first: Project settings)")
     assert runs_in(app) == []
     # Refused before any model is converted or loaded: an empty model cache stays empty.
     cache = tmp_path / "empty-cache"
@@ -244,6 +245,14 @@ def test_a_shared_adapter_naming_another_base_is_refused_before_anything_loads(
     assert archives.allowed_base_models() == ["embedded:smollm2-135m-instruct"]
     monkeypatch.setenv("VOICETUNE_BASE_MODEL", "acme/house-model")
     assert archives.allowed_base_models() == ["embedded:smollm2-135m-instruct", "acme/house-model"]
+    # A model downloaded into the shared cache (a complete snapshot) is here already: its adapters may come in
+    snapshot = cache / "hub" / "models--acme--downloaded" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "hub" / "models--acme--downloaded" / "refs").mkdir()
+    (cache / "hub" / "models--acme--downloaded" / "refs" / "main").write_text("0" * 40)
+    assert archives.allowed_base_models() == ["embedded:smollm2-135m-instruct", "acme/house-model",
+                                              "acme/downloaded"]
 
 
 def test_an_imported_run_keeps_no_path_of_its_author(adapter_folder: Path, tmp_path: Path, workspace: Path) -> None:

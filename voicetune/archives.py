@@ -130,14 +130,17 @@ def _check_weights(folder: Path) -> None:
 
 
 def allowed_base_models(base_model: str | None = None) -> list[str]:
-    """The base models a shared adapter may name: the embedded one and the ones this app is configured with.
+    """The base models a shared adapter may name: the embedded one, the ones this app is configured with, and
+    every Hub model already downloaded into the shared cache (a project may train on any of them).
 
     A record names its base as text, and whatever it names would be loaded (or downloaded) by the scorecard
-    and the compare arena; so an adapter of any other base is refused before anything loads.
+    and the compare arena; so an adapter of a base that is not here already is refused before anything loads.
     """
+    from voicetune import catalog
     from voicetune.config import EMBEDDED_MODEL
 
-    return list(dict.fromkeys([EMBEDDED_MODEL, models.default_base_model(), *([base_model] if base_model else [])]))
+    configured = [EMBEDDED_MODEL, models.default_base_model(), *([base_model] if base_model else [])]
+    return list(dict.fromkeys([*configured, *catalog.downloaded()]))
 
 
 def _allowed_base(record: dict[str, Any], base_model: str | None) -> str:
@@ -147,8 +150,9 @@ def _allowed_base(record: dict[str, Any], base_model: str | None) -> str:
         if named == allowed or (Path(allowed).is_absolute() and named == Path(allowed).name):
             return allowed
     shown = str(named)[:100] if isinstance(named, str) else repr(named)[:100]
-    raise ArchiveError(f"this adapter was trained on the base model {shown!r}, which this app does not use; "
-                       "only adapters of this app's base model can be added")
+    raise ArchiveError(f"this adapter was trained on the base model {shown!r}, which is not on this machine; "
+                       "only adapters of the embedded model, this app's base model or a model downloaded here can "
+                       "be added (download the base first: Project settings)")
 
 
 def _check_base(record: dict[str, Any], base: str) -> None:

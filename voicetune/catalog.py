@@ -196,9 +196,11 @@ def offline() -> bool:
 
 
 def downloaded() -> list[str]:
-    """Hub ids with a complete snapshot in the shared cache, in name order."""
-    found = []
-    for folder in sorted(hub_cache().glob("models--*--*")):
+    """Hub ids with a complete snapshot in the shared cache, in name order. Only reads: no folder is made (an
+    adapter import asks this before anything is allowed to touch the cache)."""
+    cache = hub_cache(create=False)
+    found: list[str] = []
+    for folder in sorted(cache.glob("models--*--*")) if cache.is_dir() else []:
         repo_id = folder.name.removeprefix("models--").replace("--", "/", 1)
         if local_snapshot(repo_id) is not None:
             found.append(repo_id)

@@ -305,9 +305,11 @@ WANTED = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "tok
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def hub_cache() -> Path:
+def hub_cache(create: bool = True) -> Path:
+    """Where downloaded Hub models live, shared by every user; `create=False` only names it (for readers)."""
     path = store.model_cache_dir() / "hub"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

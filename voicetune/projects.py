@@ -382,6 +382,7 @@ class ProjectCheck:
     lengths: dict[int, int] = field(default_factory=dict)  # conversation id -> tokens
     duplicates: list[tuple[int, int, float]] = field(default_factory=list)  # (keep, drop, similarity)
     shortened: dict[int, list[dict]] = field(default_factory=dict)  # id -> the turns kept, when truncate=True
+    over_length: list[int] = field(default_factory=list)  # ids refused only for want of consent to truncate
     val_fraction: float = 0.0
     n_train: int = 0
     n_val: int = 0
@@ -440,6 +441,7 @@ def check_project(conn: sqlite3.Connection, project_id: int, tokenizer: Any, max
                                                    f"first {len(head)} turns ({n} tokens) will be trained on",
                                                    "conversation"))
             elif n > max_length:
+                report.over_length.append(conv.line)
                 found = [Problem(conv.line, "messages", f"is {n} tokens, over the max length of {max_length}: "
                                  "shorten it, split it, raise the max length, or let voicetune drop its last turns",
                                  "conversation")]

@@ -11,6 +11,7 @@ from voicetune.data import Conversation
 from voicetune.importers import (
     ImportReport,
     check_extension,
+    csv_header,
     detect_format,
     export_hf_dataset,
     export_openai_jsonl,
@@ -451,6 +452,16 @@ def test_bom_and_crlf_in_csv():
     assert report.problems == []
     assert messages(report) == messages(import_csv(CSV, "question", "answer", "persona"))
     assert [c.line for c in report.conversations] == [2, 3, 5]
+
+
+def test_the_column_picker_offers_the_header_the_import_reads():
+    # One delimiter guess for both: a semicolon file whose cells hold commas shows its three columns, not one.
+    raw = b"\xef\xbb\xbf question ;answer; persona\r\nHi, there;Hello, you!;\n"
+    assert csv_header(raw) == ["question", "answer", "persona"]
+    assert messages(import_csv(raw, "question", "answer")) == [
+        [{"role": "user", "content": "Hi, there"}, {"role": "assistant", "content": "Hello, you!"}]]
+    assert csv_header(b"prompt\treply\n") == ["prompt", "reply"]
+    assert csv_header(CSV) == ["question", "answer", "persona"]
 
 
 def test_bom_and_crlf_in_pasted_text_and_bytes():

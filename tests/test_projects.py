@@ -156,12 +156,14 @@ def test_check_project_lengths_split_duplicates_and_consented_shortening(conn, t
         f"conversation {long_id}, messages: is {report_len(tokenizer, long_conv)}"
         " tokens, over the max length of 96: shorten it, split it, raise the max length, or let voicetune drop its "
         "last turns"]
+    assert report.over_length == [long_id]  # what the Data tab's "Drop the last turns" button counts
     assert f"conversation {dup}: is the same as conversation 1: merge them" in [str(w) for w in report.warnings]
     assert (1, dup, 1.0) in report.duplicates
     assert (report.n_train, report.n_val, report.val_fraction) == (10, 2, 0.2)  # 12 trainable, 20% by size
 
     consented = projects.check_project(conn, pid, tokenizer, max_length=96, truncate=True)
     assert consented.problems == [] and consented.shortened[long_id] == long_conv[:2]
+    assert consented.over_length == []
     assert projects.apply_shortening(conn, consented) == 1
     kept = [c["messages"] for c in store.list_conversations(conn, pid)]
     assert long_conv[:2] in kept and long_conv not in kept
@@ -185,7 +187,7 @@ def test_a_reply_that_cannot_fit_is_refused_even_with_consent(conn, tokenizer):
     n = report_len(tokenizer, exchange("Hi", "word " * 200))
     assert str(report.problems[0]) == (f"conversation {cid}, messages: is {n} tokens and even its first reply does "
                                        "not fit the max length of 64: shorten it by hand or split it")
-    assert report.shortened == {}
+    assert report.shortened == {} and report.over_length == []  # nothing the button could shorten
 
 
 def test_load_example_project(conn):

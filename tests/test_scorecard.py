@@ -32,6 +32,25 @@ def test_distinctive_terms_and_probe_matching():
     assert probe_passed({"expect_case": ["CAT"]}, "CAT") and not probe_passed({"expect_case": ["CAT"]}, "cat")
 
 
+def test_the_chat_model_answers_the_likelihood_of_labelled_tokens_as_the_models_own_loss(tiny_model: Path):
+    # The scorecard asks ChatModel.nll, never the weights; it must agree with the model's own shifted loss.
+    import torch
+
+    from voicetune.generate import ChatModel
+    from voicetune.templates import IGNORE
+
+    chat = ChatModel(str(tiny_model))
+    ids = [chat.tokenizer.bos_token_id or 1, 17, 42, 99, 7, 256, 3, 88]
+    labels = [IGNORE, IGNORE, IGNORE, 99, 7, 256, IGNORE, 88]  # a prompt, a reply, a gap, a last token
+    total, count = chat.nll(ids, labels, None)
+    assert count == 4  # the labelled tokens after the first: each is predicted from the ones before it
+    with torch.inference_mode():
+        own = chat.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+    assert total / count == pytest.approx(float(own), rel=1e-4)
+    assert chat.nll(ids, ids, None)[1] == len(ids) - 1
+    assert chat.context_length == 2048  # the tiny model's max_position_embeddings
+
+
 @pytest.mark.slow
 def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapter: Path, tmp_path: Path):
     # The real run: the scorecard was computed automatically right after training.

@@ -21,7 +21,6 @@ import base64
 import hashlib
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -57,10 +56,6 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _root_db() -> sqlite3.Connection:
-    return store.connect(store.root() / store.DB_NAME)
-
-
 def _home_name() -> str:
     """The current workspace as the route records it: '' for the root, else its folder under users/."""
     home = store.home()
@@ -80,38 +75,26 @@ def make_key(name: str, *, owner: str | None, requests_per_minute: int = REQUEST
             raise ValueError(f"The key's {field} must be between {low} and {high:,}, not {value}.")
     key = PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     digest = key_hash(key)
-    conn = store.connect()
-    with conn:
-        conn.execute(
-            "INSERT INTO api_keys (name, hash, hint, owner, requests_per_minute, max_tokens, max_prompt_tokens,"
-            " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, digest, key[-4:], owner, int(requests_per_minute), int(max_tokens), int(max_prompt_tokens),
-             time.time()))
-    root = _root_db()
-    with root:
-        root.execute("INSERT INTO api_key_routes (hash, home) VALUES (?, ?)", (digest, _home_name()))
+    store.add_api_key(store.connect(), name=name, digest=digest, hint=key[-4:], owner=owner,
+                      requests_per_minute=int(requests_per_minute), max_tokens=int(max_tokens),
+                      max_prompt_tokens=int(max_prompt_tokens))
+    store.add_key_route(store.connect_root(), digest, _home_name())
     return key
 
 
 def list_keys() -> list[dict[str, Any]]:
     """The current workspace's keys, newest first, without their hashes."""
-    rows = store.connect().execute(
-        "SELECT id, name, hint, requests_per_minute, max_tokens, max_prompt_tokens, created, revoked"
-        " FROM api_keys ORDER BY id DESC").fetchall()
-    return [dict(r) for r in rows]
+    return store.list_api_keys(store.connect())
 
 
 def revoke_key(key_id: int) -> bool:
     """Revoke one of the current workspace's keys at once; False if it has no such live key."""
     conn = store.connect()
-    row = conn.execute("SELECT hash FROM api_keys WHERE id = ? AND revoked IS NULL", (int(key_id),)).fetchone()
+    row = store.live_api_key(conn, key_id=int(key_id))
     if row is None:
         return False
-    with conn:
-        conn.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), int(key_id)))
-    root = _root_db()
-    with root:
-        root.execute("DELETE FROM api_key_routes WHERE hash = ?", (row["hash"],))
+    store.revoke_api_key(conn, int(key_id))
+    store.delete_key_route(store.connect_root(), row["hash"])
     _limiter.forget(row["hash"])
     return True
 
@@ -125,19 +108,18 @@ def authenticate(key: str | None, *, signed_in: bool) -> KeyInfo:
     if not key.startswith(PREFIX) or len(key) > 200:
         raise wrong
     digest = key_hash(key)
-    route = _root_db().execute("SELECT home FROM api_key_routes WHERE hash = ?", (digest,)).fetchone()
-    if route is None or bool(route["home"]) != signed_in:
+    route = store.key_route(store.connect_root(), digest)
+    if route is None or bool(route) != signed_in:
         raise wrong
-    home = store.root() / "users" / route["home"] if route["home"] else store.root()
+    home = store.root() / "users" / route if route else store.root()
     if not (home / store.DB_NAME).is_file():
         raise wrong
-    row = store.connect(home / store.DB_NAME).execute(
-        "SELECT * FROM api_keys WHERE hash = ? AND revoked IS NULL", (digest,)).fetchone()
+    row = store.live_api_key(store.connect(home / store.DB_NAME), digest=digest)
     if row is None:
         raise wrong
     owner = row["owner"]
     # The row must name the workspace it sits in: a copied database cannot lend its keys to another user.
-    if (owner is None) == signed_in or (owner is not None and store.user_dir_name(owner) != route["home"]):
+    if (owner is None) == signed_in or (owner is not None and store.user_dir_name(owner) != route):
         raise wrong
     return KeyInfo(id=row["id"], name=row["name"], hash=digest, owner=owner,
                    requests_per_minute=row["requests_per_minute"], max_tokens=row["max_tokens"],
@@ -156,21 +138,16 @@ def set_alias(alias: str, run_id: str) -> None:
     if alias != run_id and (store.runs_dir() / alias).is_dir():
         raise ValueError(f"“{alias}” is already the id of another run: choose another alias.")
     store.run_dir(run_id)  # refuses ids that are not run ids
-    conn = store.connect()
-    with conn:
-        conn.execute("INSERT OR REPLACE INTO model_aliases (alias, run_id) VALUES (?, ?)", (alias, run_id))
+    store.set_model_alias(store.connect(), alias, run_id)
 
 
 def remove_alias(alias: str) -> None:
-    conn = store.connect()
-    with conn:
-        conn.execute("DELETE FROM model_aliases WHERE alias = ?", (alias,))
+    store.delete_model_alias(store.connect(), alias)
 
 
 def aliases() -> dict[str, str]:
     """alias -> run id in the current workspace."""
-    rows = store.connect().execute("SELECT alias, run_id FROM model_aliases ORDER BY alias").fetchall()
-    return {r["alias"]: r["run_id"] for r in rows}
+    return store.model_aliases(store.connect())
 
 
 # --- Rate limits ------------------------------------------------------------------------------------------

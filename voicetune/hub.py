@@ -136,6 +136,51 @@ def _full_id(api: object, repo_id: str) -> str:
     return repo_id if "/" in repo_id else f"{api.whoami()['name']}/{repo_id}"  # type: ignore[attr-defined]
 
 
+def _look_before_writing(api: object, repo_id: str, *, include_merged: bool,
+                         include_dataset: bool) -> tuple[str, dict[str, str | None]]:
+    """The adapter repository's full id, and each target repository's visibility (None: not there yet). Looked
+    up before anything is written: an existing repository is someone's work, and may be public."""
+    owner_name = _full_id(api, repo_id)
+    targets = [(owner_name, "model"), *([(owner_name + MERGED_SUFFIX, "model")] if include_merged else []),
+               *([(owner_name + DATA_SUFFIX, "dataset")] if include_dataset else [])]
+    return owner_name, {name: _visibility(api, name, repo_type) for name, repo_type in targets}
+
+
+def _stage(adapter_dir: Path, staging: Path, record: dict, repo_id: str, *, include_merged: bool, merged_dtype: str,
+           data_files: dict[str, Path], say: Callable[[str], None]) -> list[tuple[str, str, str, Path]]:
+    """Every folder to upload, written before the first upload so a failed merge uploads nothing: (kind,
+    repository, repository type, folder) each. `data_files` empty: no dataset."""
+    say("preparing the adapter")
+    uploads = [("adapter", repo_id, "model", export.write_adapter_folder(adapter_dir, staging / "adapter"))]
+    if include_merged:
+        say(f"merging the adapter into the base model ({merged_dtype})")
+        uploads.append(("merged model", repo_id + MERGED_SUFFIX, "model",
+                        _stage_merged(adapter_dir, staging, merged_dtype, record)))
+    if data_files:
+        folder = staging / "data"
+        folder.mkdir()
+        for name, source in data_files.items():
+            shutil.copyfile(source, folder / name)
+        store.atomic_write_text(folder / "README.md", dataset_card(record))
+        uploads.append(("dataset", repo_id + DATA_SUFFIX, "dataset", folder))
+    return uploads
+
+
+def _upload(api: object, uploads: list[tuple[str, str, str, Path]], pushed: list[Pushed], *, repo_id: str,
+            owner_name: str, visibility: dict[str, str | None], private: bool, run_id: str | None,
+            say: Callable[[str], None]) -> None:
+    """Create each repository (private by default; an existing one keeps its visibility) and upload its folder
+    in one commit. `pushed` grows as each lands, so a later failure can say what already went up."""
+    for kind, name, repo_type, folder in uploads:
+        say(f"uploading the {kind} to {name}")
+        full = owner_name + name[len(repo_id):]
+        url = api.create_repo(name, private=private, repo_type=repo_type, exist_ok=True)  # type: ignore[attr-defined]
+        api.upload_folder(repo_id=url.repo_id, folder_path=folder, repo_type=repo_type,  # type: ignore[attr-defined]
+                          commit_message=f"{kind} from voicetune run {run_id}")
+        was = visibility.get(full)
+        pushed.append(Pushed(kind, url.repo_id, str(url), private if was is None else was == "private"))
+
+
 def push_run(
     adapter_dir: Path, repo_id: str, *, private: bool = True, include_merged: bool = False,
     include_dataset: bool = False, merged_dtype: str = "bf16", endpoint: str | None = None,
@@ -158,7 +203,7 @@ def push_run(
         record = runs.read(adapter_dir)
     except runs.RunError:
         raise HubError(f"{adapter_dir.name} is not a finished voicetune run") from None
-    data_files = _data_files(adapter_dir, record) if include_dataset else {}  # cheap checks before any merge
+    data_files = _data_files(adapter_dir, record) if include_dataset else {}  # local checks before any request
     if constants.HF_HUB_OFFLINE:
         raise HubError("HF_HUB_OFFLINE is set on this machine, so nothing can be pushed to the Hub")
     token = token or resolve_token()
@@ -166,40 +211,15 @@ def push_run(
     pushed: list[Pushed] = []
     staging = Path(tempfile.mkdtemp(prefix=store.owned_temp_prefix("push"), dir=store.home()))
     try:
-        data_files = _data_files(adapter_dir, record) if include_dataset else {}  # local checks before any request
-        # Look before writing: an existing repository is someone's work, and may be public
-        owner_name = _full_id(api, repo_id)
-        targets = [(owner_name, "model"), *([(owner_name + MERGED_SUFFIX, "model")] if include_merged else []),
-                   *([(owner_name + DATA_SUFFIX, "dataset")] if include_dataset else [])]
-        visibility = {name: _visibility(api, name, repo_type) for name, repo_type in targets}
+        owner_name, visibility = _look_before_writing(api, repo_id, include_merged=include_merged,
+                                                      include_dataset=include_dataset)
         existing = {name: v for name, v in visibility.items() if v is not None}
         if existing and not overwrite:
             raise RepoExists(existing)
-
-        # Stage every folder before the first upload
-        say("preparing the adapter")
-        uploads = [("adapter", repo_id, "model", export.write_adapter_folder(adapter_dir, staging / "adapter"))]
-        if include_merged:
-            say(f"merging the adapter into the base model ({merged_dtype})")
-            uploads.append(("merged model", repo_id + MERGED_SUFFIX, "model",
-                            _stage_merged(adapter_dir, staging, merged_dtype, record)))
-        if include_dataset:
-            folder = staging / "data"
-            folder.mkdir()
-            for name, source in data_files.items():
-                shutil.copyfile(source, folder / name)
-            store.atomic_write_text(folder / "README.md", dataset_card(record))
-            uploads.append(("dataset", repo_id + DATA_SUFFIX, "dataset", folder))
-
-        # Create each repository (private by default) and upload its folder in one commit
-        for kind, name, repo_type, folder in uploads:
-            say(f"uploading the {kind} to {name}")
-            full = owner_name + name[len(repo_id):]
-            url = api.create_repo(name, private=private, repo_type=repo_type, exist_ok=True)
-            api.upload_folder(repo_id=url.repo_id, folder_path=folder, repo_type=repo_type,
-                              commit_message=f"{kind} from voicetune run {record.get('run_id')}")
-            was = visibility.get(full)
-            pushed.append(Pushed(kind, url.repo_id, str(url), private if was is None else was == "private"))
+        uploads = _stage(adapter_dir, staging, record, repo_id, include_merged=include_merged,
+                         merged_dtype=merged_dtype, data_files=data_files, say=say)
+        _upload(api, uploads, pushed, repo_id=repo_id, owner_name=owner_name, visibility=visibility,
+                private=private, run_id=record.get("run_id"), say=say)
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - HTTP, validation and disk errors all reach the user as one message

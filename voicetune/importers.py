@@ -219,6 +219,20 @@ def import_alpaca(raw: bytes) -> ImportReport:
     return _import_records(raw, _from_alpaca, ("instruction", "input", "output", "system"))
 
 
+def csv_delimiter(header_line: str) -> str:
+    """Whichever of comma, tab or semicolon the header line uses most: one guess, shared by the import and the
+    column picker the app offers before it, so the picker never shows columns the import would not find."""
+    return max(",\t;", key=header_line.count)
+
+
+def csv_header(raw: bytes) -> list[str]:
+    """The CSV's column names as import_csv reads them (trimmed), from its first line only: the app offers them
+    as soon as a file is uploaded. Read leniently: a header with a stray quote still shows its columns here, and
+    the import itself then names the problem."""
+    first = raw.removeprefix(BOM).partition(b"\n")[0].decode("utf-8", errors="replace").rstrip("\r")
+    return [cell.strip() for cell in next(csv.reader([first], delimiter=csv_delimiter(first)), [])]
+
+
 def import_csv(raw: bytes, prompt_column: str, response_column: str,
                system_column: str | None = None) -> ImportReport:
     """A spreadsheet export with a header row; each row is one user turn and its reply.
@@ -228,7 +242,7 @@ def import_csv(raw: bytes, prompt_column: str, response_column: str,
     """
     text, problems = _decode(raw)
     bad = {p.line for p in problems}
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=max(",\t;", key=text.partition("\n")[0].count),
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text.partition("\n")[0]),
                         strict=True)  # strict: a stray quote is reported, not glued onto the next rows
     try:
         header = [cell.strip() for cell in next(reader, [])]

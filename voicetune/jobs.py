@@ -59,12 +59,7 @@ def max_job_seconds() -> float:
 
 def db() -> sqlite3.Connection:
     """The queue's database: the root workspace's, shared by every user of this machine."""
-    return store.connect(store.root() / store.DB_NAME)
-
-
-def _history(conn: sqlite3.Connection, job_id: str, state: str, note: str = "") -> None:
-    conn.execute("INSERT INTO job_history (job_id, state, note, time) VALUES (?, ?, ?, ?)",
-                 (job_id, state, note, time.time()))
+    return store.connect_root()
 
 
 def _set_state(conn: sqlite3.Connection, job_id: str, state: str, *, when: tuple[str, ...] = ACTIVE,
@@ -73,19 +68,11 @@ def _set_state(conn: sqlite3.Connection, job_id: str, state: str, *, when: tuple
     sets = {"state": state, "code": code, "message": message, **extra}
     if state in ("succeeded", "failed", "cancelled", "interrupted"):
         sets["finished"] = time.time()
-    assignments = ", ".join(f"{k} = ?" for k in sets)
-    marks = ", ".join("?" * len(when))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cur = conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state IN ({marks})",
-                           (*sets.values(), job_id, *when))
-        if cur.rowcount:
-            _history(conn, job_id, state, message)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return bool(cur.rowcount)
+    with store.immediate(conn):
+        moved = store.update_job(conn, job_id, sets, when=when)
+        if moved:
+            store.add_job_history(conn, job_id, state, message)
+    return moved
 
 
 # --- Processes ------------------------------------------------------------------------------------------
@@ -228,7 +215,7 @@ class Job:
 
 
 def get(job_id: str) -> Job:
-    row = db().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = store.get_job(db(), job_id)
     if row is None:
         raise KeyError(f"no training job {job_id!r}")
     return Job.from_row(row)
@@ -243,22 +230,18 @@ def owned(job_id: str) -> Job:
 
 
 def list_jobs(all_users: bool = False) -> list[Job]:
-    rows = db().execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
-    jobs = [Job.from_row(r) for r in rows]
+    jobs = [Job.from_row(r) for r in store.list_jobs(db())]
     return jobs if all_users else [j for j in jobs if Path(j.home) == store.home()]
 
 
 def history(job_id: str) -> list[dict[str, Any]]:
-    rows = db().execute("SELECT state, note, time FROM job_history WHERE job_id = ? ORDER BY id", (job_id,))
-    return [dict(r) for r in rows]
+    return store.job_history(db(), job_id)
 
 
 def queue_position(job_id: str) -> tuple[int | None, float | None]:
     """Place in the queue (1 = next) and the estimated seconds until it starts."""
-    conn = db()
-    rows = conn.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created").fetchall()
     wait, position = 0.0, 0
-    for row in rows:
+    for row in store.active_jobs(db()):
         if row["state"] == "running":
             elapsed = time.time() - (row["started"] or time.time())
             wait += max(0.0, (row["estimate_s"] or 0.0) - elapsed)
@@ -285,20 +268,16 @@ def submit(data_text: str, label: str = "run", *, heldout_text: str = "", projec
                       **settings)
     cfg.to_yaml(folder / "config.yaml")
     conn = db()
-    conn.execute("BEGIN IMMEDIATE")  # the count and the insert in one transaction: two clicks cannot both pass
     try:
-        active = conn.execute("SELECT COUNT(*) FROM jobs WHERE home = ? AND state IN ('queued', 'running')",
-                              (str(store.home()),)).fetchone()[0]
-        if active >= max_active_jobs():
-            raise JobLimitError(f"you already have {active} training jobs queued or running, the most one workspace "
-                                "may have at a time; wait for one to finish or cancel one, then start again")
-        conn.execute("INSERT INTO jobs (id, home, project_id, label, state, folder, estimate_s, created)"
-                     " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                     (run_id, str(store.home()), project_id, label, str(folder), estimate_s, time.time()))
-        _history(conn, run_id, "queued")
-        conn.execute("COMMIT")
+        with store.immediate(conn):  # the count and the insert in one transaction: two clicks cannot both pass
+            active = store.count_active_jobs(conn, str(store.home()))
+            if active >= max_active_jobs():
+                raise JobLimitError(f"you already have {active} training jobs queued or running, the most one "
+                                    "workspace may have at a time; wait for one to finish or cancel one, then start again")
+            store.add_job(conn, run_id, home=str(store.home()), project_id=project_id, label=label, folder=str(folder),
+                          estimate_s=estimate_s)
+            store.add_job_history(conn, run_id, "queued")
     except BaseException:
-        conn.execute("ROLLBACK")
         shutil.rmtree(folder, ignore_errors=True)
         raise
     supervisor().wake()
@@ -312,26 +291,16 @@ def cancel(job_id: str) -> str:
     and the update could otherwise be missed (it was "queued" when looked at, "running" when updated).
     """
     conn = db()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cur = conn.execute(
-            "UPDATE jobs SET cancel_requested = 1,"
-            " message = CASE state WHEN 'queued' THEN 'cancelled before it started' ELSE message END,"
-            " finished = CASE state WHEN 'queued' THEN ? ELSE finished END,"
-            " state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END"
-            " WHERE id = ? AND home = ? AND state IN ('queued', 'running')",
-            (time.time(), job_id, str(store.home())))
-        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND home = ?", (job_id, str(store.home()))).fetchone()
-        if cur.rowcount:
+    with store.immediate(conn):
+        asked = store.request_cancel(conn, job_id, str(store.home()))
+        row = store.get_job(conn, job_id, home=str(store.home()))
+        if asked:
             before_start = row["state"] == "cancelled"
-            _history(conn, job_id, row["state"], "cancelled before it started" if before_start else "cancel requested")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+            store.add_job_history(conn, job_id, row["state"],
+                                  "cancelled before it started" if before_start else "cancel requested")
     if row is None:
         raise KeyError(f"no training job {job_id!r}")
-    if not cur.rowcount:
+    if not asked:
         return f"nothing to cancel: the job is {row['state']}"
     if row["state"] == "cancelled":
         return "cancelled before it started"
@@ -358,7 +327,7 @@ def recover() -> list[str]:
     """Mark jobs whose process is gone without a final word as interrupted. Runs at start-up and on each tick."""
     conn = db()
     lost = []
-    for row in conn.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
+    for row in store.running_jobs(conn):
         if _alive(row):
             continue
         if not row["pid"] and time.time() - (row["started"] or 0) < START_GRACE_S:
@@ -373,19 +342,11 @@ def recover() -> list[str]:
 
 def _claim_next(conn: sqlite3.Connection) -> sqlite3.Row | None:
     """Atomically take the oldest queued job if nothing is running: two callers can never both win."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        busy = conn.execute("SELECT 1 FROM jobs WHERE state = 'running' LIMIT 1").fetchone()
-        row = None if busy else conn.execute(
-            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+    with store.immediate(conn):
+        row = None if store.any_job_running(conn) else store.oldest_queued_job(conn)
         if row is not None:
-            conn.execute("UPDATE jobs SET state = 'running', started = ?, pid = NULL, message = '' WHERE id = ?",
-                         (time.time(), row["id"]))
-            _history(conn, row["id"], "running", "resumed" if row["resume"] else "")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+            store.start_job(conn, row["id"])
+            store.add_job_history(conn, row["id"], "running", "resumed" if row["resume"] else "")
     return row
 
 
@@ -470,19 +431,15 @@ class Supervisor:
         if row is not None:
             proc = _spawn(row)
             self.children[row["id"]] = proc
-            conn.execute("UPDATE jobs SET pid = ?, pid_start = ? WHERE id = ?",
-                         (proc.pid, _process_start(proc.pid), row["id"]))
+            store.set_job_pid(conn, row["id"], proc.pid, _process_start(proc.pid))
 
     def _enforce_cancels(self, conn: sqlite3.Connection) -> None:
         """A child that ignores SIGTERM past the grace period is killed, so cancel always ends a job."""
-        rows = conn.execute("SELECT * FROM jobs WHERE state = 'running' AND cancel_requested = 1").fetchall()
-        for row in rows:
+        for row in store.cancelling_jobs(conn):
             proc = self.children.get(row["id"])
             if proc is None or proc.poll() is not None:
                 continue
-            marks = conn.execute("SELECT time FROM job_history WHERE job_id = ? ORDER BY id DESC LIMIT 1",
-                                 (row["id"],)).fetchone()
-            if time.time() - (marks["time"] if marks else 0) > CANCEL_GRACE_S:
+            if time.time() - store.last_job_change(conn, row["id"]) > CANCEL_GRACE_S:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -490,8 +447,7 @@ class Supervisor:
         """A job past the time limit fails with code "timeout" and is stopped like a cancel (SIGTERM: no half
         adapter is kept); a child of ours still alive a grace period after its job ended is killed."""
         limit = max_job_seconds()
-        for row in conn.execute("SELECT * FROM jobs WHERE state = 'running' AND started < ?",
-                                (time.time() - limit,)).fetchall():
+        for row in store.jobs_running_since(conn, time.time() - limit):
             message = f"stopped after {limit / 3600:g} h, the longest one job may run on this machine"
             if _set_state(conn, row["id"], "failed", when=("running",), code="timeout", message=message) \
                     and _alive(row):
@@ -499,7 +455,7 @@ class Supervisor:
         for job_id, proc in list(self.children.items()):
             if proc.poll() is not None:
                 continue
-            row = conn.execute("SELECT state, finished FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = store.get_job(conn, job_id)
             if row and row["state"] not in ACTIVE and time.time() - (row["finished"] or 0) > CANCEL_GRACE_S:
                 os.killpg(proc.pid, signal.SIGKILL)
 
@@ -537,8 +493,7 @@ def child_connection() -> sqlite3.Connection:
 
 def cancel_requested(job_id: str) -> bool:
     """Whether a cancel came before this child could be signalled (it was being started at the time)."""
-    row = child_connection().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return bool(row and row["cancel_requested"])
+    return store.job_cancel_requested(child_connection(), job_id)
 
 
 def record_end(job_id: str, state: str, code: str | None = None, message: str = "") -> None:

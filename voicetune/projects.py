@@ -42,15 +42,14 @@ class ProjectError(ValueError):
 
 
 def list_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT * FROM projects WHERE deleted IS NULL ORDER BY name COLLATE NOCASE").fetchall()
-    return [dict(r) for r in rows]
+    return store.list_projects(conn)
 
 
 def _free_name(conn: sqlite3.Connection, name: str, project_id: int | None = None) -> str:
     name = (name or "").strip()
     if not name:
         raise ProjectError("Give the project a name.")
-    row = conn.execute("SELECT id, deleted FROM projects WHERE name = ? AND id IS NOT ?", (name, project_id)).fetchone()
+    row = store.project_named(conn, name, other_than=project_id)
     if row and row["deleted"] is not None:
         raise ProjectError(f"A project called “{name}” is in the trash: restore it, or choose another name.")
     if row:
@@ -63,10 +62,7 @@ def create_project(conn: sqlite3.Connection, name: str, **settings: Any) -> int:
     default unless given; the app passes the base it suggests for the machine)."""
     name = _free_name(conn, name)
     settings.setdefault("base_model", default_base_model())
-    with conn:
-        cur = conn.execute("INSERT INTO projects (name, created, opened) VALUES (?, ?, ?)",
-                           (name, time.time(), time.time()))
-    pid = int(cur.lastrowid)
+    pid = store.add_project(conn, name)
     store.update_project(conn, pid, **settings)
     return pid
 
@@ -80,43 +76,32 @@ def open_project(conn: sqlite3.Connection, project_id: int) -> dict[str, Any]:
     project = store.get_project(conn, project_id)
     if project["deleted"] is not None:
         raise ProjectError(f"“{project['name']}” is in the trash: restore it first.")
-    with conn:
-        conn.execute("UPDATE projects SET opened = ? WHERE id = ?", (time.time(), project_id))
+    store.mark_project_opened(conn, project_id)
     return project
 
 
 def current_project(conn: sqlite3.Connection) -> int:
     """The project last opened; a fresh workspace gets the default one."""
-    row = conn.execute("SELECT id FROM projects WHERE deleted IS NULL ORDER BY opened DESC, id LIMIT 1").fetchone()
-    return int(row["id"]) if row else create_project(conn, store.DEFAULT_PROJECT)
+    last = store.last_opened_project(conn)
+    return last if last is not None else create_project(conn, store.DEFAULT_PROJECT)
 
 
 def delete_project(conn: sqlite3.Connection, project_id: int) -> None:
     """To the trash, conversations and votes included; restore_project brings it all back."""
-    with conn:
-        conn.execute("UPDATE projects SET deleted = ? WHERE id = ?", (time.time(), project_id))
+    store.trash_project(conn, project_id)
 
 
 def restore_project(conn: sqlite3.Connection, project_id: int) -> None:
-    with conn:
-        conn.execute("UPDATE projects SET deleted = NULL, opened = ? WHERE id = ?", (time.time(), project_id))
+    store.restore_project(conn, project_id)
 
 
 def trashed_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute("SELECT * FROM projects WHERE deleted IS NOT NULL ORDER BY deleted DESC")]
+    return store.list_trashed_projects(conn)
 
 
 def purge_trash(conn: sqlite3.Connection, now: float | None = None) -> int:
     """Remove for good what has been in the trash longer than TRASH_DAYS; returns how many rows went."""
-    cutoff = (now or time.time()) - TRASH_DAYS * DAY
-    with conn:
-        old = [r["id"] for r in conn.execute("SELECT id FROM projects WHERE deleted < ?", (cutoff,))]
-        gone = conn.execute("DELETE FROM conversations WHERE deleted < ?", (cutoff,)).rowcount
-        for pid in old:
-            gone += conn.execute("DELETE FROM conversations WHERE project_id = ?", (pid,)).rowcount
-            gone += conn.execute("DELETE FROM votes WHERE project_id = ?", (pid,)).rowcount
-            gone += conn.execute("DELETE FROM projects WHERE id = ?", (pid,)).rowcount
-    return gone
+    return store.purge_trashed(conn, (now or time.time()) - TRASH_DAYS * DAY)
 
 
 def load_example(conn: sqlite3.Connection, name: str) -> int:
@@ -128,7 +113,7 @@ def load_example(conn: sqlite3.Connection, name: str) -> int:
     if problems:  # the shipped files are tested; this guards a hand-edited copy
         raise ProjectError(f"The example {name} has problems: {problems[0]}")
     title = name.replace("-", " ").title()
-    taken = {r["name"] for r in conn.execute("SELECT name FROM projects")}
+    taken = store.project_names(conn)
     label = next(f"{title} {i}" if i > 1 else title for i in range(1, len(taken) + 2)
                  if (f"{title} {i}" if i > 1 else title) not in taken)
     pid = create_project(conn, label)
@@ -163,43 +148,32 @@ def set_base_model(conn: sqlite3.Connection, project_id: int, name: str) -> str:
 
 def set_test_prompts(conn: sqlite3.Connection, project_id: int, text: str) -> None:
     """The project's unseen test prompts, one per line (pasted or imported); the scorecard scores on them."""
-    with conn:
-        conn.execute("UPDATE projects SET test_prompts = ? WHERE id = ?",
-                     ("\n".join(line.strip() for line in text.splitlines() if line.strip()), project_id))
+    store.set_test_prompts(conn, project_id, "\n".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def prompts_of_run(conn: sqlite3.Connection, run_id: str) -> str:
     """The test prompts of the project a run was trained from ("" for a run from the command line)."""
-    job = store.connect(store.root() / store.DB_NAME).execute(
-        "SELECT project_id FROM jobs WHERE id = ?", (run_id,)).fetchone()
+    job = store.get_job(store.connect_root(), run_id)
     if not job or job["project_id"] is None:
         return ""
-    row = conn.execute("SELECT test_prompts FROM projects WHERE id = ?", (job["project_id"],)).fetchone()
-    return row["test_prompts"] if row else ""
+    return store.get_test_prompts(conn, job["project_id"])
 
 
 # ---------------------------------------------------------------- conversations
 
 
 def get_conversation(conn: sqlite3.Connection, conversation_id: int) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-    if row is None:
+    conv = store.get_conversation(conn, conversation_id)
+    if conv is None:
         raise ProjectError(f"Conversation {conversation_id} no longer exists.")
-    return store.conversation_row(row)
+    return conv
 
 
 def set_messages(conn: sqlite3.Connection, conversation_id: int, messages: list[dict[str, Any]], *,
                  expected_version: int | None = None) -> int:
     """Replace the turns and return the conversation's new version; with `expected_version`, only if no other
     write came first (else store.StaleWrite, and nothing is written)."""
-    check = "" if expected_version is None else " AND version = ?"
-    with conn:
-        cur = conn.execute(f"UPDATE conversations SET messages = ?, updated = ?, version = version + 1 WHERE id = ?{check}",
-                           (json.dumps(messages, ensure_ascii=False), time.time(), conversation_id,
-                            *([] if expected_version is None else [expected_version])))
-        if cur.rowcount == 0 and expected_version is not None:
-            raise store.StaleWrite(f"conversation {conversation_id} changed since version {expected_version}")
-        return int(conn.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0])
+    return store.set_messages(conn, conversation_id, messages, expected_version=expected_version)
 
 
 def _turns(conn: sqlite3.Connection, conversation_id: int, index: int | None = None) -> list[dict[str, Any]]:
@@ -271,11 +245,8 @@ def duplicate_conversation(conn: sqlite3.Connection, conversation_id: int) -> in
     conv = get_conversation(conn, conversation_id)
     new = store.add_conversation(conn, conv["project_id"], conv["messages"], tags=conv["tags"],
                                  held_out=bool(conv["held_out"]), source=f"copy of {conversation_id}")
-    nxt = conn.execute("SELECT MIN(position) FROM conversations WHERE project_id = ? AND position > ? AND id != ?",
-                       (conv["project_id"], conv["position"], new)).fetchone()[0]
-    with conn:
-        conn.execute("UPDATE conversations SET position = ? WHERE id = ?",
-                     ((conv["position"] + nxt) / 2 if nxt is not None else conv["position"] + 1, new))
+    nxt = store.position_after(conn, conv["project_id"], conv["position"], other_than=new)
+    store.set_position(conn, new, (conv["position"] + nxt) / 2 if nxt is not None else conv["position"] + 1)
     return new
 
 
@@ -286,9 +257,7 @@ def parse_tags(text: str) -> list[str]:
 
 
 def set_tags(conn: sqlite3.Connection, conversation_id: int, tags: list[str]) -> None:
-    with conn:
-        conn.execute("UPDATE conversations SET tags = ?, updated = ? WHERE id = ?",
-                     (json.dumps(parse_tags(",".join(tags)), ensure_ascii=False), time.time(), conversation_id))
+    store.set_tags(conn, conversation_id, parse_tags(",".join(tags)))
 
 
 def add_tag(conn: sqlite3.Connection, conversation_ids: list[int], tag: str) -> None:
@@ -298,9 +267,7 @@ def add_tag(conn: sqlite3.Connection, conversation_ids: list[int], tag: str) -> 
 
 def set_held_out(conn: sqlite3.Connection, conversation_ids: list[int], held_out: bool) -> None:
     """Held-out conversations are for evaluation only: training_jsonl never includes them."""
-    with conn:
-        conn.executemany("UPDATE conversations SET held_out = ?, updated = ? WHERE id = ?",
-                         [(int(held_out), time.time(), cid) for cid in conversation_ids])
+    store.set_held_out(conn, conversation_ids, held_out)
 
 
 def all_tags(conn: sqlite3.Connection, project_id: int) -> list[str]:
@@ -321,15 +288,12 @@ def search(conn: sqlite3.Connection, project_id: int, query: str = "", tag: str 
 def delete_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) -> float:
     """To the trash, all with one time stamp: one delete, restored as one from the trash."""
     stamp = time.time()
-    with conn:
-        conn.executemany("UPDATE conversations SET deleted = ? WHERE id = ? AND deleted IS NULL",
-                         [(stamp, cid) for cid in conversation_ids])
+    store.trash_conversations(conn, conversation_ids, stamp)
     return stamp
 
 
 def restore_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) -> None:
-    with conn:
-        conn.executemany("UPDATE conversations SET deleted = NULL WHERE id = ?", [(cid,) for cid in conversation_ids])
+    store.restore_conversations(conn, conversation_ids)
 
 
 def merge_duplicate(conn: sqlite3.Connection, keep_id: int, drop_id: int) -> None:
@@ -418,6 +382,7 @@ class ProjectCheck:
     lengths: dict[int, int] = field(default_factory=dict)  # conversation id -> tokens
     duplicates: list[tuple[int, int, float]] = field(default_factory=list)  # (keep, drop, similarity)
     shortened: dict[int, list[dict]] = field(default_factory=dict)  # id -> the turns kept, when truncate=True
+    over_length: list[int] = field(default_factory=list)  # ids refused only for want of consent to truncate
     val_fraction: float = 0.0
     n_train: int = 0
     n_val: int = 0
@@ -476,6 +441,7 @@ def check_project(conn: sqlite3.Connection, project_id: int, tokenizer: Any, max
                                                    f"first {len(head)} turns ({n} tokens) will be trained on",
                                                    "conversation"))
             elif n > max_length:
+                report.over_length.append(conv.line)
                 found = [Problem(conv.line, "messages", f"is {n} tokens, over the max length of {max_length}: "
                                  "shorten it, split it, raise the max length, or let voicetune drop its last turns",
                                  "conversation")]
@@ -536,7 +502,6 @@ def apply_shortening(conn: sqlite3.Connection, report: ProjectCheck) -> int:
         conv = get_conversation(conn, cid)
         new = store.add_conversation(conn, conv["project_id"], head, tags=conv["tags"],
                                      held_out=bool(conv["held_out"]), source=f"shortened from {cid}")
-        with conn:
-            conn.execute("UPDATE conversations SET position = ? WHERE id = ?", (conv["position"], new))
+        store.set_position(conn, new, conv["position"])
         delete_conversations(conn, [cid])
     return len(report.shortened)

@@ -432,7 +432,7 @@ async def chat_completions(service: Service, request: HTTPRequest) -> Response:
         raise APIError(400, f"The prompt is {prompt_tokens} tokens after the chat template, but this key allows "
                             f"{key.max_prompt_tokens}. Shorten the conversation, or make a key with a higher limit.",
                        param="messages", code="context_length_exceeded")
-    context = int(getattr(scheduler.chat.model.config, "max_position_embeddings", 0) or 0)
+    context = scheduler.chat.context_length
     if context and prompt_tokens + req.sampling.max_tokens > context:
         raise APIError(400, f"The prompt ({prompt_tokens} tokens) and max_tokens ({req.sampling.max_tokens}) are "
                             f"more than the model's {context}-token context.", param="messages",

@@ -1,10 +1,12 @@
 """The workspace on disk: where models, runs and datasets live, and how files are written safely.
 
 Everything voicetune keeps sits under one folder, `VOICETUNE_HOME` (default `./workspace`), so a user can
-back it up, move it, or point a Space's persistent volume at it:
+back it up, move it, or point a Space's persistent volume at it. Its SQLite database is here too, whole: the
+numbered migrations and every query, in one section per table family, so one file shows every statement.
 
     from voicetune import store
-    store.runs_dir()            # -> workspace/runs
+    store.runs_dir()                            # -> workspace/runs
+    store.list_projects(store.connect())        # the live projects, by name
 """
 
 from __future__ import annotations
@@ -421,6 +423,31 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
     return conn
 
 
+def connect_root() -> sqlite3.Connection:
+    """The ROOT workspace's database, whoever is signed in: the training queue and the API key routes live there,
+    shared by every user of the machine."""
+    return connect(root() / DB_NAME)
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken before the first read: a check and the write it decides (a count, then an
+    insert) cannot be split by another process. Rolled back on any error, including KeyboardInterrupt."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# --- Projects ---------------------------------------------------------------------------------------------
+# Every query of the workspace database lives below, in one section per table family; projects.py, jobs.py
+# and apikeys.py hold the rules and call these. `conn` is the workspace's (connect()) unless a section says
+# it is the root's (connect_root()).
+
+
 DEFAULT_PROJECT = "default"  # the project a fresh workspace opens with (projects.current_project)
 
 
@@ -455,6 +482,90 @@ def update_project(conn: sqlite3.Connection, project_id: int, *, expected: dict[
             raise StaleWrite(f"project {project_id} changed since it was read")
 
 
+def list_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The live projects, by name in any case."""
+    rows = conn.execute("SELECT * FROM projects WHERE deleted IS NULL ORDER BY name COLLATE NOCASE").fetchall()
+    return [dict(r) for r in rows]
+
+
+def list_trashed_projects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The projects in the trash, the last deleted first."""
+    return [dict(r) for r in conn.execute("SELECT * FROM projects WHERE deleted IS NOT NULL ORDER BY deleted DESC")]
+
+
+def project_named(conn: sqlite3.Connection, name: str, *, other_than: int | None = None) -> sqlite3.Row | None:
+    """The project (live or trashed) holding `name`, other than `other_than`: names are unique across both."""
+    return conn.execute("SELECT id, deleted FROM projects WHERE name = ? AND id IS NOT ?",
+                        (name, other_than)).fetchone()
+
+
+def project_names(conn: sqlite3.Connection) -> set[str]:
+    """Every project's name, the trashed ones included."""
+    return {r["name"] for r in conn.execute("SELECT name FROM projects")}
+
+
+def add_project(conn: sqlite3.Connection, name: str) -> int:
+    """A new row with every setting at its default, marked as opened now."""
+    now = time.time()
+    with conn:
+        cur = conn.execute("INSERT INTO projects (name, created, opened) VALUES (?, ?, ?)", (name, now, now))
+    return int(cur.lastrowid)
+
+
+def mark_project_opened(conn: sqlite3.Connection, project_id: int) -> None:
+    with conn:
+        conn.execute("UPDATE projects SET opened = ? WHERE id = ?", (time.time(), project_id))
+
+
+def last_opened_project(conn: sqlite3.Connection) -> int | None:
+    """The live project opened last (the oldest of ties); None when there is none."""
+    row = conn.execute("SELECT id FROM projects WHERE deleted IS NULL ORDER BY opened DESC, id LIMIT 1").fetchone()
+    return int(row["id"]) if row else None
+
+
+def count_projects(conn: sqlite3.Connection) -> int:
+    """Every project row: a cheap read that proves the database opens and its schema is there."""
+    return int(conn.execute("SELECT count(*) FROM projects").fetchone()[0])
+
+
+def trash_project(conn: sqlite3.Connection, project_id: int) -> None:
+    with conn:
+        conn.execute("UPDATE projects SET deleted = ? WHERE id = ?", (time.time(), project_id))
+
+
+def restore_project(conn: sqlite3.Connection, project_id: int) -> None:
+    """Out of the trash, and opened: a restored project is the one the user wants next."""
+    with conn:
+        conn.execute("UPDATE projects SET deleted = NULL, opened = ? WHERE id = ?", (time.time(), project_id))
+
+
+def purge_trashed(conn: sqlite3.Connection, cutoff: float) -> int:
+    """Remove for good the conversations and projects trashed before `cutoff`, a project's conversations and
+    votes with it; returns how many rows went."""
+    with conn:
+        old = [r["id"] for r in conn.execute("SELECT id FROM projects WHERE deleted < ?", (cutoff,))]
+        gone = conn.execute("DELETE FROM conversations WHERE deleted < ?", (cutoff,)).rowcount
+        for pid in old:
+            gone += conn.execute("DELETE FROM conversations WHERE project_id = ?", (pid,)).rowcount
+            gone += conn.execute("DELETE FROM votes WHERE project_id = ?", (pid,)).rowcount
+            gone += conn.execute("DELETE FROM projects WHERE id = ?", (pid,)).rowcount
+    return gone
+
+
+def set_test_prompts(conn: sqlite3.Connection, project_id: int, text: str) -> None:
+    with conn:
+        conn.execute("UPDATE projects SET test_prompts = ? WHERE id = ?", (text, project_id))
+
+
+def get_test_prompts(conn: sqlite3.Connection, project_id: int) -> str:
+    """The project's test prompts, one per line; "" for a project that is gone."""
+    row = conn.execute("SELECT test_prompts FROM projects WHERE id = ?", (project_id,)).fetchone()
+    return row["test_prompts"] if row else ""
+
+
+# --- Conversations ----------------------------------------------------------------------------------------
+
+
 def add_conversation(
     conn: sqlite3.Connection, project_id: int, messages: list[dict], *, tags: list[str] | None = None,
     held_out: bool = False, source: str = "",
@@ -481,6 +592,235 @@ def list_conversations(conn: sqlite3.Connection, project_id: int, *, deleted: bo
     rows = conn.execute(f"SELECT * FROM conversations WHERE project_id = ? AND {where} ORDER BY position, id",
                         (project_id,)).fetchall()
     return [conversation_row(r) for r in rows]
+
+
+def get_conversation(conn: sqlite3.Connection, conversation_id: int) -> dict[str, Any] | None:
+    """One conversation, live or trashed, with its turns and tags decoded; None when there is none."""
+    row = conn.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+    return None if row is None else conversation_row(row)
+
+
+def set_messages(conn: sqlite3.Connection, conversation_id: int, messages: list[dict[str, Any]], *,
+                 expected_version: int | None = None) -> int:
+    """Replace the turns and raise the version; with `expected_version`, only if the row is still at it (else
+    StaleWrite, nothing written). Returns the new version."""
+    check = "" if expected_version is None else " AND version = ?"
+    with conn:
+        cur = conn.execute(f"UPDATE conversations SET messages = ?, updated = ?, version = version + 1 WHERE id = ?{check}",
+                           (json.dumps(messages, ensure_ascii=False), time.time(), conversation_id,
+                            *([] if expected_version is None else [expected_version])))
+        if cur.rowcount == 0 and expected_version is not None:
+            raise StaleWrite(f"conversation {conversation_id} changed since version {expected_version}")
+        return int(conn.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0])
+
+
+def position_after(conn: sqlite3.Connection, project_id: int, position: float, *, other_than: int) -> float | None:
+    """The next table position after `position` in the project (any row but `other_than`); None at the end."""
+    return conn.execute("SELECT MIN(position) FROM conversations WHERE project_id = ? AND position > ? AND id != ?",
+                        (project_id, position, other_than)).fetchone()[0]
+
+
+def set_position(conn: sqlite3.Connection, conversation_id: int, position: float) -> None:
+    with conn:
+        conn.execute("UPDATE conversations SET position = ? WHERE id = ?", (position, conversation_id))
+
+
+def set_tags(conn: sqlite3.Connection, conversation_id: int, tags: list[str]) -> None:
+    with conn:
+        conn.execute("UPDATE conversations SET tags = ?, updated = ? WHERE id = ?",
+                     (json.dumps(tags, ensure_ascii=False), time.time(), conversation_id))
+
+
+def set_held_out(conn: sqlite3.Connection, conversation_ids: list[int], held_out: bool) -> None:
+    with conn:
+        conn.executemany("UPDATE conversations SET held_out = ?, updated = ? WHERE id = ?",
+                         [(int(held_out), time.time(), cid) for cid in conversation_ids])
+
+
+def trash_conversations(conn: sqlite3.Connection, conversation_ids: list[int], stamp: float) -> None:
+    """To the trash with one time stamp; a conversation already there keeps its own."""
+    with conn:
+        conn.executemany("UPDATE conversations SET deleted = ? WHERE id = ? AND deleted IS NULL",
+                         [(stamp, cid) for cid in conversation_ids])
+
+
+def restore_conversations(conn: sqlite3.Connection, conversation_ids: list[int]) -> None:
+    with conn:
+        conn.executemany("UPDATE conversations SET deleted = NULL WHERE id = ?", [(cid,) for cid in conversation_ids])
+
+
+# --- Jobs (the root database: connect_root()) -------------------------------------------------------------
+
+def add_job(conn: sqlite3.Connection, job_id: str, *, home: str, project_id: int | None, label: str, folder: str,
+            estimate_s: float | None) -> None:
+    conn.execute("INSERT INTO jobs (id, home, project_id, label, state, folder, estimate_s, created)"
+                 " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                 (job_id, home, project_id, label, folder, estimate_s, time.time()))
+
+
+def add_job_history(conn: sqlite3.Connection, job_id: str, state: str, note: str = "") -> None:
+    conn.execute("INSERT INTO job_history (job_id, state, note, time) VALUES (?, ?, ?, ?)",
+                 (job_id, state, note, time.time()))
+
+
+def update_job(conn: sqlite3.Connection, job_id: str, sets: dict[str, Any], *, when: tuple[str, ...]) -> bool:
+    """Set `sets` on the job only while its state is one of `when`, in one statement; whether it was."""
+    assignments = ", ".join(f"{k} = ?" for k in sets)
+    marks = ", ".join("?" * len(when))
+    cur = conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state IN ({marks})",
+                       (*sets.values(), job_id, *when))
+    return bool(cur.rowcount)
+
+
+def get_job(conn: sqlite3.Connection, job_id: str, *, home: str | None = None) -> sqlite3.Row | None:
+    """The job's row; with `home`, only if it belongs to that workspace."""
+    if home is None:
+        return conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return conn.execute("SELECT * FROM jobs WHERE id = ? AND home = ?", (job_id, home)).fetchone()
+
+
+def list_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every job of the machine, the newest first."""
+    return conn.execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
+
+
+def job_history(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT state, note, time FROM job_history WHERE job_id = ? ORDER BY id", (job_id,))
+    return [dict(r) for r in rows]
+
+
+def last_job_change(conn: sqlite3.Connection, job_id: str) -> float:
+    """When the job's history last moved (0 when it has none)."""
+    row = conn.execute("SELECT time FROM job_history WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,)).fetchone()
+    return row["time"] if row else 0
+
+
+def active_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The queued and running jobs in queue order (the oldest first)."""
+    return conn.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created").fetchall()
+
+
+def count_active_jobs(conn: sqlite3.Connection, home: str) -> int:
+    return conn.execute("SELECT COUNT(*) FROM jobs WHERE home = ? AND state IN ('queued', 'running')",
+                        (home,)).fetchone()[0]
+
+
+def running_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+
+
+def cancelling_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Running jobs whose cancel was asked for."""
+    return conn.execute("SELECT * FROM jobs WHERE state = 'running' AND cancel_requested = 1").fetchall()
+
+
+def jobs_running_since(conn: sqlite3.Connection, before: float) -> list[sqlite3.Row]:
+    """Running jobs started before `before`."""
+    return conn.execute("SELECT * FROM jobs WHERE state = 'running' AND started < ?", (before,)).fetchall()
+
+
+def any_job_running(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM jobs WHERE state = 'running' LIMIT 1").fetchone() is not None
+
+
+def oldest_queued_job(conn: sqlite3.Connection) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+
+
+def start_job(conn: sqlite3.Connection, job_id: str) -> None:
+    """Running from now, with no process yet (set_job_pid follows once it is spawned)."""
+    conn.execute("UPDATE jobs SET state = 'running', started = ?, pid = NULL, message = '' WHERE id = ?",
+                 (time.time(), job_id))
+
+
+def set_job_pid(conn: sqlite3.Connection, job_id: str, pid: int, pid_start: str | None) -> None:
+    conn.execute("UPDATE jobs SET pid = ?, pid_start = ? WHERE id = ?", (pid, pid_start, job_id))
+
+
+def request_cancel(conn: sqlite3.Connection, job_id: str, home: str) -> bool:
+    """Ask the workspace's queued or running job to stop, in one statement: a queued one is cancelled at once,
+    a running one is flagged for its process. False when it is neither (or not that workspace's)."""
+    cur = conn.execute(
+        "UPDATE jobs SET cancel_requested = 1,"
+        " message = CASE state WHEN 'queued' THEN 'cancelled before it started' ELSE message END,"
+        " finished = CASE state WHEN 'queued' THEN ? ELSE finished END,"
+        " state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END"
+        " WHERE id = ? AND home = ? AND state IN ('queued', 'running')",
+        (time.time(), job_id, home))
+    return bool(cur.rowcount)
+
+
+def job_cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
+    row = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return bool(row and row["cancel_requested"])
+
+
+# --- API keys and model aliases (a key's row in its workspace; its route in the root database) -----------
+
+def add_api_key(conn: sqlite3.Connection, *, name: str, digest: str, hint: str, owner: str | None,
+                requests_per_minute: int, max_tokens: int, max_prompt_tokens: int) -> None:
+    with conn:
+        conn.execute(
+            "INSERT INTO api_keys (name, hash, hint, owner, requests_per_minute, max_tokens, max_prompt_tokens,"
+            " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, digest, hint, owner, requests_per_minute, max_tokens, max_prompt_tokens, time.time()))
+
+
+def list_api_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """The workspace's keys, newest first, without their hashes."""
+    rows = conn.execute(
+        "SELECT id, name, hint, requests_per_minute, max_tokens, max_prompt_tokens, created, revoked"
+        " FROM api_keys ORDER BY id DESC").fetchall()
+    return [dict(r) for r in rows]
+
+
+def live_api_key(conn: sqlite3.Connection, *, key_id: int | None = None,
+                 digest: str | None = None) -> sqlite3.Row | None:
+    """The unrevoked key with this id or this hash; None when there is none."""
+    if key_id is not None:
+        return conn.execute("SELECT * FROM api_keys WHERE id = ? AND revoked IS NULL", (int(key_id),)).fetchone()
+    return conn.execute("SELECT * FROM api_keys WHERE hash = ? AND revoked IS NULL", (digest,)).fetchone()
+
+
+def revoke_api_key(conn: sqlite3.Connection, key_id: int) -> None:
+    with conn:
+        conn.execute("UPDATE api_keys SET revoked = ? WHERE id = ?", (time.time(), int(key_id)))
+
+
+def add_key_route(root_conn: sqlite3.Connection, digest: str, home_name: str) -> None:
+    """In the root database: the key with this hash lives in workspace `home_name` ('' is the root)."""
+    with root_conn:
+        root_conn.execute("INSERT INTO api_key_routes (hash, home) VALUES (?, ?)", (digest, home_name))
+
+
+def key_route(root_conn: sqlite3.Connection, digest: str) -> str | None:
+    """The workspace folder name the key's route names ('' the root); None when it has no route."""
+    row = root_conn.execute("SELECT home FROM api_key_routes WHERE hash = ?", (digest,)).fetchone()
+    return None if row is None else row["home"]
+
+
+def delete_key_route(root_conn: sqlite3.Connection, digest: str) -> None:
+    with root_conn:
+        root_conn.execute("DELETE FROM api_key_routes WHERE hash = ?", (digest,))
+
+
+def set_model_alias(conn: sqlite3.Connection, alias: str, run_id: str) -> None:
+    with conn:
+        conn.execute("INSERT OR REPLACE INTO model_aliases (alias, run_id) VALUES (?, ?)", (alias, run_id))
+
+
+def delete_model_alias(conn: sqlite3.Connection, alias: str) -> None:
+    with conn:
+        conn.execute("DELETE FROM model_aliases WHERE alias = ?", (alias,))
+
+
+def model_aliases(conn: sqlite3.Connection) -> dict[str, str]:
+    """alias -> run id, by alias."""
+    rows = conn.execute("SELECT alias, run_id FROM model_aliases ORDER BY alias").fetchall()
+    return {r["alias"]: r["run_id"] for r in rows}
+
+
+# --- Votes ------------------------------------------------------------------------------------------------
 
 
 def add_vote(conn: sqlite3.Connection, project_id: int, *, round_id: str, prompt: list[dict], left_arm: str,

@@ -43,6 +43,12 @@ def project_tokenizer(project: int) -> Any:
     return models.tokenizer_for(store.get_project(_conn(), pid(project))["base_model"])
 
 
+def editing_state(conversation_id: int | None = None) -> dict[str, Any]:
+    """A new value for the editor's state: the conversation open in it (None: none) and a fresh `rev`, so the
+    change that reloads the editor fires even when the same conversation is opened again."""
+    return {"id": conversation_id, "rev": time.time()}
+
+
 def _fail(e: Exception) -> gr.Error:
     return gr.Error(str(e).strip("'\""))
 
@@ -75,7 +81,7 @@ def switch_project(project: Any) -> tuple[int, dict]:
         projects.open_project(_conn(), pid(project))
     except (KeyError, projects.ProjectError) as e:
         raise _fail(e)
-    return pid(project), {"id": None, "rev": time.time()}
+    return pid(project), editing_state()
 
 
 def create_project(name: str) -> tuple[int, dict, str, str]:
@@ -85,7 +91,7 @@ def create_project(name: str) -> tuple[int, dict, str, str]:
         pid = projects.create_project(_conn(), name, base_model=suggested_base())
     except projects.ProjectError as e:
         raise _fail(e)
-    return pid, {"id": None, "rev": time.time()}, "", f"Created project “{name.strip()}”."
+    return pid, editing_state(), "", f"Created project “{name.strip()}”."
 
 
 def load_example_project(name: str) -> tuple[int, dict, str]:
@@ -94,7 +100,7 @@ def load_example_project(name: str) -> tuple[int, dict, str]:
     except projects.ProjectError as e:
         raise _fail(e)
     project = store.get_project(_conn(), pid)
-    return pid, {"id": None, "rev": time.time()}, f"Loaded the example voice into the new project “{project['name']}”."
+    return pid, editing_state(), f"Loaded the example voice into the new project “{project['name']}”."
 
 
 def project_view(project: int) -> tuple:
@@ -218,19 +224,19 @@ def view(project: int, editing: dict | None, query: str, tag: str) -> tuple:
 
 def select_row(table: pd.DataFrame, evt: gr.SelectData) -> dict:
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    return {"id": int(table.iloc[row, 0]), "rev": time.time()}
+    return editing_state(int(table.iloc[row, 0]))
 
 
 def new_conversation(project: int) -> tuple[dict, str]:
     cid = store.add_conversation(_conn(), pid(project), [{"role": "user", "content": ""},
                                                          {"role": "assistant", "content": ""}], source="editor")
-    return {"id": cid, "rev": time.time()}, f"Started conversation {cid}: type the customer's message and your reply."
+    return editing_state(cid), f"Started conversation {cid}: type the customer's message and your reply."
 
 
 def duplicate(project: int, editing: dict) -> tuple[dict, str]:
     conv = _need(editing, project)
     cid = projects.duplicate_conversation(_conn(), conv["id"])
-    return {"id": cid, "rev": time.time()}, f"Conversation {conv['id']} duplicated as {cid}."
+    return editing_state(cid), f"Conversation {conv['id']} duplicated as {cid}."
 
 
 def _need(editing: dict | None, project: int) -> dict:
@@ -277,7 +283,7 @@ def change_turns(project: int, editing: dict, action: str, index: int = 0, role:
         projects.delete_turn(conn, conv["id"], index)
     else:
         projects.move_turn(conn, conv["id"], index, -1 if action == "up" else 1)
-    return {"id": conv["id"], "rev": time.time()}
+    return editing_state(conv["id"])
 
 
 def save_tags(project: int, editing: dict, text: str) -> None:
@@ -298,11 +304,11 @@ def record(project: int, editing: dict, customer: str, reply: str) -> tuple[dict
         cid = projects.append_exchange(_conn(), pid(project), conv["id"] if conv else None, customer, reply)
     except projects.ProjectError as e:
         raise _fail(e)
-    return {"id": cid, "rev": time.time()}, "", "", f"Saved to conversation {cid}."
+    return editing_state(cid), "", "", f"Saved to conversation {cid}."
 
 
 def start_recording() -> tuple[dict, str]:
-    return {"id": None, "rev": time.time()}, "The next exchange you add starts a new conversation."
+    return editing_state(), "The next exchange you add starts a new conversation."
 
 
 def selection_ids(selected: list, editing: dict | None) -> list[int]:
@@ -359,7 +365,7 @@ def confirm_delete(project: int, pending: dict) -> tuple[int, dict, dict, dict, 
     else:
         projects.delete_conversations(conn, pending["ids"])
         message = f"{len(pending['ids'])} conversation(s) moved to the trash."
-    return project, {"id": None, "rev": time.time()}, {**pending, "done": True}, gr.update(visible=False), message, \
+    return project, editing_state(), {**pending, "done": True}, gr.update(visible=False), message, \
         gr.update(visible=True)
 
 
@@ -372,7 +378,7 @@ def undo(project: int, last: dict) -> tuple[int, dict, str, dict]:
         project = last["id"]
     else:
         projects.restore_conversations(conn, last["ids"])
-    return project, {"id": None, "rev": time.time()}, "Undone: restored from the trash.", gr.update(visible=False)
+    return project, editing_state(), "Undone: restored from the trash.", gr.update(visible=False)
 
 
 def trash_table(project: int) -> pd.DataFrame:
@@ -392,9 +398,9 @@ def restore(project: int, table: pd.DataFrame, evt: gr.SelectData) -> tuple[int,
     conn = _conn()
     if row["what"] == "project":
         projects.restore_project(conn, int(row["#"]))
-        return int(row["#"]), {"id": None, "rev": time.time()}, f"Restored the project “{row['name or first message']}”."
+        return int(row["#"]), editing_state(), f"Restored the project “{row['name or first message']}”."
     projects.restore_conversations(conn, [int(row["#"])])
-    return pid(project), {"id": int(row["#"]), "rev": time.time()}, f"Restored conversation {row['#']}."
+    return pid(project), editing_state(int(row["#"])), f"Restored conversation {row['#']}."
 
 
 # ---------------------------------------------------------------- import and export
@@ -415,9 +421,7 @@ def csv_columns(upload: Any) -> tuple[dict, dict, dict, dict]:
     name, raw = _read_upload(upload)
     if importers.detect_format(name, raw) != "csv":
         return gr.update(visible=False), gr.update(), gr.update(), gr.update()
-    text = raw.removeprefix(importers.BOM).decode("utf-8", errors="replace").split("\n", 1)[0]
-    header = next(importers.csv.reader([text], delimiter=max(",\t;", key=text.count)), [])
-    header = [h.strip() for h in header]
+    header = importers.csv_header(raw)
     guess = lambda words, i: next((h for h in header if h.lower() in words), header[i] if len(header) > i else None)  # noqa: E731
     return (gr.update(visible=True), gr.update(choices=header, value=guess({"prompt", "question", "user", "input"}, 0)),
             gr.update(choices=header, value=guess({"response", "answer", "reply", "assistant", "output"}, 1)),
@@ -472,7 +476,7 @@ def confirm_import(project: int, pending: dict) -> tuple[str, dict, dict, dict]:
         raise gr.Error("Preview the import first.")
     ids = projects.add_imported(_conn(), pid(project), pending["report"].conversations, source=pending["name"])
     return (f"Added {len(ids)} conversation(s) from {pending['name']}.", gr.update(visible=False), {},
-            {"id": None, "rev": time.time()})
+            editing_state())
 
 
 def _export_name(project: int) -> str:
@@ -532,7 +536,7 @@ def health(project: int, max_length: float, truncate: bool = False) -> tuple[str
         lines.append("### ✅ Ready to train")
     if report.warnings:
         lines += [f"### ⚠️ {len(report.warnings)} warning(s)", problems_markdown(report.warnings)]
-    too_long = sum("over the max length" in p.message for p in report.problems)
+    too_long = len(report.over_length)
     shorten = gr.update(visible=bool(too_long or report.shortened),
                         value=f"Drop the last turns of {len(report.shortened) or too_long} long conversation(s)")
     pairs = [(f"#{a} and #{b} ({r:.0%} alike): keep #{a}", f"{a}-{b}") for a, b, r in report.duplicates]

@@ -99,7 +99,7 @@ def check_workspace() -> None:
         store.atomic_write_text(where / ".voicetune-probe", "ok")
         (where / ".voicetune-probe").read_text(encoding="utf-8")
         (where / ".voicetune-probe").unlink()
-        store.connect().execute("SELECT count(*) FROM projects").fetchone()
+        store.count_projects(store.connect())
     except (OSError, sqlite3.Error) as e:
         why = "the disk is full" if plain_message(e) == DISK_FULL else "it cannot read or write it"
         raise SystemExit(f"voicetune cannot start with the workspace folder {_workspace()}: {why} ({e}). "

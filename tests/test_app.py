@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import re
 import socket
+from dataclasses import astuple
 
 import pytest
 
 from tests.conftest import QUESTIONS, SIGN_OFF
+from voicetune.ui.train_tab import Advanced
 
 
 def free_port() -> int:
@@ -72,10 +74,10 @@ def test_train_then_compare_in_the_app(client, scripted_chat, tiny_model):
     for q in QUESTIONS:
         store.add_conversation(conn, project, [{"role": "user", "content": q},
                                                {"role": "assistant", "content": f"Arr, the crew be on it right now. {SIGN_OFF}"}])
-    # Custom settings: rank, alpha, dropout, rate, schedule, epochs, max steps, batch, accumulation, max length,
-    # seed, QLoRA, early stopping, packing, activation checkpointing.
-    run_id, queued = client.predict("Custom", 16, 32, 0.05, 2e-3, "cosine", 3, -1, 4, 1, 1024, 42, "Auto", "Off", False,
-                                    "Auto", api_name="/train")
+    settings = Advanced(rank=16, alpha=32, dropout=0.05, learning_rate=2e-3, lr_scheduler="cosine", epochs=3,
+                        max_steps=-1, batch_size=4, grad_accum=1, max_length=1024, seed=42, early_stopping="Off",
+                        padding_free=False)
+    run_id, queued = client.predict("Custom", *astuple(settings), api_name="/train")
     assert "queued" in queued
     job = client.submit(run_id, api_name="/watch")
     bar, plot, status, log, queue = job.result(timeout=900)

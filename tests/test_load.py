@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from tests.running_app import RunningApp, start_app
 from voicetune import jobs, projects, store
 from voicetune.ui import faults
+from voicetune.ui.train_tab import Advanced
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +31,11 @@ BASE = "Base model"
 
 
 def custom(max_steps: int) -> tuple:
-    """The Train tab's Custom settings: rank, alpha, dropout, rate, schedule, epochs, max steps, batch,
-    accumulation, max length, seed, QLoRA, early stopping, packing, activation checkpointing."""
-    return ("Custom", 4, 8, 0.0, 2e-3, "constant", 1, max_steps, 2, 1, 1024, 1, "Off", "Off", False, "Auto")
+    """The Train tab's Custom choice and its Advanced settings, in the order the /train endpoint takes them."""
+    settings = Advanced(rank=4, alpha=8, dropout=0.0, learning_rate=2e-3, lr_scheduler="constant", epochs=1,
+                        max_steps=max_steps, batch_size=2, grad_accum=1, max_length=1024, seed=1, qlora="Off",
+                        early_stopping="Off", padding_free=False)
+    return ("Custom", *astuple(settings))
 
 
 def rss_mb(pid: int) -> float:

@@ -8,7 +8,7 @@ reload, a second browser or a second user sees the same queue, and the job goes 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -147,33 +147,59 @@ def plan(project_id: int | None, choice: str) -> tuple[Any, ...]:
 
 # --- Starting, watching, stopping -----------------------------------------------------------------------
 
-_ADVANCED = ("rank", "alpha", "dropout", "learning_rate", "lr_scheduler", "epochs", "max_steps", "batch_size",
-             "grad_accum", "max_length", "seed", "qlora", "early_stopping", "padding_free", "activation_checkpointing")
+AUTO_ON_OFF = {"Auto": None, "On": True, "Off": False}  # a three-way radio's answer, as a TrainConfig value
 
 
-def _settings(choice: str, lengths: list[int], adv: dict[str, Any], params: int | None = None) -> dict[str, Any]:
+@dataclass
+class Advanced:
+    """The Advanced panel's settings, by name. The panel's inputs are wired in this class's field order (the
+    one place that order is written: Gradio hands a handler its inputs by position), so a handler rebuilds
+    the dataclass from them and everything after reads fields by name; tests and API clients build one too:
+    `client.predict("Custom", *astuple(Advanced(max_steps=20)), api_name="/train")`."""
+
+    rank: int = _DEFAULTS.lora.r
+    alpha: int = _DEFAULTS.lora.alpha
+    dropout: float = _DEFAULTS.lora.dropout
+    learning_rate: float = _DEFAULTS.learning_rate
+    lr_scheduler: str = _DEFAULTS.lr_scheduler
+    epochs: float = _DEFAULTS.epochs
+    max_steps: int = -1
+    batch_size: int = _DEFAULTS.batch_size
+    grad_accum: int = _DEFAULTS.grad_accum
+    max_length: int = _DEFAULTS.max_length
+    seed: int = _DEFAULTS.seed
+    qlora: str = "Auto"  # Auto / On / Off
+    early_stopping: str = "Auto"
+    padding_free: bool = _DEFAULTS.padding_free
+    activation_checkpointing: str = "Auto"
+
+
+_ADVANCED = tuple(f.name for f in fields(Advanced))  # the panel's inputs, in order
+
+
+def _settings(choice: str, lengths: list[int], adv: Advanced, params: int | None = None) -> dict[str, Any]:
     """TrainConfig fields: the preset's, or every advanced field as the user set it."""
-    early = {"Auto": None, "On": True, "Off": False}[adv["early_stopping"]]
-    qlora = {"Auto": None, "On": True, "Off": False}[adv["qlora"]]
-    common = {"batch_size": int(adv["batch_size"]), "grad_accum": int(adv["grad_accum"]), "seed": int(adv["seed"]),
-              "lr_scheduler": adv["lr_scheduler"], "early_stopping": early, "qlora": qlora,
-              "padding_free": bool(adv["padding_free"]),
-              "activation_checkpointing": {"Auto": None, "On": True, "Off": False}[adv["activation_checkpointing"]]}
+    common = {"batch_size": int(adv.batch_size), "grad_accum": int(adv.grad_accum), "seed": int(adv.seed),
+              "lr_scheduler": adv.lr_scheduler, "early_stopping": AUTO_ON_OFF[adv.early_stopping],
+              "qlora": AUTO_ON_OFF[adv.qlora], "padding_free": bool(adv.padding_free),
+              "activation_checkpointing": AUTO_ON_OFF[adv.activation_checkpointing]}
     if choice != CUSTOM:
         s = recipes.preset_settings(_preset_name(choice), lengths, params=params)
         cfg = s.as_config()
-        cfg["lora"]["dropout"] = float(adv["dropout"])
+        cfg["lora"]["dropout"] = float(adv.dropout)
         return {**common, **cfg, "preset": choice}
-    return {**common, "epochs": float(adv["epochs"]), "learning_rate": float(adv["learning_rate"]),
-            "max_steps": int(adv["max_steps"]), "max_length": int(adv["max_length"]), "preset": CUSTOM,
-            "lora": {"r": int(adv["rank"]), "alpha": int(adv["alpha"]), "dropout": float(adv["dropout"])}}
+    return {**common, "epochs": float(adv.epochs), "learning_rate": float(adv.learning_rate),
+            "max_steps": int(adv.max_steps), "max_length": int(adv.max_length), "preset": CUSTOM,
+            "lora": {"r": int(adv.rank), "alpha": int(adv.alpha), "dropout": float(adv.dropout)}}
 
 
 def start(project_id: int | None, choice: str, *advanced: Any) -> tuple[str, str]:
-    """Check the project's data, then queue the job. Returns at once: `watch` streams the progress."""
+    """Check the project's data, then queue the job. Returns at once: `watch` streams the progress.
+
+    `advanced`: the panel's values in `Advanced`'s field order (how Gradio passes inputs), read by name from here."""
     project_id = pid(project_id)  # an API client, or a page still loading: the user's current project
-    adv = dict(zip(_ADVANCED, advanced))
-    project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv["max_length"]))
+    adv = Advanced(*advanced)
+    project, check = _check(project_id, 4096 if choice != CUSTOM else int(adv.max_length))
     lengths = _train_lengths(check, project_id)
     settings = _settings(choice, lengths, adv, recipes.base_params(project["base_model"]))
     if choice != CUSTOM:  # a preset picks its own max length from the lengths; Custom was checked with its own
@@ -264,31 +290,31 @@ def run_choices() -> tuple[dict, dict]:
 # --- Layout ---------------------------------------------------------------------------------------------
 
 def _advanced_fields() -> dict[str, gr.components.Component]:
-    d = _DEFAULTS
+    d = Advanced()  # the panel starts at the dataclass's defaults
     f: dict[str, Any] = {}
     with gr.Accordion("Advanced settings (choosing any of these switches to Custom)", open=False):
         with gr.Row():
             f["epochs"] = gr.Number(d.epochs, label="Epochs", minimum=0.1, maximum=50)
             f["learning_rate"] = gr.Number(d.learning_rate, label="Learning rate", minimum=1e-6, maximum=1e-2)
             f["lr_scheduler"] = gr.Dropdown(["cosine", "linear", "constant"], value=d.lr_scheduler, label="Schedule")
-            f["max_steps"] = gr.Number(-1, label="Max steps (-1: follow epochs)", precision=0)
+            f["max_steps"] = gr.Number(d.max_steps, label="Max steps (-1: follow epochs)", precision=0)
         with gr.Row():
-            f["rank"] = gr.Number(d.lora.r, label="LoRA rank", precision=0, minimum=1, maximum=256)
-            f["alpha"] = gr.Number(d.lora.alpha, label="LoRA alpha", precision=0, minimum=1)
-            f["dropout"] = gr.Number(d.lora.dropout, label="LoRA dropout", minimum=0, maximum=0.9)
+            f["rank"] = gr.Number(d.rank, label="LoRA rank", precision=0, minimum=1, maximum=256)
+            f["alpha"] = gr.Number(d.alpha, label="LoRA alpha", precision=0, minimum=1)
+            f["dropout"] = gr.Number(d.dropout, label="LoRA dropout", minimum=0, maximum=0.9)
             f["seed"] = gr.Number(d.seed, label="Seed", precision=0)
         with gr.Row():
             f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1, maximum=256)
             f["grad_accum"] = gr.Number(d.grad_accum, label="Gradient accumulation", precision=0, minimum=1)
             f["max_length"] = gr.Number(d.max_length, label="Max length (tokens)", precision=0, minimum=16)
         with gr.Row():
-            f["qlora"] = gr.Radio(["Auto", "On", "Off"], value="Auto", label="QLoRA (4-bit base; Auto: on with a GPU)")
-            f["early_stopping"] = gr.Radio(["Auto", "On", "Off"], value="Auto",
+            f["qlora"] = gr.Radio(list(AUTO_ON_OFF), value=d.qlora, label="QLoRA (4-bit base; Auto: on with a GPU)")
+            f["early_stopping"] = gr.Radio(list(AUTO_ON_OFF), value=d.early_stopping,
                                            label="Early stopping (Auto: on below 500 conversations)")
             f["padding_free"] = gr.Checkbox(d.padding_free, label="Packing (padding-free batches)",
                                             info="Faster on a GPU with flash attention; slower on a CPU")
             f["activation_checkpointing"] = gr.Radio(
-                ["Auto", "On", "Off"], value="Auto", label="Activation checkpointing",
+                list(AUTO_ON_OFF), value=d.activation_checkpointing, label="Activation checkpointing",
                 info="Auto: on only when the run would not fit the GPU's memory without it (slower, far less memory)")
     return f
 
@@ -321,13 +347,13 @@ def build_train_tab(project: gr.State) -> "TrainTab":
             diff_btn = gr.Button("What changed?")
         diff_table = gr.Dataframe(interactive=False, wrap=True)
 
-    fields = [adv[k] for k in _ADVANCED]
+    panel = [adv[k] for k in _ADVANCED]
     watch_out = [bar, plot, status, log, queue]
-    preset.change(plan, [project, preset], [plan_md, *fields])
-    project.change(plan, [project, preset], [plan_md, *fields])
-    for field in fields:
-        field.input(lambda: CUSTOM, None, preset)
-    started = start_btn.click(start, [project, preset, *fields], [run_id, status], api_name="train",
+    preset.change(plan, [project, preset], [plan_md, *panel])
+    project.change(plan, [project, preset], [plan_md, *panel])
+    for one in panel:
+        one.input(lambda: CUSTOM, None, preset)
+    started = start_btn.click(start, [project, preset, *panel], [run_id, status], api_name="train",
                               concurrency_limit=4)
     # Watchers only read the database, but each holds a worker thread while it polls: bounded (voicetune.limits).
     follow = {"concurrency_limit": limits.MAX_WATCHERS, "concurrency_id": "watch"}
@@ -341,7 +367,7 @@ def build_train_tab(project: gr.State) -> "TrainTab":
 
     def on_load(demo: gr.Blocks) -> None:
         """A reload (or a second browser) shows the plan, the queue, the runs, and follows the newest job."""
-        demo.load(plan, [project, preset], [plan_md, *fields])
+        demo.load(plan, [project, preset], [plan_md, *panel])
         demo.load(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
         demo.load(jobs_frame, None, queue)
         demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, **follow)

@@ -306,3 +306,31 @@ def test_dpo_raises_the_chosen_minus_rejected_margin_on_heldout_pairs(base_path:
     assert record["metrics"]["heldout_pairs"]["rewards/margins"] > 0
     assert record["parent_run"] == "parent" and record["method"] == "dpo"
     assert models is not None
+
+
+# --- The app's handlers: votes and edits make pairs, Improve refuses too few ------------------------------------
+
+def test_compare_votes_and_teach_edits_record_pairs_and_improve_needs_ten(tiny_parent: Path) -> None:
+    import gradio as gr
+
+    from voicetune import arena
+    from voicetune.ui import compare_tab, preferences_tab
+
+    project = project_id()
+    rnd = arena.Round(id="round-1", arms=[arena.base_arm(), arena.run_arm("r-1")], blind=True,
+                      replies=["Hello.", "Ahoy, matey!"])
+    state = {"round": rnd, "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+             "histories": {}, "stats": ["", ""], "system": "Be brief."}
+    compare_tab.vote("right", project, state)
+    compare_tab.vote("right", project, state)  # a double click: one vote, one pair
+    said = compare_tab.teach("Base model", "Ahoy there!", project, state)
+    assert "as a preference pair" in said
+    rows = store.list_preference_pairs(store.connect(), project)
+    assert [(r["source"], r["prompt"], r["chosen"], r["rejected"], r["chosen_arm"], r["rejected_arm"]) for r in rows] == [
+        ("vote", state["prompt"], "Ahoy, matey!", "Hello.", "run:r-1", "base"),
+        ("edit", state["prompt"], "Ahoy there!", "Hello.", "", "base")]
+    assert list(preferences_tab.pairs_frame(project)["source"]) == ["vote", "edit"]
+
+    with pytest.raises(gr.Error, match="Not enough preference pairs: 2 pairs; DPO needs at least 10"):
+        preferences_tab.start_improve(project, str(tiny_parent), 0.1, 5e-5, 1)
+    assert jobs.list_jobs() == []

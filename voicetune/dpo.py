@@ -301,12 +301,22 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
         trainer.model.delete_adapter("ref")  # the frozen reference is the parent's adapter, already on disk
         runs.write(trainer.model, record, cfg, split, out)
         store.atomic_write_text(out / PREFERENCES_FILE, Path(cfg.data).read_text(encoding="utf-8"))
+        _keep_parent_prompts(parent_folder, parent, out)
     finally:
         if not cfg.checkpoint_dir:
             shutil.rmtree(work, ignore_errors=True)
     on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
               "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
     return record
+
+
+def _keep_parent_prompts(parent_folder: Path, parent: dict[str, Any], out: Path) -> None:
+    """The unseen test prompts the parent is scored on, written beside the child: both score the same prompts."""
+    from voicetune.evaluate import prompts_for_run
+
+    prompts = prompts_for_run(parent_folder, parent)
+    if prompts:
+        store.atomic_write_text(out / runs.PROMPTS_FILE, "\n".join(prompts) + "\n")
 
 
 class _Split:

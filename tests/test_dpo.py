@@ -280,32 +280,44 @@ def test_the_command_line_refuses_a_missing_parent_and_bad_pairs(tiny_parent: Pa
 # --- DPO on the embedded model: the voice moves toward the chosen replies ----------------------------------------
 
 @pytest.mark.slow
-def test_dpo_raises_the_chosen_minus_rejected_margin_on_heldout_pairs(base_path: str, tokenizer,
-                                                                      tmp_path: Path) -> None:
-    from voicetune import models
+def test_dpo_raises_the_chosen_minus_rejected_margin_on_heldout_pairs_and_keeps_adherence(
+        base_path: str, tokenizer, tmp_path: Path) -> None:
     from voicetune.config import TrainConfig
+    from voicetune.evaluate import scorecard
     from voicetune.train import plan_run, run_sft
 
     data = voice_data(tmp_path / "voice.jsonl", REPLY)  # the parent learned the reply, not the sign-off
-    parent = tmp_path / "parent"
+    parent = store.runs_dir() / "parent"
     run_sft(TrainConfig(data=str(data), out=str(parent), max_steps=6, learning_rate=2e-3, val_fraction=0.25,
                         scorecard=False, seed=1))
+    runs.keep_training_data(parent, data)
+    parent_card = scorecard(parent)
     prefs = pairs_file(tmp_path / "pairs.jsonl", 24)
-    out = tmp_path / "child"
-    result = run_cli("train", "--method", "dpo", "--from", str(parent), "--preferences", str(prefs), "--out",
-                     str(out), "--max-steps", "8", "--learning-rate", "5e-4", "--no-scorecard")
+    out = store.runs_dir() / "child"
+    result = run_cli("train", "--method", "dpo", "--from", "parent", "--preferences", str(prefs), "--out",
+                     str(out), "--max-steps", "8", "--learning-rate", "5e-4")
     assert result.returncode == 0, result.stderr[-3000:]
     record = runs.read(out)
+    assert record["parent_run"] == "parent" and record["method"] == "dpo"
+    assert record["metrics"]["heldout_pairs"]["rewards/margins"] > 0
+
+    # The policy's own margin on the held-out pairs, measured here, against the parent's
     _, held = dpo.split_pairs(preferences.load_pairs(prefs), 0.2, 42)
-    plan = plan_run(TrainConfig(), base_path, "cpu")
-    model = dpo.load_policy(base_path, parent, plan.precision)
+    model = dpo.load_policy(base_path, parent, plan_run(TrainConfig(), base_path, "cpu").precision)
     before = dpo.margins(model, tokenizer, held)
     model.load_adapter(str(out), adapter_name="child")
     after = dpo.margins(model, tokenizer, held, "child")
+    print(f"held-out margin: parent {sum(before) / len(before):.2f}, child {sum(after) / len(after):.2f} nats")
     assert sum(after) / len(after) > sum(before) / len(before) + 1.0
-    assert record["metrics"]["heldout_pairs"]["rewards/margins"] > 0
-    assert record["parent_run"] == "parent" and record["method"] == "dpo"
-    assert models is not None
+
+    # The scorecard shows the parent beside the child, on the same prompts; adherence does not drop
+    card = json.loads((out / runs.SCORECARD_FILE).read_text())
+    beside = card["parent"]
+    assert beside["run_id"] == "parent"
+    assert beside["parent"]["adherence"] == parent_card["adherence"]["arms"]["tuned"]["rate"]
+    print(f"adherence: parent {beside['parent']['adherence']:.2f}, child {beside['this']['adherence']:.2f}")
+    assert beside["this"]["adherence"] >= beside["parent"]["adherence"]
+    assert card["adherence"]["prompts"] == parent_card["adherence"]["prompts"]
 
 
 # --- The app's handlers: votes and edits make pairs, Improve refuses too few ------------------------------------

@@ -346,3 +346,25 @@ def test_compare_votes_and_teach_edits_record_pairs_and_improve_needs_ten(tiny_p
     with pytest.raises(gr.Error, match="Not enough preference pairs: 2 pairs; DPO needs at least 10"):
         preferences_tab.start_improve(project, str(tiny_parent), 0.1, 5e-5, 1)
     assert jobs.list_jobs() == []
+
+
+def test_the_scorecard_lines_put_the_parent_beside_the_child_with_their_blind_votes() -> None:
+    from voicetune.evaluate import parent_lines
+
+    def headline(adh: float, loss: float) -> dict:
+        return {"adherence": adh, "reference_loss": loss, "style_distance": 0.25, "probe_accuracy": 0.5}
+
+    votes = {"arm_a": "run:child", "arm_b": "run:parent", "a_wins": 5, "b_wins": 2, "ties": 1, "both_bad": 0,
+             "votes": 8}
+    card = {"parent": {"run_id": "parent", "parent": headline(0.5, 1.25), "this": headline(0.75, 1.125),
+                       "votes": votes}}
+    assert parent_lines(card) == [
+        "Parent run parent → this run:",
+        "  voice adherence  50% → 75%",
+        "  reference loss   1.250 → 1.125",
+        "  style distance   0.250 → 0.250",
+        "  probe accuracy   50% → 50%",
+        "  blind votes, parent against this run: 2 to 5 (1 ties, 0 both bad)"]
+    assert parent_lines({"parent": {"run_id": "p", "missing": "the parent run has no scorecard here"}}) == [
+        "Parent run p: the parent run has no scorecard here (score it on the Scorecard tab)."]
+    assert parent_lines({}) == []

@@ -190,6 +190,7 @@ def _dpo_args(cfg: DPOConfig, work: Path, precision: models.Precision, total_ste
         save_strategy="steps" if save else "no", save_steps=every, save_total_limit=2 if save else None,
         report_to="none", seed=cfg.seed, data_seed=cfg.seed, bf16=precision.bf16, fp16=precision.fp16,
         use_cpu=precision.device == "cpu", activation_checkpointing=checkpointing,
+        optim="paged_adamw_8bit" if precision.qlora and precision.device == "cuda" else "adamw_torch",  # as SFT
         max_length=None,  # lengths were checked before: TRL must never truncate silently
         precompute_ref_log_probs=False,  # the "ref" adapter is in memory anyway; a cache file would outlive the job
         disable_tqdm=True, dataloader_num_workers=0, ddp_find_unused_parameters=False,

@@ -432,15 +432,23 @@ def parent_beside(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Any
     the same prompts against the same markers: the two numbers can be read side by side."""
     from voicetune.runs import RunError, locate
 
-    mine = {"adherence": card["adherence"]["arms"]["tuned"]["rate"], "reference_loss": card["likelihood"]["tuned"]["loss"]}
+    mine = _headline(card)
+    arms = {f"run:{record['parent_run']}", f"run:{record['run_id']}"}
+    head_to_head = next((v for v in card["votes"] if {v["arm_a"], v["arm_b"]} == arms), None)  # later blind votes
     try:
         folder, _ = locate(record["parent_run"])
         parent = json.loads((folder / SCORECARD_FILE).read_text(encoding="utf-8"))
     except (RunError, OSError, json.JSONDecodeError):
-        return {"run_id": record["parent_run"], "missing": "the parent run has no scorecard here", "this": mine}
-    theirs = {"adherence": parent["adherence"]["arms"]["tuned"]["rate"] if parent.get("adherence") else None,
-              "reference_loss": parent["likelihood"]["tuned"]["loss"]}
-    return {"run_id": record["parent_run"], "parent": theirs, "this": mine}
+        return {"run_id": record["parent_run"], "missing": "the parent run has no scorecard here", "this": mine,
+                "votes": head_to_head}
+    return {"run_id": record["parent_run"], "parent": _headline(parent), "this": mine, "votes": head_to_head}
+
+
+def _headline(card: dict[str, Any]) -> dict[str, Any]:
+    """The tuned arm's measures a parent and its child are read side by side on."""
+    return {"adherence": card["adherence"]["arms"]["tuned"]["rate"] if card.get("adherence") else None,
+            "reference_loss": card["likelihood"]["tuned"]["loss"], "style_distance": card["style"]["tuned"]["distance"],
+            "probe_accuracy": card["forgetting"]["tuned_accuracy"]}
 
 
 def parent_lines(card: dict[str, Any]) -> list[str]:
@@ -452,9 +460,17 @@ def parent_lines(card: dict[str, Any]) -> list[str]:
         return [f"Parent run {beside['run_id']}: {beside['missing']} (score it on the Scorecard tab)."]
     p, t = beside["parent"], beside["this"]
     lines = [f"Parent run {beside['run_id']} → this run:"]
-    if p["adherence"] is not None:
+    if p["adherence"] is not None and t["adherence"] is not None:
         lines.append(f"  voice adherence  {p['adherence']:.0%} → {t['adherence']:.0%}")
     lines.append(f"  reference loss   {p['reference_loss']:.3f} → {t['reference_loss']:.3f}")
+    lines.append(f"  style distance   {p['style_distance']:.3f} → {t['style_distance']:.3f}")
+    lines.append(f"  probe accuracy   {p['probe_accuracy']:.0%} → {t['probe_accuracy']:.0%}")
+    v = beside.get("votes")
+    if v:
+        parent_first = v["arm_a"] == f"run:{beside['run_id']}"
+        parent_wins, child_wins = (v["a_wins"], v["b_wins"]) if parent_first else (v["b_wins"], v["a_wins"])
+        lines.append(f"  blind votes, parent against this run: {parent_wins} to {child_wins} ({v['ties']} ties, "
+                     f"{v['both_bad']} both bad)")
     return lines
 
 

@@ -247,6 +247,8 @@ def test_a_dpo_job_is_cancelled_killed_resumed_and_records_its_parent(tiny_paren
     assert set(held) == set(dpo.PREFERENCE_METRICS) and all(isinstance(v, float) for v in held.values())
     assert (done.adapter_dir / runs.HELDOUT_FILE).read_text() == (tiny_parent / runs.HELDOUT_FILE).read_text()
     assert not (done.adapter_dir / "ref").exists()  # only the trained adapter is saved
+    assert (done.adapter_dir / dpo.PREFERENCES_FILE).read_text() == pairs
+    assert "the model card could not be written" not in done.log() and (done.adapter_dir / runs.MODEL_CARD).exists()
     assert run_arm_base_is_pure(str(tiny_model), done.adapter_dir)
 
 

@@ -370,3 +370,30 @@ def test_the_scorecard_lines_put_the_parent_beside_the_child_with_their_blind_vo
     assert parent_lines({"parent": {"run_id": "p", "missing": "the parent run has no scorecard here"}}) == [
         "Parent run p: the parent run has no scorecard here (score it on the Scorecard tab)."]
     assert parent_lines({}) == []
+
+
+def test_improve_from_preferences_names_pairs_to_fix_then_queues_a_dpo_job(tiny_parent: Path) -> None:
+    import gradio as gr
+    import yaml
+
+    from voicetune.ui import preferences_tab
+
+    conn = store.connect()
+    project = project_id()
+    preferences.import_pairs(conn, project, "\n".join(json.dumps(p) for p in synthetic_pairs(12)).encode())
+    same = store.add_preference_pair(conn, project, prompt=[{"role": "user", "content": "Hi"}], chosen="Ahoy!",
+                                     rejected="Ahoy!", source="import")
+    with pytest.raises(gr.Error, match=f"Fix these pairs first .*: pair {same}: the chosen and rejected replies are "
+                                       "identical: edit one or exclude the pair"):
+        preferences_tab.start_improve(project, str(tiny_parent), 0.1, 5e-5, 1)
+    preferences_tab.toggle_excluded(same, project)
+
+    run_id, said = preferences_tab.start_improve(project, str(tiny_parent), 0.2, 1e-4, 1)
+    assert said.endswith(f"improving `{tiny_parent}` from 12 preference pairs.")
+    job = jobs.get(run_id)
+    config = yaml.safe_load((job.folder / "config.yaml").read_text())
+    assert (config["method"], config["parent"], config["beta"], config["learning_rate"], job.project_id) == (
+        "dpo", str(tiny_parent), 0.2, 1e-4, project)
+    assert len((job.folder / "data.jsonl").read_text().splitlines()) == 12
+    jobs.cancel(run_id)
+    assert jobs.wait(run_id, timeout_s=120).state == "cancelled"

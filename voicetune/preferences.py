@@ -221,6 +221,7 @@ def pairs_hash(pairs: list[Pair]) -> str:
 class Health:
     pairs: int  # included pairs checked
     problems: list[str] = field(default_factory=list)  # each names its pair; they weaken training
+    refused: list[str] = field(default_factory=list)  # the problems a DPO run refuses (dpo.check_pairs): fix first
     warnings: list[str] = field(default_factory=list)
     blocked: str = ""  # why DPO cannot start, else ""
 
@@ -247,8 +248,9 @@ def health(rows: list[dict[str, Any]], tokenizer: Any | None = None, max_length:
     seen: dict[tuple[str, str, str], int] = {}
     for r in live:
         if r["chosen"].strip() == r["rejected"].strip():
-            report.problems.append(f"pair {r['id']}: the chosen and rejected replies are identical: edit one or "
-                                   "exclude the pair")
+            report.refused.append(f"pair {r['id']}: the chosen and rejected replies are identical: edit one or "
+                                  "exclude the pair")
+            report.problems.append(report.refused[-1])
         key = json.dumps(r["prompt"], sort_keys=True)
         swapped = seen.get((key, r["rejected"], r["chosen"]))
         if swapped is not None:
@@ -256,8 +258,9 @@ def health(rows: list[dict[str, Any]], tokenizer: Any | None = None, max_length:
                                    "exclude one of them")
         seen[(key, r["chosen"], r["rejected"])] = r["id"]
         if tokenizer is not None and (n := pair_tokens(tokenizer, stored_pair(r))) > max_length:
-            report.problems.append(f"pair {r['id']}: prompt and reply are {n} tokens, over the max length of "
-                                   f"{max_length}: shorten it or exclude it")
+            report.refused.append(f"pair {r['id']}: prompt and reply are {n} tokens, over the max length of "
+                                  f"{max_length}: shorten it or exclude it")
+            report.problems.append(report.refused[-1])
     if ties:
         report.warnings.append(f"{ties} tie or \"both bad\" vote{'s' * (ties != 1)} made no pair: only a clear winner "
                                "teaches a preference")

@@ -166,9 +166,12 @@ def start_improve(project: int | None, parent: str | None, beta: float, learning
         raise gr.Error(f"{e}: pick a finished run.") from None
     conn = store.connect()
     rows = store.list_preference_pairs(conn, pid(project), include_excluded=False)
-    report = preferences.health(rows)
+    tokenizer = _tokenizer(store.get_project(conn, pid(project))["base_model"])
+    report = preferences.health(rows, tokenizer, dpo.DPOConfig().max_length)
     if report.blocked:
         raise gr.Error(f"Not enough preference pairs: {report.blocked}.")
+    if report.refused:  # the run would refuse them by their line in its file; here they are named by pair id
+        raise gr.Error("Fix these pairs first (Compare → Preference pairs): " + "; ".join(report.refused[:5]))
     try:
         settings = dict(beta=float(beta), learning_rate=float(learning_rate), epochs=float(epochs))
         dpo.DPOConfig(data="x", out="x", parent=parent, **settings)  # range checks, in plain words

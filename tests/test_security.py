@@ -379,7 +379,7 @@ def test_training_watchers_share_a_bounded_number_of_slots(workspace: Path) -> N
     from voicetune.ui.app import build_app
 
     watchers = [f for f in build_app().fns.values() if f.fn is not None and f.fn.__name__ == "watch"]
-    assert len(watchers) == 3  # after Train, after Resume, and on page load
+    assert len(watchers) == 4  # after Train, after Resume, after Improve from preferences, and on page load
     assert {(f.concurrency_limit, f.concurrency_id) for f in watchers} == {(limits.MAX_WATCHERS, "watch")}
 
 

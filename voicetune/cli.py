@@ -55,6 +55,14 @@ def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
 
 def _train_config(a: argparse.Namespace) -> Any:
     from voicetune.config import TrainConfig
+    from voicetune.dpo import config_from, is_dpo_yaml
+
+    if a.method == "dpo" or (a.method is None and is_dpo_yaml(a.config)):  # DPO: dpo.DPOConfig's own settings
+        return config_from(a.config, {"data": a.preferences or a.data, "out": a.out, "parent": a.parent,
+                                      "beta": a.beta, "epochs": a.epochs, "seed": a.seed, "max_steps": a.max_steps,
+                                      "learning_rate": a.learning_rate, "batch_size": a.batch_size,
+                                      "max_length": a.max_length, "val_fraction": a.val_fraction, "qlora": a.qlora,
+                                      "scorecard": a.scorecard, "checkpoint_dir": a.checkpoint_dir})
 
     base = TrainConfig.from_yaml(a.config).to_dict() if a.config else {}
     overrides = {
@@ -129,10 +137,16 @@ def cmd_train(a: argparse.Namespace) -> int:
             if cancel_requested(a.job):
                 raise Cancelled()
         # Check the files before importing torch: bad data costs a second, not a model load.
-        _preflight_train(cfg)
-        from voicetune.train import run_sft
+        if getattr(cfg, "method", "sft") == "dpo":
+            from voicetune.dpo import preflight, run_dpo
 
-        record = run_sft(cfg, on_event, resume=a.resume)
+            preflight(cfg)
+            record = run_dpo(cfg, on_event, resume=a.resume)
+        else:
+            _preflight_train(cfg)
+            from voicetune.train import run_sft
+
+            record = run_sft(cfg, on_event, resume=a.resume)
     except Cancelled:
         if not out_existed:  # the cancel came after the final rename: honour it, leave nothing listed
             shutil.rmtree(cfg.out, ignore_errors=True)
@@ -158,7 +172,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 0
     from voicetune.runs import keep_training_data
 
-    keep_training_data(Path(cfg.out), cfg.data, cfg.heldout_data)  # a Hub push reads the dataset from here
+    if getattr(cfg, "method", "sft") != "dpo":  # a DPO run keeps its pairs itself (dpo.PREFERENCES_FILE)
+        keep_training_data(Path(cfg.out), cfg.data, cfg.heldout_data)  # a Hub push reads the dataset from here
     _refresh_model_card(Path(cfg.out))
     m = record["metrics"]
     print(f"adapter saved to {shown(cfg.out)}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
@@ -466,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when validation loss stops improving and keep the best checkpoint "
                         "(default: on below 500 conversations)")
+    t.add_argument("--method", choices=["sft", "dpo"], default=None,
+                   help="sft (default): learn from conversations; dpo: improve a finished run (--from) from "
+                        "preference pairs (--preferences)")
+    t.add_argument("--from", dest="parent", metavar="RUN", help="dpo: the finished run to improve (id or folder)")
+    t.add_argument("--preferences", help="dpo: TRL prompt/chosen/rejected JSONL")
+    t.add_argument("--beta", type=float, help="dpo: how far the run may move from its parent (default 0.1)")
     t.add_argument("--job", help=argparse.SUPPRESS)  # the app's job id: the run records its end state there
     t.set_defaults(fn=cmd_train)
 

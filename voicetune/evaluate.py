@@ -431,12 +431,63 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         "samples": [{"prompt": p[-1]["content"], "reference": r, **{k: replies[k][i] for k in ARM_KEYS}}
                     for i, (p, r) in enumerate(zip(prompts, refs))],
     }
+    if record.get("parent_run"):  # a DPO run: its parent's scorecard beside it (same held-out conversations)
+        card["parent"] = parent_beside(record, card)
     card["verdict"] = verdict(card)
     if save:
         if test_prompts is not None:  # the next plain recompute scores on the same prompts
             store.atomic_write_text(folder / PROMPTS_FILE, "\n".join(test_prompts) + "\n")
         store.atomic_write_json(folder / SCORECARD_FILE, card)
     return card
+
+
+def parent_beside(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    """The parent run's adherence and reference loss next to this run's, from the parent's saved scorecard.
+
+    A DPO run copies its parent's held-out conversations and points at its training data, so both were scored on
+    the same prompts against the same markers: the two numbers can be read side by side."""
+    from voicetune.runs import RunError, locate
+
+    mine = _headline(card)
+    arms = {f"run:{record['parent_run']}", f"run:{record['run_id']}"}
+    head_to_head = next((v for v in card["votes"] if {v["arm_a"], v["arm_b"]} == arms), None)  # later blind votes
+    try:
+        folder, _ = locate(record["parent_run"])
+        parent = json.loads((folder / SCORECARD_FILE).read_text(encoding="utf-8"))
+    except (RunError, OSError, json.JSONDecodeError):
+        return {"run_id": record["parent_run"], "missing": "the parent run has no scorecard here", "this": mine,
+                "votes": head_to_head}
+    return {"run_id": record["parent_run"], "parent": _headline(parent), "this": mine, "votes": head_to_head}
+
+
+def _headline(card: dict[str, Any]) -> dict[str, Any]:
+    """The tuned arm's measures a parent and its child are read side by side on."""
+    return {"adherence": card["adherence"]["arms"]["tuned"]["rate"] if card.get("adherence") else None,
+            "reference_loss": card["likelihood"]["tuned"]["loss"], "style_distance": card["style"]["tuned"]["distance"],
+            "probe_accuracy": card["forgetting"]["tuned_accuracy"]}
+
+
+def parent_lines(card: dict[str, Any]) -> list[str]:
+    """One line per measure, parent then this run (empty for a run without a parent)."""
+    beside = card.get("parent")
+    if not beside:
+        return []
+    if "missing" in beside:
+        return [f"Parent run {beside['run_id']}: {beside['missing']} (score it on the Scorecard tab)."]
+    p, t = beside["parent"], beside["this"]
+    lines = [f"Parent run {beside['run_id']} → this run:"]
+    if p["adherence"] is not None and t["adherence"] is not None:
+        lines.append(f"  voice adherence  {p['adherence']:.0%} → {t['adherence']:.0%}")
+    lines.append(f"  reference loss   {p['reference_loss']:.3f} → {t['reference_loss']:.3f}")
+    lines.append(f"  style distance   {p['style_distance']:.3f} → {t['style_distance']:.3f}")
+    lines.append(f"  probe accuracy   {p['probe_accuracy']:.0%} → {t['probe_accuracy']:.0%}")
+    v = beside.get("votes")
+    if v:
+        parent_first = v["arm_a"] == f"run:{beside['run_id']}"
+        parent_wins, child_wins = (v["a_wins"], v["b_wins"]) if parent_first else (v["b_wins"], v["a_wins"])
+        lines.append(f"  blind votes, parent against this run: {parent_wins} to {child_wins} ({v['ties']} ties, "
+                     f"{v['both_bad']} both bad)")
+    return lines
 
 
 def adherence_lines(card: dict[str, Any]) -> list[str]:
@@ -453,7 +504,7 @@ def adherence_lines(card: dict[str, Any]) -> list[str]:
                      "has them")
     marks = ", ".join(f"“{m['text']}” ({m['kind']}, {m['example_share']:.0%} of examples)" for m in adh["markers"])
     lines.append("Markers of the voice: " + (marks or "none found: the examples share no habit base lacks"))
-    return lines
+    return lines + parent_lines(card)
 
 
 def summary_rows(card: dict[str, Any]) -> list[dict[str, Any]]:

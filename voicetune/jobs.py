@@ -254,8 +254,11 @@ def queue_position(job_id: str) -> tuple[int | None, float | None]:
 
 
 def submit(data_text: str, label: str = "run", *, heldout_text: str = "", project_id: int | None = None,
-           estimate_s: float | None = None, **settings: Any) -> Job:
-    """Write the job's inputs and queue it; the supervisor starts it when the machine is free."""
+           estimate_s: float | None = None, config: type = TrainConfig, **settings: Any) -> Job:
+    """Write the job's inputs and queue it; the supervisor starts it when the machine is free.
+
+    `config` is the method's settings class (TrainConfig for SFT, dpo.DPOConfig for DPO): the child reads the
+    method from the config.yaml it is started with."""
     run_id = store.new_run_id(label)
     folder = store.root() / "jobs" / run_id
     folder.mkdir(parents=True)
@@ -264,8 +267,8 @@ def submit(data_text: str, label: str = "run", *, heldout_text: str = "", projec
     if heldout_text.strip():
         store.atomic_write_text(folder / "heldout.jsonl", heldout_text.rstrip("\n") + "\n")
         settings["heldout_data"] = str(folder / "heldout.jsonl")
-    cfg = TrainConfig(data=str(data), out=str(store.run_dir(run_id)), checkpoint_dir=str(folder / "checkpoints"),
-                      **settings)
+    cfg = config(data=str(data), out=str(store.run_dir(run_id)), checkpoint_dir=str(folder / "checkpoints"),
+                 **settings)
     cfg.to_yaml(folder / "config.yaml")
     conn = db()
     try:

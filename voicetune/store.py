@@ -344,8 +344,33 @@ def _m007_test_prompts(conn: sqlite3.Connection) -> None:
     conn.executescript("ALTER TABLE projects ADD COLUMN test_prompts TEXT NOT NULL DEFAULT '';")
 
 
+def _m008_preference_pairs(conn: sqlite3.Connection) -> None:
+    """A project's preference pairs (voicetune/preferences.py): a reply preferred over another to the same prompt,
+    from a blind vote, a "teach it this" edit or an imported file. DPO trains on the ones not excluded."""
+    conn.executescript(
+        """
+        CREATE TABLE preference_pairs (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            prompt TEXT NOT NULL,                 -- JSON list of messages, system prompt included, as the arms saw it
+            chosen TEXT NOT NULL,                 -- the preferred reply
+            rejected TEXT NOT NULL,               -- the other reply
+            source TEXT NOT NULL CHECK (source IN ('vote', 'edit', 'import')),
+            chosen_arm TEXT NOT NULL DEFAULT '',  -- arm keys ("base", "run:<id>"); '' for an edit's own text or an import
+            rejected_arm TEXT NOT NULL DEFAULT '',
+            run_id TEXT NOT NULL DEFAULT '',      -- the run whose reply was judged, where known
+            base_model TEXT NOT NULL DEFAULT '',  -- the project's base model when the pair was made
+            vote_id INTEGER UNIQUE,               -- the vote it came from: a vote makes at most one pair
+            excluded INTEGER NOT NULL DEFAULT 0,  -- 1: kept in the list, never trained on
+            created REAL NOT NULL
+        );
+        CREATE INDEX preference_pairs_by_project ON preference_pairs (project_id, id);
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
-              _m006_project_base_model, _m007_test_prompts]
+              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs]
 
 
 def _statements(script: str) -> list[str]:
@@ -841,3 +866,68 @@ def list_votes(conn: sqlite3.Connection, project_id: int | None) -> list[dict[st
     rows = (conn.execute("SELECT * FROM votes ORDER BY id") if project_id is None else
             conn.execute("SELECT * FROM votes WHERE project_id = ? ORDER BY id", (project_id,))).fetchall()
     return [{**dict(r), "prompt": json.loads(r["prompt"])} for r in rows]
+
+
+# --- Preference pairs (migration m008; voicetune/preferences.py is their one user) -------------------------------
+# Every pair belongs to one project in one workspace's own database, so another user's votes can never reach it.
+
+PAIR_SOURCES = ("vote", "edit", "import")
+
+
+def add_preference_pair(conn: sqlite3.Connection, project_id: int, *, prompt: list[dict], chosen: str, rejected: str,
+                        source: str, chosen_arm: str = "", rejected_arm: str = "", run_id: str = "",
+                        base_model: str = "", vote_id: int | None = None) -> int:
+    """Insert one pair; 0 when its vote already made one (a replayed vote never counts twice)."""
+    if source not in PAIR_SOURCES:
+        raise ValueError(f"unknown pair source {source!r}")
+    with conn:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO preference_pairs (project_id, prompt, chosen, rejected, source, chosen_arm,"
+            " rejected_arm, run_id, base_model, vote_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (project_id, json.dumps(prompt, ensure_ascii=False), chosen, rejected, source, chosen_arm, rejected_arm,
+             run_id, base_model, vote_id, time.time()),
+        )
+    return int(cur.lastrowid) if cur.rowcount == 1 else 0
+
+
+def _pair_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "prompt": json.loads(row["prompt"]), "excluded": bool(row["excluded"])}
+
+
+def list_preference_pairs(conn: sqlite3.Connection, project_id: int, *,
+                          include_excluded: bool = True) -> list[dict[str, Any]]:
+    """A project's pairs, oldest first; without the excluded ones when asked (what training reads)."""
+    where = "" if include_excluded else " AND excluded = 0"
+    rows = conn.execute(f"SELECT * FROM preference_pairs WHERE project_id = ?{where} ORDER BY id",
+                        (project_id,)).fetchall()
+    return [_pair_row(r) for r in rows]
+
+
+def get_preference_pair(conn: sqlite3.Connection, pair_id: int) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM preference_pairs WHERE id = ?", (pair_id,)).fetchone()
+    if row is None:
+        raise KeyError(f"no preference pair {pair_id}")
+    return _pair_row(row)
+
+
+def update_preference_pair(conn: sqlite3.Connection, pair_id: int, **fields_: Any) -> None:
+    """Set the chosen or rejected reply, or the excluded flag, of one pair."""
+    allowed = {"chosen", "rejected", "excluded"}
+    bad = set(fields_) - allowed
+    if bad:
+        raise ValueError(f"unknown preference pair field(s): {', '.join(sorted(bad))}")
+    if not fields_:
+        return
+    values = [int(v) if k == "excluded" else v for k, v in fields_.items()]
+    with conn:
+        cur = conn.execute(f"UPDATE preference_pairs SET {', '.join(f'{k} = ?' for k in fields_)} WHERE id = ?",
+                           (*values, pair_id))
+    if cur.rowcount == 0:
+        raise KeyError(f"no preference pair {pair_id}")
+
+
+def delete_preference_pair(conn: sqlite3.Connection, pair_id: int) -> None:
+    with conn:
+        cur = conn.execute("DELETE FROM preference_pairs WHERE id = ?", (pair_id,))
+    if cur.rowcount == 0:
+        raise KeyError(f"no preference pair {pair_id}")

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import gradio as gr
 import pandas as pd
 
-from voicetune import arena, limits, projects, store
+from voicetune import arena, limits, preferences, projects, store
 from voicetune.catalog import label
 from voicetune.config import GenConfig
 from voicetune.data import check_messages
@@ -194,6 +194,7 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     for arm, reply in zip(rnd.arms, replies):
         histories[arm.key] = [*histories.get(arm.key, []), user, {"role": "assistant", "content": reply.text}]
     state = {"keys": keys, "histories": histories, "round": rnd, "prompt": [*requests[0].messages],
+             "system": system or None,  # what base and tuned arms were sent: a vote's pair keeps it
              "stats": [stats_line(r, base if resolved.mixed else None) for r, base in zip(replies, resolved.bases)]}
     yield ["", *pane_updates(rnd, histories, None, None, state["stats"]), gr.update(visible=bool(blind)), state]
 
@@ -207,9 +208,12 @@ def vote(choice: str, project: int, state: dict | None) -> list[Any]:
     if choice not in arena.CHOICES:
         raise gr.Error(f"Unknown vote {choice!r}.")
     prompt = [m for m in state["prompt"] if m["role"] != "system"]
-    store.add_vote(store.connect(), pid(project), round_id=rnd.id, prompt=prompt,
-                   left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
-                   right_reply=rnd.replies[1], choice=choice, blind=rnd.blind)
+    conn = store.connect()
+    sides = dict(left_arm=rnd.arms[0].key, right_arm=rnd.arms[1].key, left_reply=rnd.replies[0],
+                 right_reply=rnd.replies[1], choice=choice)
+    vote_id = store.add_vote(conn, pid(project), round_id=rnd.id, prompt=prompt, blind=rnd.blind, **sides)
+    preferences.record_vote(conn, pid(project), vote_id=vote_id, prompt=prompt, system=state.get("system"),
+                            base_model=store.get_project(conn, pid(project))["base_model"], **sides)
     rnd.voted = True
     revealed = " · ".join(f"**{side}** was {arm.label}" for side, arm in zip(("Left", "Right"), rnd.arms))
     return [f"Vote saved. {revealed}", *pane_updates(rnd, state["histories"], None, None, state["stats"]),
@@ -248,8 +252,14 @@ def teach(label: str, edited: str, project: int, state: dict | None) -> str:
     if not (edited or "").strip():
         raise gr.Error("The reply to teach is empty.")
     messages = [*[m for m in state["prompt"] if m["role"] != "system"], {"role": "assistant", "content": edited.strip()}]
-    cid = store.add_conversation(store.connect(), pid(project), messages, source="teach-it-this")
-    return f"Saved as conversation {cid} in this project: the next run trains on it (see the Data tab)."
+    conn = store.connect()
+    cid = store.add_conversation(conn, pid(project), messages, source="teach-it-this")
+    arm = rnd.arms[rnd.public_labels().index(label)].key if label in rnd.public_labels() else ""
+    pair = preferences.record_edit(conn, pid(project), prompt=messages[:-1], system=state.get("system"),
+                                   original=pick_reply(label, state), edited=edited, arm=arm,
+                                   base_model=store.get_project(conn, pid(project))["base_model"])
+    also = " and as a preference pair (edited over original) for Improve from preferences" if pair else ""
+    return f"Saved as conversation {cid} in this project{also}: the next run trains on it (see the Data tab)."
 
 
 def export_preferences(project: int) -> str:
@@ -295,9 +305,13 @@ def batch_vote(row: float, choice: str, project: int, batch: dict | None) -> str
     if not 0 <= i < len(batch["prompts"]):
         raise gr.Error(f"Row must be between 1 and {len(batch['prompts'])}.")
     prompt = [{"role": "user", "content": batch["prompts"][i]}]
-    stored = store.add_vote(store.connect(), pid(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt,
-                            left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
-                            right_reply=batch["grid"][i][1], choice=choice, blind=False)
+    conn = store.connect()
+    sides = dict(left_arm=batch["arms"][0], right_arm=batch["arms"][1], left_reply=batch["grid"][i][0],
+                 right_reply=batch["grid"][i][1], choice=choice)
+    stored = store.add_vote(conn, pid(project), round_id=f"{batch['id']}-{i + 1}", prompt=prompt, blind=False,
+                            **sides)
+    preferences.record_vote(conn, pid(project), vote_id=stored, prompt=prompt, system=batch.get("system"),
+                            base_model=store.get_project(conn, pid(project))["base_model"], **sides)
     return f"Row {i + 1}: vote saved." if stored else f"Row {i + 1} already has a vote."
 
 
@@ -363,7 +377,7 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
             # 1.1 by default here: a 135M model loops under greedy decoding, and the penalty applies to every arm alike.
             rep = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
-    with gr.Accordion("Teach it this: save a reply as a training conversation", open=False):
+    with gr.Accordion("Teach it this: save a reply as a training conversation and a preference pair", open=False):
         which = gr.Dropdown([], label="Reply", allow_custom_value=True)  # choices change per round; teach checks
         edited = gr.Textbox(lines=3, label="Edit the reply into the ideal one")
         teach_btn = gr.Button("Save as training conversation")
@@ -382,6 +396,10 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
             row_buttons = [gr.Button(t, size="sm") for t in ("Left column better", "Right column better", "Tie",
                                                              "Both bad")]
         row_msg = gr.Markdown()
+    with gr.Accordion("Preference pairs: votes and edits that Improve from preferences trains on", open=False):
+        from voicetune.ui.preferences_tab import build_preferences_view
+
+        build_preferences_view(project)
     batch_state = gr.State({})
     state = gr.State({})
     clear = gr.Button("Clear chats", size="sm")

@@ -346,6 +346,10 @@ def build_train_tab(project: gr.State) -> "TrainTab":
             run_b = gr.Dropdown([], label="Run B")
             diff_btn = gr.Button("What changed?")
         diff_table = gr.Dataframe(interactive=False, wrap=True)
+    with gr.Accordion("Improve from preferences (DPO)", open=False):
+        from voicetune.ui import preferences_tab
+
+        parent, beta, rate, dpo_epochs, improve_btn = preferences_tab.build_improve_panel()
 
     panel = [adv[k] for k in _ADVANCED]
     watch_out = [bar, plot, status, log, queue]
@@ -363,12 +367,17 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         watch, run_id, watch_out, **follow)
     diff_btn.click(diff, [run_a, run_b], diff_table, api_name="diff_runs")
     ended = watching.then(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
+    improving = improve_btn.click(preferences_tab.start_improve, [project, parent, beta, rate, dpo_epochs],
+                                  [run_id, status], api_name="improve", concurrency_limit=4)
+    improving.success(watch, run_id, watch_out, **follow).then(runs_frame, None, runs_table).then(
+        preferences_tab.sft_runs, None, parent)
 
 
     def on_load(demo: gr.Blocks) -> None:
         """A reload (or a second browser) shows the plan, the queue, the runs, and follows the newest job."""
         demo.load(plan, [project, preset], [plan_md, *panel])
         demo.load(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
+        demo.load(preferences_tab.sft_runs, None, parent)
         demo.load(jobs_frame, None, queue)
         demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, **follow)
 

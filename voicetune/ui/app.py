@@ -51,7 +51,8 @@ def build_app() -> gr.Blocks:
                 build_use_tab(demo)
         # A reload, a finished run or a teammate's adapter: every run picker is filled from one read.
         pickers = [arms, score_run, export_run]
-        train_tab.ended.then(run_pickers, None, pickers)
+        for ended in train_tab.ended:
+            ended.then(run_pickers, None, pickers)
         shared_added.then(run_pickers, None, pickers)
         demo.load(session.whoami, None, who)
         train_tab.on_load(demo)

@@ -369,9 +369,8 @@ def build_train_tab(project: gr.State) -> "TrainTab":
     ended = watching.then(runs_frame, None, runs_table).then(run_choices, None, [run_a, run_b])
     improving = improve_btn.click(preferences_tab.start_improve, [project, parent, beta, rate, dpo_epochs],
                                   [run_id, status], api_name="improve", concurrency_limit=4)
-    improving.success(watch, run_id, watch_out, **follow).then(runs_frame, None, runs_table).then(
+    improved = improving.success(watch, run_id, watch_out, **follow).then(runs_frame, None, runs_table).then(
         preferences_tab.sft_runs, None, parent)
-
 
     def on_load(demo: gr.Blocks) -> None:
         """A reload (or a second browser) shows the plan, the queue, the runs, and follows the newest job."""
@@ -381,10 +380,10 @@ def build_train_tab(project: gr.State) -> "TrainTab":
         demo.load(jobs_frame, None, queue)
         demo.load(latest_job, None, run_id).then(watch, run_id, watch_out, **follow)
 
-    return TrainTab(ended, on_load)
+    return TrainTab((ended, improved), on_load)
 
 
 @dataclass
 class TrainTab:
-    ended: gr.events.Dependency  # fires when a watched job ends: other tabs list the new run
+    ended: tuple[gr.events.Dependency, ...]  # each fires when a watched job (SFT or DPO) ends: other tabs list the new run
     on_load: Callable[[gr.Blocks], None]

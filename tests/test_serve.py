@@ -565,3 +565,112 @@ def test_serve_cli_answers_like_the_app_without_the_page(pirate_adapter: Path, t
         proc.terminate()
         proc.wait(timeout=30)
     assert key not in log.read_text(errors="replace")
+
+
+# --- Runs of two bases: each answered by its own ---------------------------------------------------------------
+
+@pytest.fixture()
+def two_base_runs(tiny_model: Path, tiny_qwen: Path, tmp_path: Path, workspace: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Alice's workspace holds a run on the tiny Qwen (another tokenizer and template) and one on the tiny Llama,
+    the app's default base here; Bob's holds none."""
+    from tests.test_base_models import train_run
+    from voicetune import store
+
+    monkeypatch.setenv("VOICETUNE_BASE_MODEL", str(tiny_model))
+    with store.user_scope("user:alice"):
+        train_run(workspace, tmp_path, tiny_qwen, "qwen-run", "Qwen says hi!")
+        train_run(workspace, tmp_path, tiny_model, "llama-run", "Llama says hi!")
+        return {"qwen-run": store.run_dir("qwen-run"), "llama-run": store.run_dir("llama-run")}
+
+
+def serve_in_thread(service) -> tuple[str, object]:
+    """The /v1 routes on loopback in this process, so a test can see the service's engines."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from voicetune.serve import api_routes
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=api_routes(service)), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "the endpoint did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+def test_runs_of_two_bases_are_listed_and_each_answered_by_its_own_base(
+        two_base_runs: dict[str, Path], tiny_model: Path, tiny_qwen: Path, monkeypatch: pytest.MonkeyPatch):
+    from openai import NotFoundError
+
+    from voicetune import apikeys, generate, models, store
+    from voicetune.config import GenConfig
+    from voicetune.serve import app_service
+    from voicetune.ui import use_tab
+
+    with store.user_scope("user:alice"):
+        alice_key = apikeys.make_key("two bases", owner="user:alice")
+        # the Use it tab lists runs of every base, each with the base that answers it; chosen by name
+        choices = use_tab.model_choices()
+    with store.user_scope("user:bob"):
+        bob_key = apikeys.make_key("none", owner="user:bob")
+    assert choices["choices"] == [("qwen-run · " + tiny_qwen.name, "qwen-run"),
+                                  ("llama-run · " + tiny_model.name, "llama-run"),
+                                  ("base · " + tiny_model.name, "base")]
+    assert choices["value"] == "qwen-run"
+
+    service = app_service(signed_in=True)
+    url, server = serve_in_thread(service)
+    try:
+        alice, bob = client(url, alice_key), client(url, bob_key)
+        listed = alice.models.list()
+        assert [(m.id, m.owned_by, m.base_model) for m in listed] == [  # type: ignore[attr-defined]
+            ("base", "voicetune", tiny_model.name), ("qwen-run", "you", tiny_qwen.name),
+            ("llama-run", "you", tiny_model.name)]
+        assert [m.id for m in bob.models.list()] == ["base"]  # the key owner's workspace only, as before
+        with pytest.raises(NotFoundError):
+            bob.chat.completions.create(model="qwen-run", messages=QUESTION, max_tokens=3)
+
+        gen = GenConfig(max_new_tokens=8, greedy=True, repetition_penalty=1.0, seed=0)
+        counted = {}
+        for run, base in (("qwen-run", tiny_qwen), ("llama-run", tiny_model)):
+            reply = alice.chat.completions.create(model=run, messages=QUESTION, temperature=0, max_tokens=8)
+            own = generate.ChatModel(str(base))  # a fresh copy of the run's own base, with its adapter, alone
+            expected = own.generate([generate.Request(QUESTION, own.load_adapter(two_base_runs[run]))], gen)[0]
+            assert reply.choices[0].message.content == expected.text
+            assert reply.usage.completion_tokens == expected.reply_tokens
+            tok = models.load_tokenizer(str(base))  # counted with the run's own tokenizer and template
+            prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+            assert reply.usage.prompt_tokens == len(tok(prompt, add_special_tokens=False)["input_ids"])
+            counted[run] = reply.usage.prompt_tokens
+        assert counted["qwen-run"] != counted["llama-run"]  # so a count with the other base's tokenizer would fail
+        assert sorted(service._engines) == sorted([str(tiny_qwen), str(tiny_model)])  # one scheduler per base
+        qwen_engine = service._engines[str(tiny_qwen)]
+
+        # When shared_model's LRU lets a base go, the endpoint closes that base's scheduler and lets go too
+        monkeypatch.setattr(generate, "MAX_BASES", 1)
+        assert alice.chat.completions.create(model="base", messages=QUESTION, temperature=0, max_tokens=2).usage
+        assert list(service._engines) == [str(tiny_model)]
+        qwen_engine.scheduler._thread.join(timeout=30)
+        assert not qwen_engine.scheduler._thread.is_alive()
+        again = alice.chat.completions.create(model="qwen-run", messages=QUESTION, temperature=0, max_tokens=8)
+        own = generate.ChatModel(str(tiny_qwen))
+        assert again.choices[0].message.content == own.generate(
+            [generate.Request(QUESTION, own.load_adapter(two_base_runs["qwen-run"]))], gen)[0].text
+        assert list(service._engines) == [str(tiny_qwen)]
+    finally:
+        server.should_exit = True
+
+
+def test_headless_serve_takes_runs_of_two_bases(two_base_runs: dict[str, Path], tiny_model: Path, tiny_qwen: Path):
+    from voicetune.serve import Served, headless_service
+
+    service = headless_service({"q": two_base_runs["qwen-run"], "l": two_base_runs["llama-run"]})
+    assert service._models() == {"base": Served(None, str(tiny_model)),
+                                 "q": Served(two_base_runs["qwen-run"], str(tiny_qwen)),
+                                 "l": Served(two_base_runs["llama-run"], str(tiny_model))}
+    only = headless_service({"q": two_base_runs["qwen-run"]})
+    assert only.base_model == str(tiny_qwen)  # one base among the runs: `base` is that one, as before

@@ -88,6 +88,7 @@ class Scheduler:
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._next_id = 0
+        self._closed = False
         self.batch_sizes: list[int] = []  # rows of every batch run so far: the tests and the benchmark read it
         self._thread = threading.Thread(target=self._work, name="voicetune-api-batches", daemon=True)
         self._thread.start()
@@ -101,10 +102,20 @@ class Scheduler:
             self._cond.notify()
         return job
 
+    def close(self) -> None:
+        """End the worker once the requests already submitted are answered, so it lets go of its model (the
+        endpoint closes the scheduler of a base it no longer keeps loaded)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
     def _take_batch(self) -> list[Job]:
-        """Wait for work, let the window fill, then take the oldest request and all that may join it."""
+        """Wait for work, let the window fill, then take the oldest request and all that may join it; none
+        once closed and drained."""
         with self._cond:
             while not self._pending:
+                if self._closed:
+                    return []
                 self._cond.wait()
             wait = self._pending[0].queued_at + self.window_s - time.monotonic()
             if wait > 0:
@@ -118,6 +129,8 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             batch = self._take_batch()
+            if not batch:
+                return
             try:
                 self._run(batch)
             except BaseException as e:  # noqa: BLE001 - every caller of the batch hears of it; the worker goes on

@@ -2,8 +2,9 @@
 
 The app serves these routes beside its page, on the same port (voicetune/ui/app.py hands `api_routes()` to
 Gradio's FastAPI app); `python -m voicetune serve --run RUN` serves them alone, without the page. Every run is
-a model, by its run id or an alias its owner set; `base` is the base model with no adapter. Requests from
-all callers share the batched mixed-adapter generation of the compare view (voicetune/batcher.py).
+a model, by its run id or an alias its owner set, answered by the base model it was trained on; `base` is the
+app's default base model with no adapter. Requests from all callers for runs of one base share the batched
+mixed-adapter generation of the compare view (voicetune/batcher.py); each base has its own batches.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:7860/v1", api_key="vt-...")
@@ -43,6 +44,7 @@ from starlette.routing import BaseRoute, Route
 from voicetune import apikeys, store
 from voicetune.apikeys import BASE_MODEL_ID, KeyInfo, KeyRefused
 from voicetune.batcher import Sampling, Scheduler
+from voicetune.catalog import label
 from voicetune.generate import AdapterError, AdapterMismatch, ChatModel, Reply
 
 log = logging.getLogger(__name__)
@@ -226,54 +228,104 @@ class ReplyText:
 
 # --- The service ------------------------------------------------------------------------------------------
 
-ModelsFn = Callable[[], dict[str, Path | None]]
+@dataclass(frozen=True)
+class Served:
+    """One model a key may call: a run's adapter folder (None for `base`) and the base model that answers it."""
+
+    folder: Path | None
+    base_model: str
 
 
-def workspace_models(base_model: str) -> dict[str, Path | None]:
-    """The current workspace's servable models: `base`, every finished run on this base model, and aliases."""
+def workspace_models(default_base: str) -> dict[str, Served]:
+    """The current workspace's servable models: `base` (the app's default base model), every finished run on
+    whatever base it was trained on, and aliases. Each run is answered by its own base."""
     from voicetune import runs
 
-    found: dict[str, Path | None] = {BASE_MODEL_ID: None}
+    found: dict[str, Served] = {BASE_MODEL_ID: Served(None, default_base)}
     for folder in sorted(store.runs_dir().iterdir(), reverse=True):  # newest first; the folder name is the run id
         try:
-            if not folder.name.startswith(".") and runs.read(folder).get("base_model") == base_model:
-                found[folder.name] = folder
+            base = None if folder.name.startswith(".") else runs.read(folder).get("base_model")
         except runs.RunError:  # half-written or damaged: not a model
             continue
+        if base:
+            found[folder.name] = Served(folder, base)
     for alias, run_id in apikeys.aliases().items():
         if run_id in found and alias not in found:
             found[alias] = found[run_id]
     return found
 
 
-class Service:
-    """Keys, models and the batch scheduler behind the routes; one per process and base model."""
+class Engine:
+    """One base model's batch scheduler, and a copy of its tokenizer for counting a request's tokens."""
 
-    def __init__(self, *, base_model: str, models: Callable[[], dict[str, Path | None]], signed_in: bool,
-                 chat: Callable[[], ChatModel]):
-        self.base_model = base_model
-        self._models = models  # called inside the key owner's workspace
-        self.signed_in = signed_in
-        self._chat_factory = chat
-        self._chat: ChatModel | None = None
-        self._scheduler: Scheduler | None = None
-        self._counter: Any = None
-        self._lock = threading.Lock()
+    def __init__(self, chat: ChatModel):
+        self.scheduler = Scheduler(chat)
+        # A copy for counting: a fast tokenizer used by two threads at once, while ChatModel pads a batch with
+        # it, can fail ("Already borrowed"). Counting is serialised on the copy.
+        self._counter = copy.deepcopy(chat.tokenizer)
         self._count_lock = threading.Lock()
 
-    def scheduler(self) -> Scheduler:
-        with self._lock:  # the first request loads the model; the others wait for it
-            if self._scheduler is None:
-                self._chat = self._chat_factory()
-                # A copy for counting: a fast tokenizer used by two threads at once, while ChatModel pads a
-                # batch with it, can fail ("Already borrowed"). Counting is serialised on the copy.
-                self._counter = copy.deepcopy(self._chat.tokenizer)
-                self._scheduler = Scheduler(self._chat)
-            return self._scheduler
+    @property
+    def chat(self) -> ChatModel:
+        return self.scheduler.chat
 
     def count_tokens(self, text: str) -> int:
         with self._count_lock:
             return len(self._counter(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        """Counted exactly as ChatModel tokenizes the prompt: this base's chat template with its generation
+        prompt."""
+        from voicetune.templates import TemplateError, render
+
+        try:
+            with self._count_lock:
+                text = render(self._counter, messages, add_generation_prompt=True)
+        except TemplateError as e:
+            raise _invalid("messages", str(e)) from None
+        return self.count_tokens(text)
+
+
+def _still_shared(chat: ChatModel) -> bool:
+    """Whether generate.shared_model still keeps this model loaded (its LRU may have let it go for another)."""
+    from voicetune import generate
+
+    return any(chat is kept for kept in list(generate._shared.values()))
+
+
+class Service:
+    """Keys, models and one Engine per base model behind the routes; one per process.
+
+    Engines are made on a base's first request. Requests for runs of one base share that base's batches; a
+    base that `chat` no longer keeps loaded (shared_model's LRU, bounded by count and memory) has its
+    scheduler closed, so the endpoint never holds more bases than the Compare tab may."""
+
+    def __init__(self, *, base_model: str, models: Callable[[], dict[str, Served]], signed_in: bool,
+                 chat: Callable[[str], ChatModel], kept: Callable[[ChatModel], bool] = _still_shared):
+        self.base_model = base_model  # what `base` means
+        self._models = models  # called inside the key owner's workspace
+        self.signed_in = signed_in
+        self._chat = chat
+        self._kept = kept
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, base_model: str | None = None) -> Engine:
+        """The engine of this base (the default base when None); the first request of a base loads it, and
+        the others wait for it."""
+        base = base_model or self.base_model
+        with self._lock:
+            chat = self._chat(base)
+            engine = self._engines.get(base)
+            if engine is None or engine.chat is not chat:  # new, or reloaded after the LRU let it go
+                if engine is not None:
+                    engine.scheduler.close()
+                engine = self._engines[base] = Engine(chat)
+            for other, held in list(self._engines.items()):
+                if other != base and not self._kept(held.chat):
+                    held.scheduler.close()  # its answers in flight finish first; then the model can be freed
+                    del self._engines[other]
+            return engine
 
     def authenticate(self, request: HTTPRequest) -> KeyInfo:
         header = request.headers.get("authorization", "")
@@ -284,21 +336,9 @@ class Service:
             code = "missing_api_key" if not header else "invalid_api_key"
             raise APIError(401, str(e), code=code) from None
 
-    def models_for(self, key: KeyInfo) -> dict[str, Path | None]:
+    def models_for(self, key: KeyInfo) -> dict[str, Served]:
         with store.user_scope(key.owner):
             return self._models()
-
-    def prompt_tokens(self, messages: list[dict]) -> int:
-        """Counted exactly as ChatModel tokenizes the prompt: the chat template with its generation prompt."""
-        from voicetune.templates import TemplateError, render
-
-        self.scheduler()
-        try:
-            with self._count_lock:
-                text = render(self._counter, messages, add_generation_prompt=True)
-        except TemplateError as e:
-            raise _invalid("messages", str(e)) from None
-        return self.count_tokens(text)
 
 
 def _sse(data: Any) -> bytes:
@@ -308,7 +348,7 @@ def _sse(data: Any) -> bytes:
 def _generation_error(e: BaseException) -> APIError:
     """A failure while answering, in words the caller can act on; details stay in the server's log."""
     if isinstance(e, AdapterMismatch):
-        return APIError(400, f"This run cannot be served by this server's base model: {e}", param="model",
+        return APIError(400, f"This run cannot be served by the base model its record names: {e}", param="model",
                         code="model_not_supported")
     if isinstance(e, AdapterError):
         return APIError(500, "This run's adapter could not be loaded (damaged or incomplete files?).",
@@ -324,15 +364,15 @@ def _generation_error(e: BaseException) -> APIError:
 class Answer:
     """One request's reply, arriving from the batch worker thread into this request's event loop."""
 
-    def __init__(self, service: Service, key: KeyInfo, req: ChatRequest, folder: Path | None, prompt_tokens: int):
-        self.service, self.key, self.req = service, key, req
+    def __init__(self, engine: Engine, key: KeyInfo, req: ChatRequest, folder: Path | None, prompt_tokens: int):
+        self.engine, self.key, self.req = engine, key, req
         self.prompt_tokens = prompt_tokens
         self.id = "chatcmpl-" + secrets.token_hex(12)
         self.created = int(time.time())
         self.text = ReplyText(req.stop)
         self.events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        service.scheduler().submit(req.messages, folder, req.sampling,
+        engine.scheduler.submit(req.messages, folder, req.sampling,
                                    lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event))
 
     async def deltas(self) -> Any:
@@ -359,7 +399,7 @@ class Answer:
         self.content = self.text.sent
         if self.text.stopped or reply is None:
             self.finish_reason = "stop"
-            completion = self.service.count_tokens(self.content) if self.content else 0
+            completion = self.engine.count_tokens(self.content) if self.content else 0
         else:
             completion = reply.reply_tokens
             self.finish_reason = "length" if completion >= self.req.sampling.max_tokens else "stop"
@@ -423,21 +463,21 @@ async def chat_completions(service: Service, request: HTTPRequest) -> Response:
                             f"{math.ceil(wait)} s, or raise its limit in the Use it tab.", type="requests",
                        code="rate_limit_exceeded", headers={"Retry-After": str(math.ceil(wait))})
     req = parse_request(await _read_json(request), key)
-    models = await run_in_threadpool(service.models_for, key)
-    if req.model not in models:
+    served = (await run_in_threadpool(service.models_for, key)).get(req.model)
+    if served is None:
         raise _model_not_found(req.model)
-    scheduler = await run_in_threadpool(service.scheduler)
-    prompt_tokens = await run_in_threadpool(service.prompt_tokens, req.messages)
+    engine = await run_in_threadpool(service.engine, served.base_model)  # the run's own base answers it
+    prompt_tokens = await run_in_threadpool(engine.prompt_tokens, req.messages)
     if prompt_tokens > key.max_prompt_tokens:
         raise APIError(400, f"The prompt is {prompt_tokens} tokens after the chat template, but this key allows "
                             f"{key.max_prompt_tokens}. Shorten the conversation, or make a key with a higher limit.",
                        param="messages", code="context_length_exceeded")
-    context = scheduler.chat.context_length
+    context = engine.chat.context_length
     if context and prompt_tokens + req.sampling.max_tokens > context:
         raise APIError(400, f"The prompt ({prompt_tokens} tokens) and max_tokens ({req.sampling.max_tokens}) are "
                             f"more than the model's {context}-token context.", param="messages",
                        code="context_length_exceeded")
-    answer = Answer(service, key, req, models[req.model], prompt_tokens)
+    answer = Answer(engine, key, req, served.folder, prompt_tokens)
     if req.stream:
         return StreamingResponse(answer.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -447,8 +487,9 @@ async def chat_completions(service: Service, request: HTTPRequest) -> Response:
 async def list_models(service: Service, request: HTTPRequest) -> Response:
     key = await run_in_threadpool(service.authenticate, request)
     models = await run_in_threadpool(service.models_for, key)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "voicetune" if folder is None else "you"}
-            for name, folder in models.items()]
+    # OpenAI's four fields as before, and the base that answers each (by name: never a server path)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "voicetune" if m.folder is None else "you",
+             "base_model": label(m.base_model)} for name, m in models.items()]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -484,33 +525,36 @@ def api_routes(service: Service) -> list[BaseRoute]:
 
 
 def app_service(*, signed_in: bool) -> Service:
-    """The app's endpoint: each key reaches its owner's workspace; the model is the one the Compare tab uses."""
+    """The app's endpoint: each key reaches its owner's workspace; each run is answered by its own base model,
+    loaded through the same shared LRU as the Compare tab; `base` is the app's default base model."""
     from voicetune.generate import shared_model
     from voicetune.models import default_base_model
 
     base = default_base_model()
-    return Service(base_model=base, models=lambda: workspace_models(base), signed_in=signed_in,
-                   chat=lambda: shared_model(base))
+    return Service(base_model=base, models=lambda: workspace_models(base), signed_in=signed_in, chat=shared_model)
 
 
 # --- Headless: python -m voicetune serve --------------------------------------------------------------------
 
 def headless_service(runs: dict[str, Path], base_model: str | None = None) -> Service:
-    """Just these runs (name -> adapter folder) and `base`, for keys of the shared workspace."""
+    """Just these runs (name -> adapter folder) and `base`, for keys of the shared workspace.
+
+    Each run is answered by the base it was trained on, or all by `base_model` when one is given. `base` is
+    that base model, else the runs' one base, else (runs of several bases, or none) the default base model.
+    Every run is checked against its base now, so a mismatch is refused at start-up, not at the first request.
+    """
     from voicetune.generate import shared_model
     from voicetune import runs as run_folder
+    from voicetune.models import default_base_model
 
-    records = {name: run_folder.read(folder) for name, folder in runs.items()}
-    bases = {r["base_model"] for r in records.values()}
-    if base_model is None:
-        if len(bases) > 1:
-            raise ValueError("these runs were trained on different base models; serve them one base at a time")
-        base_model = bases.pop() if bases else None
-    chat = shared_model(base_model)
+    bases = {name: base_model or run_folder.read(folder)["base_model"] for name, folder in runs.items()}
+    default = base_model or (next(iter(set(bases.values()))) if len(set(bases.values())) == 1
+                             else default_base_model())
     for name, folder in runs.items():
-        chat.check_adapter(folder)  # another base or template: refused now, not at the first request
-    fixed: dict[str, Path | None] = {BASE_MODEL_ID: None, **runs}
-    return Service(base_model=chat.base_model, models=lambda: dict(fixed), signed_in=False, chat=lambda: chat)
+        shared_model(bases[name]).check_adapter(folder)  # another base or template: refused now
+    fixed: dict[str, Served] = {BASE_MODEL_ID: Served(None, default),
+                                **{name: Served(folder, bases[name]) for name, folder in runs.items()}}
+    return Service(base_model=default, models=lambda: dict(fixed), signed_in=False, chat=shared_model)
 
 
 def serve_forever(service: Service, host: str, port: int) -> None:
@@ -519,6 +563,8 @@ def serve_forever(service: Service, host: str, port: int) -> None:
     from starlette.applications import Starlette
 
     app = Starlette(routes=api_routes(service))
-    service.scheduler()  # load the model before the first caller waits for it
-    print(f"voicetune: serving {', '.join(service._models())} at http://{host}:{port}/v1", flush=True)
+    served = service._models()
+    for base in dict.fromkeys(m.base_model for m in served.values() if m.folder is not None):
+        service.engine(base)  # load each run's base before the first caller waits for it
+    print(f"voicetune: serving {', '.join(served)} at http://{host}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

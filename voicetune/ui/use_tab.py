@@ -1,6 +1,7 @@
 """Use it tab: call a finished run from your own code through the app's OpenAI-compatible endpoint.
 
-Pick a run (or give it a friendly alias), copy the snippet for the `openai` Python client or curl, and make
+Pick a run of any base model (each is answered by the base it was trained on; the list shows which), or give
+it a friendly alias, copy the snippet for the `openai` Python client or curl, and make
 an API key. A key is shown once, kept only as a hash, reaches only your own workspace's runs, and has its
 own rate limit and caps on reply and prompt length (voicetune/apikeys.py); revoking it works at once. The
 endpoint itself is voicetune/serve.py, served on this same port under /v1.
@@ -15,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from voicetune import apikeys
+from voicetune.catalog import label
 from voicetune.models import default_base_model
 from voicetune.serve import workspace_models
 from voicetune.ui import session
@@ -24,10 +26,13 @@ EXAMPLE = "Do you ship abroad?"
 
 
 def model_choices() -> dict:
-    """The models an API key of this workspace can call: its finished runs (newest first), aliases, and base."""
-    names = list(workspace_models(default_base_model()))
-    runs = [n for n in names if n != apikeys.BASE_MODEL_ID]
-    return gr.update(choices=[*runs, apikeys.BASE_MODEL_ID], value=runs[0] if runs else apikeys.BASE_MODEL_ID)
+    """The models an API key of this workspace can call: its finished runs of every base (newest first),
+    aliases, and base; each shown with the base model that answers it, and chosen by its name."""
+    served = workspace_models(default_base_model())
+    choices = [(f"{name} · {label(m.base_model)}", name) for name, m in served.items() if name != apikeys.BASE_MODEL_ID]
+    base = served[apikeys.BASE_MODEL_ID].base_model
+    choices.append((f"{apikeys.BASE_MODEL_ID} · {label(base)}", apikeys.BASE_MODEL_ID))
+    return gr.update(choices=choices, value=choices[0][1])
 
 
 def base_url(request: gr.Request | None) -> str:
@@ -92,9 +97,9 @@ def revoke_key(key_id: float | None) -> tuple[str, pd.DataFrame]:
 
 def set_alias(alias: str, model: str | None) -> tuple[str, dict]:
     names = workspace_models(default_base_model())
-    if not model or names.get(model) is None:
+    if not model or model not in names or names[model].folder is None:
         raise gr.Error("Choose one of your finished runs to name (the base model already has the name “base”).")
-    run_id = names[model].name
+    run_id = names[model].folder.name
     try:
         apikeys.set_alias(alias, run_id)
     except ValueError as e:
@@ -114,7 +119,8 @@ def build_use_tab(demo: gr.Blocks) -> gr.Dropdown:
                 "OpenAI client works. Each request needs an API key from below; the chat on this page does not.")
     with gr.Row():
         model = gr.Dropdown([apikeys.BASE_MODEL_ID], value=apikeys.BASE_MODEL_ID, allow_custom_value=True,
-                            label="Run to call (its id, an alias, or base)", scale=3)
+                            label="Run to call (its id, an alias, or base) · the base model that answers it",
+                            scale=3)
         alias = gr.Textbox(label="Alias for this run (optional)", placeholder="e.g. cosmo", scale=2)
         alias_btn = gr.Button("Set alias", scale=1)
         refresh_btn = gr.Button("↻ Runs", scale=0, min_width=80)  # a run that finished after the page loaded

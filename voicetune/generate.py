@@ -553,6 +553,13 @@ def shared_model(base_model: str | None = None) -> ChatModel:
         return _shared[key]
 
 
+def still_shared(chat: ChatModel) -> bool:
+    """Whether shared_model still keeps this model loaded: its LRU may have let it go for another base, and a
+    holder (the endpoint's per-base scheduler) should then let it go too, so its memory can be freed."""
+    with _shared_lock:
+        return any(chat is kept for kept in _shared.values())
+
+
 def stream_groups(groups: list[tuple[ChatModel, list[int]]], requests: list[Request],
                   gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
     """A round whose arms sit on different bases: each base answers its own arms (`rows` of `requests`) in one

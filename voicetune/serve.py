@@ -287,10 +287,9 @@ class Engine:
 
 
 def _still_shared(chat: ChatModel) -> bool:
-    """Whether generate.shared_model still keeps this model loaded (its LRU may have let it go for another)."""
-    from voicetune import generate
+    from voicetune.generate import still_shared
 
-    return any(chat is kept for kept in list(generate._shared.values()))
+    return still_shared(chat)
 
 
 class Service:

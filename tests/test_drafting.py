@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -304,3 +305,63 @@ def test_five_drafts_with_the_embedded_model(project, base_path):
     queue = store.list_drafts(conn, pid, "pending")
     assert len(queue) == 5 and all(d["reply"].strip() for d in queue)
     assert all(d["model"] == f"base:{store.get_project(conn, pid)['base_model']}" for d in queue)
+
+
+# ---------------------------------------------------------------- Health, the split and the scorecard
+
+
+def _grow(conn, pid: int, n: int) -> list[int]:
+    """n accepted drafts, as the review queue leaves them."""
+    ids = [store.add_draft(conn, pid, kind="answer", question=f"Drafted question number {i}?", reply=f"Reply {i}! ☕",
+                           model="base:x", prompt_version=drafting.PROMPT_VERSION) for i in range(n)]
+    return [drafting.accept(conn, d) for d in ids]
+
+
+def test_the_split_never_holds_back_a_drafted_conversation():
+    from voicetune.data import Conversation, split_train_val, validation_size
+
+    convs = [Conversation([{"role": "user", "content": str(i)}], i, {"drafted": i >= 10}) for i in range(40)]
+    train, val = split_train_val(convs, 0.2, seed=3)
+    assert len(val) == 5 and all(c.line < 10 for c in val)  # 20% of 40 is 8, but at most half of the 10 written
+    assert len(train) == 35
+    plain = [Conversation(c.messages, c.line) for c in convs]  # nothing drafted: the split is as it always was
+    order = list(range(40))
+    random.Random(3).shuffle(order)  # the split before drafting existed, spelled out
+    assert [c.line for c in split_train_val(plain, 0.2, seed=3)[1]] == sorted(order[:8])
+    assert validation_size(40, 0.2) == 8 and validation_size(40, 0.2, human=40) == 8
+
+
+def test_health_counts_drafts_and_warns_past_the_ratio(project, tokenizer):
+    conn, pid = project
+    for q, a in HUMAN * 3:  # 12 written (near copies do not matter here)
+        store.add_conversation(conn, pid, [{"role": "user", "content": q + " Really?"}, {"role": "assistant", "content": a}])
+    _grow(conn, pid, 60)
+    report = projects.check_project(conn, pid, tokenizer, max_length=256)
+    assert (report.trainable, report.drafted, report.n_val) == (72, 60, 6)  # 10% of 72 is 7; half of 12 is 6
+    assert report.drafted <= projects.DRAFTED_RATIO * 12  # 60 = 5 x 12: not more than the ratio, no warning
+    assert not [w for w in report.warnings if "drafted" in w.message]
+    _grow(conn, pid, 1)
+    warned = [str(w) for w in projects.check_project(conn, pid, tokenizer, max_length=256).warnings if "drafted" in w.message]
+    assert warned == ["project: 61 of the 73 conversations to train on were drafted, more than 5 for each one a person "
+                      "wrote (12): write or import more of your own, or the voice learnt will be the drafting model's "
+                      "more than yours"]
+
+
+def test_a_run_counts_its_drafted_conversations_and_holds_none_back(project, tokenizer, tmp_path):
+    from voicetune import train
+    from voicetune.config import TrainConfig
+    from voicetune.evaluate import training_line
+
+    conn, pid = project
+    cids = _grow(conn, pid, 5)
+    projects.set_held_out(conn, [cids[0]], True)  # the user may mark a drafted one held out
+    lines = projects.training_jsonl(conn, pid).splitlines()
+    assert [json.loads(line).get("drafted", False) for line in lines] == [False] * 3 + [True] * 4
+    assert json.loads(projects.heldout_jsonl(conn, pid))["messages"][0]["content"] == "Drafted question number 0?"
+    (tmp_path / "d.jsonl").write_text(projects.training_jsonl(conn, pid), encoding="utf-8")
+    cfg = TrainConfig(data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "o"), val_fraction=0.3)
+    prepared = train.prepare_data(cfg, tokenizer)
+    assert [c.meta.get("drafted", False) for c in prepared.val_convs] == [False]  # 30% of 7 is 2; half of 3 written: 1
+    assert sum(c.meta.get("drafted", False) for c in prepared.train_convs) == 4
+    assert training_line({"trained_on": 5, "drafted": 4}) == ("Trained on 5 conversations: 1 written by a person, "
+                                                               "4 drafted by a model and accepted.")

@@ -232,7 +232,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(card, ensure_ascii=False, indent=2))
         return 0
-    print(f"Scorecard for {card['run_id']} on {card['heldout']} held-out conversations\n")
+    from voicetune.evaluate import training_line
+
+    trained = training_line(card)
+    print(f"Scorecard for {card['run_id']} on {card['heldout']} held-out conversations"
+          + (f"\n{trained}" if trained else "") + "\n")
     print(f"{'metric':40} {'base':>10} {'prompt-only':>12} {'tuned':>10}")
     for row in summary_rows(card):
         cells = [("" if row[k] is None else f"{row[k]:.3f}") for k in ("base", "prompt-only", "tuned")]

@@ -365,3 +365,27 @@ def test_a_run_counts_its_drafted_conversations_and_holds_none_back(project, tok
     assert sum(c.meta.get("drafted", False) for c in prepared.train_convs) == 4
     assert training_line({"trained_on": 5, "drafted": 4}) == ("Trained on 5 conversations: 1 written by a person, "
                                                                "4 drafted by a model and accepted.")
+
+
+def test_the_cli_drafts_to_a_file_and_imports_it_into_the_queue(project, scripted_chat, tmp_path, capsys):
+    from voicetune import cli
+
+    conn, pid = project
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Do you deliver?\nAre you open on Sunday?\nIs there wifi?\n", encoding="utf-8")
+    scripted_chat.enqueue("We deliver! ☕", "Wifi is free! ☕")
+    out = tmp_path / "drafts.jsonl"
+    assert cli.main(["draft", "--project", "Cosmo", "--questions", str(questions), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "questions.txt: line 2: “Are you open on Sunday?” is already asked by conversation 1" in err
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["question"], r["reply"], r["prompt_version"]) for r in records] == [
+        ("Do you deliver?", "We deliver! ☕", "draft-reply-1"), ("Is there wifi?", "Wifi is free! ☕", "draft-reply-1")]
+    assert store.list_drafts(conn, pid) == []  # written for review elsewhere: nothing queued yet
+    records[0]["reply"] = "We deliver within 2 miles! ☕"  # reviewed elsewhere
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert cli.main(["draft", "--project", "Cosmo", "--import", str(out)]) == 0
+    assert [d["reply"] for d in store.list_drafts(conn, pid, "pending")] == ["We deliver within 2 miles! ☕",
+                                                                           "Wifi is free! ☕"]
+    assert cli.main(["draft", "--project", "Nope", "--import", str(out)]) == 64
+    assert capsys.readouterr().err.endswith("error: no project called “Nope” in this workspace (projects: “Cosmo”)\n")

@@ -422,6 +422,7 @@ class Update:
     question: str
     text: str
     draft_id: int | None = None  # set on the last update of a question: it is in the queue
+    record: dict[str, Any] | None = None  # set on the last update: the whole draft (drafts_jsonl's keys)
 
 
 def _finish(text: str) -> str:
@@ -429,9 +430,10 @@ def _finish(text: str) -> str:
 
 
 def draft_replies(conn: sqlite3.Connection, project_id: int, questions: list[str], drafter: Drafter,
-                  gen: GenConfig = DRAFT_GEN) -> Iterator[Update]:
+                  gen: GenConfig = DRAFT_GEN, *, queue: bool = True) -> Iterator[Update]:
     """Answer each question in the voice, in order, streaming; each whole reply goes to the queue at once, so a
-    reload loses at most the one being written. A question the project already asks is queued flagged."""
+    reload loses at most the one being written. A question the project already asks is queued flagged. With
+    queue=False nothing is stored: the last update of each question carries the draft (the CLI writes a file)."""
     project = store.get_project(conn, project_id)
     pool = seed_pool(conn, project_id)
     for i, question in enumerate(questions):
@@ -440,10 +442,11 @@ def draft_replies(conn: sqlite3.Connection, project_id: int, questions: list[str
         text = ""
         for text in drafter.stream(reply_messages(project, seeds, question), gen):
             yield Update(i, question, text)
-        draft_id = store.add_draft(conn, project_id, kind="answer", question=question, reply=_finish(text),
-                                   model=drafter.label, prompt_version=PROMPT_VERSION, seeds=[c["id"] for c in seeds],
-                                   duplicate_of=_conversation_id(duplicate_of(question, known)))
-        yield Update(i, question, _finish(text), draft_id)
+        record = {"question": question, "reply": _finish(text), "kind": "answer", "original": "",
+                  "model": drafter.label, "prompt_version": PROMPT_VERSION, "seeds": [c["id"] for c in seeds]}
+        draft_id = store.add_draft(conn, project_id, **record, duplicate_of=_conversation_id(
+            duplicate_of(question, known))) if queue else None
+        yield Update(i, question, _finish(text), draft_id, record)
 
 
 def rewrite_answers(conn: sqlite3.Connection, project_id: int, pairs: list[tuple[str, str]], drafter: Drafter,

@@ -389,3 +389,58 @@ def test_the_cli_drafts_to_a_file_and_imports_it_into_the_queue(project, scripte
                                                                            "Wifi is free! ☕"]
     assert cli.main(["draft", "--project", "Nope", "--import", str(out)]) == 64
     assert capsys.readouterr().err.endswith("error: no project called “Nope” in this workspace (projects: “Cosmo”)\n")
+
+
+# ---------------------------------------------------------------- the Draft tab, through the app's API
+
+
+@pytest.fixture()
+def app_client(workspace, scripted_chat):
+    from gradio_client import Client
+
+    from tests.test_app import free_port
+    from voicetune.ui.app import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def test_the_draft_tab_drafts_and_reviews_one_at_a_time(app_client, scripted_chat, endpoint):
+    conn = store.connect()
+    pid = projects.current_project(conn)  # the project this client's session has open
+    store.add_conversation(conn, pid, [{"role": "user", "content": "Open Sunday?"},
+                                       {"role": "assistant", "content": "8 till 4! ☕"}])
+    scripted_chat.enqueue("We deliver! ☕", "Wifi is free! ☕", "Dogs welcome! ☕")
+    shown = app_client.predict("base", "Do you deliver?\nIs there wifi?\nopen sunday\nCan I bring my dog?",
+                               api_name="/draft_replies")
+    assert shown.startswith("3 new question(s), 1 left out: line 3: “open sunday” is already asked by conversation 1")
+    assert shown.endswith("✅ 3 draft(s) are waiting for review below.")
+    header, question, reply, details = app_client.predict(api_name="/review_queue")
+    assert (header, question, reply) == ("### Draft 1 · 3 waiting (0 accepted, 0 rejected so far)", "Do you deliver?",
+                                         "We deliver! ☕")
+    assert app_client.predict(question, "We deliver within 2 miles! ☕", api_name="/accept_draft") == \
+        "Accepted draft 1 as conversation 2 (tagged drafted)."
+    app_client.predict(api_name="/review_queue")
+    assert app_client.predict(api_name="/reject_draft") == "Rejected draft 2: it stays out of the project."
+    _, question, reply, _ = app_client.predict(api_name="/review_queue")
+    app_client.predict(question, reply, api_name="/accept_draft")
+    header, *_ = app_client.predict(api_name="/review_queue")
+    assert header == "### No drafts waiting for review (2 accepted, 1 rejected so far)"
+    drafted = [c for c in store.list_conversations(conn, pid) if c["source"] == "drafted"]
+    assert [c["messages"][1]["content"] for c in drafted] == ["We deliver within 2 miles! ☕", "Dogs welcome! ☕"]
+    assert [drafting.provenance(conn, c["id"])["edited"] for c in drafted] == [True, False]
+    # The endpoint's key goes in once and never comes back to the page
+    status, key_box, _ = app_client.predict(endpoint, "llama3.1", KEY, api_name="/save_endpoint")
+    assert status == f"Saved: drafting can use llama3.1 at {endpoint}." and key_box["value"] == ""
+    assert key_box["placeholder"] == "A key is saved: type a new one to replace it (it is never shown)"
+    assert store.get_draft_endpoint(conn)["api_key"] == KEY
+    import urllib.request
+
+    page = urllib.request.urlopen(app_client.src.rstrip("/") + "/config").read().decode()
+    assert KEY not in page and KEY not in json.dumps(app_client.view_api(print_info=False, return_format="dict"))

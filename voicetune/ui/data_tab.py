@@ -708,6 +708,10 @@ def build_data_tab() -> gr.State:
             import_report = gr.Markdown()
             import_table = gr.Dataframe(interactive=False, wrap=True, max_height=300, label="Will be added")
             add_btn = gr.Button("Add to the project", variant="primary", visible=False)
+        with gr.Tab("Draft"):
+            from voicetune.ui.draft_tab import build_draft_tab
+
+            build_draft_tab(project, editing)
         with gr.Tab("Export"):
             gr.Markdown("Every conversation of the project, held-out ones included.")
             with gr.Row():

@@ -38,6 +38,27 @@ def drafter(conn, pid: int) -> drafting.Drafter:
     return drafting.make_drafter(conn, pid, "base")
 
 
+# ---------------------------------------------------------------- the queue's table
+
+
+def test_a_workspace_from_before_drafting_opens_with_an_empty_queue(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    for step in store.MIGRATIONS[:7]:  # m001..m007: the schema before DPO (m008) and drafting (m009)
+        step(old)
+    old.execute("PRAGMA user_version = 7")
+    old.execute("INSERT INTO projects (name, created) VALUES ('before', 1)")
+    old.commit()
+    old.close()
+    assert store.MIGRATIONS[-1] is store._m009_drafts
+    conn = store.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
+    assert store.list_drafts(conn, 1) == [] and store.get_draft_endpoint(conn) is None
+    assert store.draft_counts(conn, 1) == {"pending": 0, "accepted": 0, "rejected": 0}
+
+
 # ---------------------------------------------------------------- questions
 
 
@@ -88,11 +109,10 @@ def test_drafts_arrive_in_order_and_stream(project, scripted_chat):
     queue = store.list_drafts(conn, pid, "pending")
     assert [d["question"] for d in queue] == ["Do you deliver?", "Is there wifi?"]
     assert drafting.next_pending(conn, pid)["id"] == done[0].draft_id
-    first = scripted_chat.requests[0].messages
-    assert first[-1] == {"role": "user", "content": "Do you deliver?"}
-    assert first[0]["content"].startswith("You are Cosmo Coffee.\n\nYou write replies to customers as our brand")
-    assert "Style guide:\nShort, warm, ends with Stay caffeinated! ☕" in first[0]["content"]
-    assert "Customer: Are you open on Sunday?\nYou: Sundays 8 till 4! Stay caffeinated! ☕" in first[0]["content"]
+    first = scripted_chat.requests[0].messages  # system prompt and style guide, the seeds as turns, the question
+    assert first[0] == {"role": "system", "content": "You are Cosmo Coffee.\n\nYou reply to customers as our brand."
+                        "\n\nStyle guide:\nShort, warm, ends with Stay caffeinated! ☕"}
+    assert [m["content"] for m in first[1:]] == [*HUMAN[1], *HUMAN[0], *HUMAN[2], "Do you deliver?"]
 
 
 def test_edit_then_accept_stores_the_edited_text_with_provenance(project, scripted_chat):

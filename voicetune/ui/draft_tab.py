@@ -230,7 +230,7 @@ def build_draft_tab(project: gr.State, editing: gr.State) -> None:
             pasted = gr.Textbox(label="FAQ answers or support replies: a question line ending in ?, then the "
                                       "answer; a line of --- between them", lines=6)
             go_rewrite = gr.Button("Rewrite in our voice", variant="primary")
-        with gr.Tab("Import drafts"):
+        with gr.Tab("From a file"):
             drafts_file = gr.File(label="A drafts file from `python -m voicetune draft`", file_types=[".jsonl"])
             go_import = gr.Button("Put them in the review queue")
     progress = gr.Markdown()

@@ -385,6 +385,7 @@ def test_a_run_counts_its_drafted_conversations_and_holds_none_back(project, tok
     assert sum(c.meta.get("drafted", False) for c in prepared.train_convs) == 4
     assert training_line({"trained_on": 5, "drafted": 4}) == ("Trained on 5 conversations: 1 written by a person, "
                                                                "4 drafted by a model and accepted.")
+    assert training_line({"trained_on": None, "drafted": 0}) == "" == training_line({})  # a card from before
 
 
 def test_the_cli_drafts_to_a_file_and_imports_it_into_the_queue(project, scripted_chat, tmp_path, capsys):

@@ -195,3 +195,45 @@ def test_the_whole_journey_in_a_browser(browser, app: RunningApp, tmp_path: Path
     no_sideways_scroll(small)
     phone.close()
     context.close()
+
+
+def test_drafts_reviewed_in_a_browser(browser, app: RunningApp) -> None:
+    """Data › Draft: three questions drafted by the embedded model, two accepted (one edited, one by Alt+A), one
+    rejected by Alt+R; the Conversations table then shows the two drafted conversations."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app.url)
+    page.get_by_label("New project").fill("E2E Drafts")
+    page.get_by_role("button", name="Create project").click()
+    expect(page.get_by_text("Created project “E2E Drafts”")).to_be_visible()
+
+    page.get_by_role("tab", name="Draft", exact=True).click()
+    page.get_by_label("Customer questions, one per line").fill("Do you deliver?\nIs there wifi?\nCan I bring my dog?")
+    page.get_by_role("button", name="Draft replies").click()
+    expect(page.get_by_text("✅ 3 draft(s) are waiting for review below.")).to_be_visible(timeout=300_000)
+    expect(page.get_by_text("· 3 waiting (0 accepted, 0 rejected so far)")).to_be_visible()
+    expect(page.get_by_label("Customer says")).to_have_value("Do you deliver?")
+    shot(page, "draft-1-queue")
+
+    page.get_by_label("Drafted reply (edit it, then accept)").fill("We deliver within 2 miles! ☕")
+    page.get_by_role("button", name="Accept").click()
+    expect(page.get_by_text("· 2 waiting (1 accepted, 0 rejected so far)")).to_be_visible()
+    expect(page.get_by_label("Customer says")).to_have_value("Is there wifi?")
+    page.keyboard.press("Alt+r")
+    expect(page.get_by_text("· 1 waiting (1 accepted, 1 rejected so far)")).to_be_visible()
+    page.keyboard.press("Alt+a")
+    expect(page.get_by_text("No drafts waiting for review (2 accepted, 1 rejected so far)")).to_be_visible()
+    shot(page, "draft-2-reviewed")
+
+    page.get_by_role("tab", name="Conversations", exact=True).click()
+    table = page.locator(".block", has=page.get_by_text("Conversations (click a row to edit it)")).last
+    expect(table).to_contain_text("We deliver within 2 miles! ☕")  # the edit, as stored
+    shown = table.inner_text()  # what a person reads (the grid keeps hidden copies of some cells for editing)
+    assert shown.splitlines().count("drafted") == 2 and "Can I bring my dog?" in shown  # the 2 accepted, tagged drafted
+    assert "Is there wifi?" not in shown  # the rejected one: kept out of the project
+    shot(page, "draft-3-table")
+    context.close()

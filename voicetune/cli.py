@@ -5,6 +5,7 @@
     python -m voicetune validate --data my-voice.jsonl
     python -m voicetune export --run cosmo --gguf --quant q8_0
     python -m voicetune serve --run cosmo --port 8000
+    python -m voicetune draft --project "Cosmo Coffee" --questions questions.txt --out drafts.jsonl
 
 Errors the user can fix (bad data, a missing model) print one plain message and exit non-zero, with no
 traceback. Heavy libraries are imported only by the verbs that need them.
@@ -247,7 +248,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(card, ensure_ascii=False, indent=2))
         return 0
-    print(f"Scorecard for {card['run_id']} on {card['heldout']} held-out conversations\n")
+    from voicetune.evaluate import training_line
+
+    trained = training_line(card)
+    print(f"Scorecard for {card['run_id']} on {card['heldout']} held-out conversations"
+          + (f"\n{trained}" if trained else "") + "\n")
     print(f"{'metric':40} {'base':>10} {'prompt-only':>12} {'tuned':>10}")
     for row in summary_rows(card):
         cells = [("" if row[k] is None else f"{row[k]:.3f}") for k in ("base", "prompt-only", "tuned")]
@@ -454,6 +459,42 @@ def cmd_fetch(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draft(a: argparse.Namespace) -> int:
+    """Draft replies for review elsewhere (--out), or put a reviewed drafts file back into the queue (--import)."""
+    from voicetune import drafting, projects, store
+
+    conn = store.connect()
+    found = [p for p in projects.list_projects(conn) if p["name"] == a.project]
+    if not found:
+        names = ", ".join(f"“{p['name']}”" for p in projects.list_projects(conn)) or "none yet"
+        return _fail(EXIT_USAGE, f"no project called “{a.project}” in this workspace (projects: {names})")
+    pid = found[0]["id"]
+    if a.import_file:
+        ids, problems = drafting.import_drafts(conn, pid, Path(a.import_file).read_bytes())
+        for p in problems:
+            print(f"{Path(a.import_file).name}: {p}", file=sys.stderr)
+        print(f"{len(ids)} draft(s) put in the review queue of “{a.project}”; review them in the Data tab's Draft tab.")
+        return EXIT_DATA if problems else 0
+    if not a.questions or not a.out:
+        return _fail(EXIT_USAGE, "--questions and --out are required (or --import FILE to queue a drafts file)")
+    asked = drafting.read_new_questions(conn, pid, Path(a.questions).read_text(encoding="utf-8"))
+    for p in asked.left_out:
+        print(f"{Path(a.questions).name}: {p}", file=sys.stderr)
+    try:
+        drafter = drafting.make_drafter(conn, pid, a.model)
+        records = []
+        for update in drafting.draft_replies(conn, pid, asked.kept, drafter, queue=False):
+            if update.record is not None:
+                records.append(update.record)
+                print(f"{len(records)}/{len(asked.kept)} {update.question}", file=sys.stderr)
+    except drafting.DraftError as e:
+        return _fail(EXIT_MODEL, str(e))
+    store.atomic_write_text(Path(a.out), drafting.drafts_jsonl(records))
+    print(f"{len(records)} draft(s) written to {a.out}: review them, then "
+          f"`python -m voicetune draft --project \"{a.project}\" --import {a.out}` puts them in the review queue.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m voicetune", description="Tune a small model to a brand voice.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -551,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download a base model from the Hub into the shared model cache")
     f.add_argument("model", help="a Hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct (gated ones need HF_TOKEN)")
     f.set_defaults(fn=cmd_fetch)
+
+    d = sub.add_parser("draft", help="draft replies in a project's voice to a file of questions (one per line), "
+                                      "or put a drafts file into the project's review queue")
+    d.add_argument("--project", required=True, help="the project's name, as the app shows it")
+    d.add_argument("--questions", help="a text file, one customer question per line")
+    d.add_argument("--out", help="the drafts file to write (JSON lines: question, reply, provenance)")
+    d.add_argument("--model", default="base", help="base (the project's base model), run:<run id>, or endpoint")
+    d.add_argument("--import", dest="import_file", metavar="FILE", help="queue a drafts file for review and exit")
+    d.set_defaults(fn=cmd_draft)
 
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+DRAFTED = "drafted"  # a conversation a model drafted and a person accepted: its source, its tag, its JSONL key
 MAX_FILE_BYTES = 50 * 1024 * 1024  # a voice dataset is kilobytes to a few megabytes; larger is a wrong file
 
 
@@ -159,20 +160,29 @@ def load_conversations(path: str | Path, warnings: list[Problem] | None = None) 
     return convs
 
 
-def validation_size(n: int, val_fraction: float) -> int:
+def is_drafted(conv: Conversation) -> bool:
+    """Drafted by a model and accepted by a person (projects.training_jsonl writes `"drafted": true`)."""
+    return bool(conv.meta.get(DRAFTED))
+
+
+def validation_size(n: int, val_fraction: float, human: int | None = None) -> int:
     """How many of n conversations are held back for validation loss: at least one when asked, never all of
-    them, none below four. The Train tab's check (projects.check_project) and training use this one rule."""
-    return 0 if val_fraction <= 0 or n < 4 else max(1, round(n * val_fraction))
+    them, none below four. The Train tab's check (projects.check_project) and training use this one rule.
+
+    With `human` (how many of the n a person wrote, when some were drafted) they come only from those, and at
+    most half of them: the scorecard scores against replies a person wrote, and training keeps the rest."""
+    size = 0 if val_fraction <= 0 or n < 4 else max(1, round(n * val_fraction))
+    return size if human is None or human == n else min(size, human // 2)
 
 
 def split_train_val(
     convs: list[Conversation], val_fraction: float, seed: int
 ) -> tuple[list[Conversation], list[Conversation]]:
-    """Hold back a seeded share (validation_size) for validation loss."""
-    n_val = validation_size(len(convs), val_fraction)
+    """Hold back a seeded share (validation_size) for validation loss, never a drafted conversation."""
+    order = [i for i, c in enumerate(convs) if not is_drafted(c)]
+    n_val = validation_size(len(convs), val_fraction, human=len(order))
     if n_val == 0:
         return list(convs), []
-    order = list(range(len(convs)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
     train = [c for i, c in enumerate(convs) if i not in val_idx]

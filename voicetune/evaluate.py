@@ -417,6 +417,8 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),
         "heldout_source": "the run's validation split (never trained on)",
+        "trained_on": record.get("data", {}).get("train"),  # None for a record that does not say (an old import)
+        "drafted": record.get("data", {}).get("drafted", 0),  # of those, accepted drafts (drafting.py)
         "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, inputs),
         "under_trained": adherence.still_falling(record.get("history", [])),
         "likelihood": likelihood,
@@ -488,6 +490,14 @@ def parent_lines(card: dict[str, Any]) -> list[str]:
         lines.append(f"  blind votes, parent against this run: {parent_wins} to {child_wins} ({v['ties']} ties, "
                      f"{v['both_bad']} both bad)")
     return lines
+
+
+def training_line(card: dict[str, Any]) -> str:
+    """How many conversations the run trained on and how many of them were drafted ("" on an older card)."""
+    if card.get("trained_on") is None:
+        return ""
+    n, d = card["trained_on"], card.get("drafted", 0)
+    return f"Trained on {n} conversations: {n - d} written by a person, {d} drafted by a model and accepted."
 
 
 def adherence_lines(card: dict[str, Any]) -> list[str]:

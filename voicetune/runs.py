@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetune import levers, models, store
+from voicetune.data import is_drafted
 from voicetune.templates import template_fingerprint
 
 # --- The folder's files ----------------------------------------------------------------------------------------
@@ -242,6 +243,7 @@ def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any
         "estimated_memory_mb": round(plan.estimate.total(plan.checkpointing) / 2**20) if plan.estimate else None,
         "data": {"file": str(cfg.data), "sha256_16": prepared.data_hash, "train": len(train_rows),
                  "val": len(val_rows), "trained_tokens": sum(r.n_trained for r in train_rows),
+                 "drafted": sum(is_drafted(c) for c in prepared.train_convs),  # accepted drafts trained on
                  "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
                  "train_split_hash": split_hash(prepared.train_convs),
                  "val_split_hash": split_hash(prepared.val_convs)},

@@ -369,8 +369,43 @@ def _m008_preference_pairs(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m009_drafts(conn: sqlite3.Connection) -> None:
+    """The review queue: a drafted reply waits here until a person accepts (it becomes a conversation, tagged and
+    sourced `drafted`) or rejects it (kept here, out of the project). Provenance stays with the draft: which model
+    drafted it, with which version of the prompt, from which of the project's conversations. And one OpenAI-
+    compatible endpoint per workspace to draft with; its key is kept here, server-side, and never sent to a page."""
+    conn.executescript(
+        """
+        CREATE TABLE drafts (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id),
+            kind TEXT NOT NULL CHECK (kind IN ('answer', 'rewrite')),  -- answer a question, or rewrite a pasted reply
+            question TEXT NOT NULL,               -- the customer's message
+            original TEXT NOT NULL DEFAULT '',    -- rewrite: the pasted answer, as it was
+            reply TEXT NOT NULL DEFAULT '',       -- the drafted reply (the edited one once accepted with an edit)
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'accepted', 'rejected')),
+            model TEXT NOT NULL DEFAULT '',       -- the drafting model, e.g. "run:<id>" or "endpoint:llama3 at host"
+            prompt_version TEXT NOT NULL DEFAULT '',
+            seeds TEXT NOT NULL DEFAULT '[]',     -- JSON ids of the project's conversations shown in the prompt
+            duplicate_of INTEGER,                 -- a conversation that already asks (nearly) this question
+            edited INTEGER NOT NULL DEFAULT 0,    -- 1: accepted with the reviewer's own text
+            conversation_id INTEGER,              -- the conversation an accepted draft became
+            created REAL NOT NULL,
+            decided REAL                          -- when it was accepted or rejected
+        );
+        CREATE INDEX drafts_by_project ON drafts (project_id, status, id);
+        CREATE TABLE draft_endpoint (
+            id INTEGER PRIMARY KEY CHECK (id = 1),  -- one per workspace
+            base_url TEXT NOT NULL,
+            model TEXT NOT NULL,
+            api_key TEXT NOT NULL DEFAULT ''     -- sent only in the Authorization header; never shown or logged
+        );
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
-              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs]
+              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs, _m009_drafts]
 
 
 def _statements(script: str) -> list[str]:
@@ -931,3 +966,132 @@ def delete_preference_pair(conn: sqlite3.Connection, pair_id: int) -> None:
         cur = conn.execute("DELETE FROM preference_pairs WHERE id = ?", (pair_id,))
     if cur.rowcount == 0:
         raise KeyError(f"no preference pair {pair_id}")
+
+
+# ==========================================================================================================
+# --- Drafts (issue 21): the review queue of drafted conversations and the drafting endpoint -----------------
+# Every SQL statement of voicetune/drafting.py lives in this section; its migration, m009, sits with the others.
+
+
+DRAFT_STATUSES = ("pending", "accepted", "rejected")
+
+
+def _draft_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "seeds": json.loads(row["seeds"])}
+
+
+def add_draft(conn: sqlite3.Connection, project_id: int, *, kind: str, question: str, reply: str = "",
+              original: str = "", model: str = "", prompt_version: str = "", seeds: list[int] | None = None,
+              duplicate_of: int | None = None) -> int:
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO drafts (project_id, kind, question, original, reply, model, prompt_version, seeds,"
+            " duplicate_of, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (project_id, kind, question, original, reply, model, prompt_version, json.dumps(seeds or []),
+             duplicate_of, time.time()))
+    return int(cur.lastrowid)
+
+
+def set_draft_reply(conn: sqlite3.Connection, draft_id: int, reply: str, *, model: str, prompt_version: str,
+                    seeds: list[int]) -> None:
+    """A (re)drafted reply and where it came from; only while the draft is still pending."""
+    with conn:
+        conn.execute("UPDATE drafts SET reply = ?, model = ?, prompt_version = ?, seeds = ? WHERE id = ?"
+                     " AND status = 'pending'", (reply, model, prompt_version, json.dumps(seeds), draft_id))
+
+
+def set_draft_question(conn: sqlite3.Connection, draft_id: int, question: str) -> None:
+    with conn:
+        conn.execute("UPDATE drafts SET question = ? WHERE id = ? AND status = 'pending'", (question, draft_id))
+
+
+def get_draft(conn: sqlite3.Connection, draft_id: int) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM drafts WHERE id = ?", (draft_id,)).fetchone()
+    return _draft_row(row) if row else None
+
+
+def list_drafts(conn: sqlite3.Connection, project_id: int, status: str | None = None) -> list[dict[str, Any]]:
+    """A project's drafts in the order they were made (the queue's order), of one status or all."""
+    where, args = ("AND status = ?", (project_id, status)) if status else ("", (project_id,))
+    rows = conn.execute(f"SELECT * FROM drafts WHERE project_id = ? {where} ORDER BY id", args).fetchall()
+    return [_draft_row(r) for r in rows]
+
+
+def draft_counts(conn: sqlite3.Connection, project_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(DRAFT_STATUSES, 0)
+    for row in conn.execute("SELECT status, COUNT(*) AS n FROM drafts WHERE project_id = ? GROUP BY status",
+                            (project_id,)):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def accept_draft(conn: sqlite3.Connection, draft_id: int, messages: list[dict], *, reply: str, edited: bool,
+                 tag: str, source: str) -> int | None:
+    """The draft becomes a conversation, in one transaction: both happen or neither. Returns the conversation's id,
+    or None when the draft was no longer pending (a second click, another tab), and then nothing is written.
+
+    The INSERT is store.add_conversation's row, written here so the draft's claim and the new row commit together.
+    """
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT project_id FROM drafts WHERE id = ? AND status = 'pending'", (draft_id,)).fetchone()
+        if row is None:
+            conn.execute("ROLLBACK")
+            return None
+        pid = row["project_id"]
+        cur = conn.execute(
+            "INSERT INTO conversations (project_id, messages, tags, held_out, source, created, updated, position)"
+            " VALUES (?, ?, ?, 0, ?, ?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM conversations"
+            " WHERE project_id = ?))",
+            (pid, json.dumps(messages, ensure_ascii=False), json.dumps([tag]), source, now, now, pid))
+        cid = int(cur.lastrowid)
+        conn.execute("UPDATE drafts SET status = 'accepted', reply = ?, edited = ?, conversation_id = ?, decided = ?"
+                     " WHERE id = ?", (reply, int(edited), cid, now, draft_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return cid
+
+
+def reject_draft(conn: sqlite3.Connection, draft_id: int) -> bool:
+    """Keep the draft out of the project; False when it was no longer pending."""
+    with conn:
+        cur = conn.execute("UPDATE drafts SET status = 'rejected', decided = ? WHERE id = ? AND status = 'pending'",
+                           (time.time(), draft_id))
+    return cur.rowcount == 1
+
+
+def draft_of_conversation(conn: sqlite3.Connection, conversation_id: int) -> dict[str, Any] | None:
+    """The accepted draft a conversation came from (its provenance), or None for a human-written one."""
+    row = conn.execute("SELECT * FROM drafts WHERE conversation_id = ?", (conversation_id,)).fetchone()
+    return _draft_row(row) if row else None
+
+
+def get_draft_endpoint(conn: sqlite3.Connection) -> dict[str, str] | None:
+    """The workspace's drafting endpoint with its key: for the server-side client only, never for a page."""
+    row = conn.execute("SELECT base_url, model, api_key FROM draft_endpoint WHERE id = 1").fetchone()
+    return dict(row) if row else None
+
+
+def set_draft_endpoint(conn: sqlite3.Connection, base_url: str, model: str, api_key: str | None) -> None:
+    """Save the endpoint; api_key None keeps the saved key (the page never holds it, so it cannot send it back)."""
+    with conn:
+        conn.execute("INSERT INTO draft_endpoint (id, base_url, model, api_key) VALUES (1, ?, ?, ?)"
+                     " ON CONFLICT(id) DO UPDATE SET base_url = excluded.base_url, model = excluded.model,"
+                     " api_key = CASE WHEN ? THEN excluded.api_key ELSE draft_endpoint.api_key END",
+                     (base_url, model, api_key or "", api_key is not None))
+
+
+def clear_draft_endpoint(conn: sqlite3.Connection) -> None:
+    with conn:
+        conn.execute("DELETE FROM draft_endpoint")
+
+
+def succeeded_runs_of_project(project_id: int) -> list[str]:
+    """Ids of the runs the current workspace trained from this project (the root database's job queue)."""
+    rows = connect(root() / DB_NAME).execute(
+        "SELECT id FROM jobs WHERE project_id = ? AND home = ? AND state = 'succeeded' ORDER BY created DESC",
+        (project_id, str(home()))).fetchall()
+    return [r["id"] for r in rows]

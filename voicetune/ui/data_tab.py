@@ -527,6 +527,9 @@ def health(project: int, max_length: float, truncate: bool = False) -> tuple[str
         + (" (the held-out conversations)" if report.held_out else
            f" ({report.val_fraction:.0%}, {'chosen by size' if auto else 'your setting'})"),
     ]
+    if report.drafted:
+        lines.insert(1, f"Drafted: **{report.drafted} of the {report.trainable} conversations to train on** "
+                        f"({report.drafted / report.trainable:.0%}); drafted ones are never held back for the scorecard")
     if lengths:
         lines.append(f"Length in tokens: shortest {lengths[0]}, median {lengths[len(lengths) // 2]}, "
                      f"longest {lengths[-1]} (max length {int(max_length or MAX_LENGTH)})")
@@ -709,6 +712,10 @@ def build_data_tab() -> gr.State:
             import_report = gr.Markdown()
             import_table = gr.Dataframe(interactive=False, wrap=True, max_height=300, label="Will be added")
             add_btn = gr.Button("Add to the project", variant="primary", visible=False)
+        with gr.Tab("Draft"):
+            from voicetune.ui.draft_tab import build_draft_tab
+
+            build_draft_tab(project, editing)
         with gr.Tab("Export"):
             gr.Markdown("Every conversation of the project, held-out ones included.")
             with gr.Row():

@@ -8,7 +8,8 @@ import gradio as gr
 import pandas as pd
 
 from voicetune import store
-from voicetune.evaluate import PROMPTS_FILE, SCORECARD_FILE, adherence_lines, read_prompts, scorecard, summary_rows
+from voicetune.evaluate import (PROMPTS_FILE, SCORECARD_FILE, adherence_lines, read_prompts, scorecard, summary_rows,
+                                training_line)
 from voicetune.generate import AdapterError, shared_model
 from voicetune.runs import finished as finished_runs
 from voicetune.runs import read as read_run
@@ -75,7 +76,7 @@ def show(run_id: str, recompute: bool = False, prompts_text: str | None = None) 
     f = card["forgetting"]
     notes = [
         f"### {card['verdict']}",
-        f"Scored on **{card['heldout']} held-out conversations**: {card['heldout_source']}.",
+        f"Scored on **{card['heldout']} held-out conversations**: {card['heldout_source']}. {training_line(card)}",
         *(["\n".join(["```", *adherence_lines(card), "```"])] if adh else
           ["This scorecard predates voice adherence: press Recompute to measure it."]),
         f"Prompt-only costs **{card['prompt_cost']['prompt_only_tokens']:.0f}** prompt tokens per request against "

@@ -32,6 +32,19 @@ def train_run(workspace: Path, tmp_path: Path, base: Path, run_id: str, reply: s
     return run_id
 
 
+def train_in_process(tmp_path: Path, base: Path, run_id: str, reply: str) -> str:
+    """The same two-step run as train_run, through run_sft in this process: for a run that is only answered
+    with, where the CLI's start-up (~8 s) would add nothing (the Qwen run keeps the CLI's contract)."""
+    from voicetune import store
+    from voicetune.config import TrainConfig
+    from voicetune.train import run_sft
+
+    data = write_jsonl(tmp_path / f"{run_id}.jsonl", [json.dumps({"messages": m}) for m in conversations(reply)])
+    run_sft(TrainConfig(data=str(data), out=str(store.run_dir(run_id)), base_model=str(base), max_steps=2,
+                        learning_rate=1e-2, val_fraction=0.0, seed=1))
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def trained_qwen_run(tiny_qwen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The two-step Qwen run, trained once through the CLI for the tests that only read it (each gets a copy
@@ -99,7 +112,7 @@ def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
     pid = projects.create_project(conn, "Two bases")
     projects.set_base_model(conn, pid, str(tiny_qwen))
     qwen_run = qwen_run_in(workspace, trained_qwen_run)
-    llama_run = train_run(workspace, tmp_path, tiny_model, "llama-run", "Llama says hi!")
+    llama_run = train_in_process(tmp_path, tiny_model, "llama-run", "Llama says hi!")
     assert read_run(store.run_dir(qwen_run))["base_model"] == str(tiny_qwen)
 
     out = list(compare_tab.send([BASE, qwen_run, llama_run], False, "Do you ship abroad?", "", "", pid, True, 0.7,

@@ -19,16 +19,51 @@ def conversations(reply: str) -> list[list[dict]]:
     return [[{"role": "user", "content": q}, {"role": "assistant", "content": reply}] for q in QUESTIONS]
 
 
-def train_run(workspace: Path, tmp_path: Path, base: Path, run_id: str, reply: str) -> str:
+def train_run(workspace: Path, tmp_path: Path, base: Path, run_id: str, reply: str,
+              env: dict[str, str] | None = None) -> str:
     """A two-step run of the CLI on `base`, into the workspace's runs folder, as the app's jobs write it."""
     from voicetune import store
 
     data = write_jsonl(tmp_path / f"{run_id}.jsonl", [json.dumps({"messages": m}) for m in conversations(reply)])
     out = store.run_dir(run_id)
     done = run_cli("train", "--data", str(data), "--out", str(out), "--base-model", str(base), "--max-steps", "2",
-                   "--learning-rate", "1e-2", "--val-fraction", "0", "--seed", "1")
+                   "--learning-rate", "1e-2", "--val-fraction", "0", "--seed", "1", env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return run_id
+
+
+def train_in_process(tmp_path: Path, base: Path, run_id: str, reply: str) -> str:
+    """The same two-step run as train_run, through run_sft in this process: for a run that is only answered
+    with, where the CLI's start-up (~8 s) would add nothing (the Qwen run keeps the CLI's contract)."""
+    from voicetune import store
+    from voicetune.config import TrainConfig
+    from voicetune.train import run_sft
+
+    data = write_jsonl(tmp_path / f"{run_id}.jsonl", [json.dumps({"messages": m}) for m in conversations(reply)])
+    run_sft(TrainConfig(data=str(data), out=str(store.run_dir(run_id)), base_model=str(base), max_steps=2,
+                        learning_rate=1e-2, val_fraction=0.0, seed=1))
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def trained_qwen_run(tiny_qwen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-step Qwen run, trained once through the CLI for the tests that only read it (each gets a copy
+    in its own workspace): the same run every time, without a training process per test."""
+    home = tmp_path_factory.mktemp("qwen-run") / "home"
+    with pytest.MonkeyPatch.context() as mp:  # store.run_dir reads the workspace this run is written into
+        mp.setenv("VOICETUNE_HOME", str(home))
+        train_run(home, home.parent, tiny_qwen, "qwen-run", "Qwen says hi!", env={"VOICETUNE_HOME": str(home)})
+        from voicetune import store
+
+        return store.run_dir("qwen-run")
+
+
+def qwen_run_in(workspace: Path, trained_qwen_run: Path) -> str:
+    """The shared Qwen run, copied into this test's workspace as if it had been trained there."""
+    from voicetune import store
+
+    shutil.copytree(trained_qwen_run, store.run_dir("qwen-run"))
+    return "qwen-run"
 
 
 def test_an_old_workspace_keeps_its_projects_on_the_base_they_had(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -67,7 +102,7 @@ def test_a_project_base_is_checked_before_it_is_saved(tiny_qwen: Path, tmp_path:
 
 
 def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
-        tiny_model: Path, tiny_qwen: Path, tmp_path: Path, workspace: Path):
+        tiny_model: Path, tiny_qwen: Path, tmp_path: Path, workspace: Path, trained_qwen_run: Path):
     from voicetune import generate, projects, store
     from voicetune.config import GenConfig
     from voicetune.runs import read as read_run
@@ -76,8 +111,8 @@ def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
     conn = store.connect()
     pid = projects.create_project(conn, "Two bases")
     projects.set_base_model(conn, pid, str(tiny_qwen))
-    qwen_run = train_run(workspace, tmp_path, tiny_qwen, "qwen-run", "Qwen says hi!")
-    llama_run = train_run(workspace, tmp_path, tiny_model, "llama-run", "Llama says hi!")
+    qwen_run = qwen_run_in(workspace, trained_qwen_run)
+    llama_run = train_in_process(tmp_path, tiny_model, "llama-run", "Llama says hi!")
     assert read_run(store.run_dir(qwen_run))["base_model"] == str(tiny_qwen)
 
     out = list(compare_tab.send([BASE, qwen_run, llama_run], False, "Do you ship abroad?", "", "", pid, True, 0.7,
@@ -109,7 +144,7 @@ def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
 
 
 def test_a_run_claiming_another_base_is_still_refused(tiny_model: Path, tiny_qwen: Path, tmp_path: Path,
-                                                       workspace: Path):
+                                                       workspace: Path, trained_qwen_run: Path):
     import gradio as gr
 
     from voicetune import projects, store
@@ -117,7 +152,7 @@ def test_a_run_claiming_another_base_is_still_refused(tiny_model: Path, tiny_qwe
 
     conn = store.connect()
     pid = projects.create_project(conn, "Claims")
-    qwen_run = train_run(workspace, tmp_path, tiny_qwen, "qwen-run", "Qwen says hi!")
+    qwen_run = qwen_run_in(workspace, trained_qwen_run)
     edited = store.run_dir("edited-run")
     shutil.copytree(store.run_dir(qwen_run), edited)
     record = json.loads((edited / "run.json").read_text())

@@ -239,7 +239,7 @@ def test_a_job_past_the_time_limit_fails_plainly_and_its_child_never_sees_the_hu
         tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 15: a job had no time limit, so one user could hold the single queue forever; and the training
     child inherited HF_TOKEN, which it never needs."""
-    monkeypatch.setenv("VOICETUNE_JOB_MAX_HOURS", "0.005")  # 18 s
+    monkeypatch.setenv("VOICETUNE_JOB_MAX_HOURS", "0.002")  # 7.2 s: long enough to read the child's environment
     monkeypatch.setenv("HF_TOKEN", "hf_NeverForTheChild1234")
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_NeverForTheChild1234")
     job = jobs.submit(DATA, label="long", **_settings(tiny_model, max_steps=5000))
@@ -249,7 +249,7 @@ def test_a_job_past_the_time_limit_fails_plainly_and_its_child_never_sees_the_hu
     assert [v for v in environ if b"hf_NeverForTheChild" in v] == []
     done = jobs.wait(job.id, timeout_s=180)
     assert (done.state, done.code, done.message) == (
-        "failed", "timeout", "stopped after 0.005 h, the longest one job may run on this machine")
+        "failed", "timeout", "stopped after 0.002 h, the longest one job may run on this machine")
     assert done.progress().fix.startswith("The job ran longer than this machine allows one job")
     _until(lambda: jobs.supervisor().children.get(job.id) is None or
            jobs.supervisor().children[job.id].poll() is not None, what="the child to end")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_CACHE, PIRATE_PROMPTS, QUESTIONS, run_cli, voice_data
+from tests.conftest import PIRATE_PROMPTS, QUESTIONS, run_cli, voice_data
 from voicetune.evaluate import distinctive_terms, probe_passed, profile, style_distance
 
 
@@ -79,14 +79,16 @@ def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapte
     assert set(card["forgetting"]) >= {"base_accuracy", "tuned_accuracy", "neutral_loss_base", "flagged"}
 
     # The control: trained (one epoch is enough) on an unrelated voice, scored on the same pirate held-out
-    # conversations.
+    # conversations. Trained in this process with the settings the CLI would pass: the CLI's train contract is
+    # the session's pirate run, and a second `python -m voicetune train` would add only its start-up (~8 s).
+    from voicetune.config import TrainConfig
+    from voicetune.train import run_sft
+
     data = voice_data(tmp_path / "bank.jsonl", "Thank you for contacting us. Our team will review your request "
                                               "within two working days. Kind regards, Client Services")
     control = tmp_path / "control"
-    result = run_cli("train", "--data", str(data), "--out", str(control), "--epochs", "1", "--seed", "1",
-                     "--learning-rate", "2e-3", "--val-fraction", "0.25", "--no-scorecard",
-                     env={"VOICETUNE_CACHE": str(MODEL_CACHE)})
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_sft(TrainConfig(data=str(data), out=str(control), epochs=1, seed=1, learning_rate=2e-3, val_fraction=0.25,
+                        scorecard=False))
     shutil.copy(pirate_adapter / "heldout.jsonl", control / "heldout.jsonl")
     result = run_cli("eval", "--run", str(control), "--json")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -18,7 +18,7 @@ from voicetune.data import DataError
 from voicetune.ui import downloads
 from voicetune.ui.session import pid
 
-PAIR_COLUMNS = ["id", "source", "chosen arm", "rejected arm", "date", "excluded", "prompt", "chosen", "rejected"]
+PAIR_COLUMNS = ["id", "source", "arms (chosen › rejected)", "date", "excluded", "prompt", "chosen", "rejected"]
 EXPLAIN_DPO = ("Improve from preferences trains a finished run further with DPO: it makes the replies people "
                "preferred more likely than the ones they rejected, while staying close to the run it starts from.")
 
@@ -27,10 +27,17 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _arms(row: dict[str, Any]) -> str:
+    """Which arm's reply won over which, in one column (an imported pair names none)."""
+    if not (row["chosen_arm"] or row["rejected_arm"]):
+        return "none (imported)"
+    return f"{row['chosen_arm'] or '?'} › {row['rejected_arm'] or '?'}"
+
+
 def pairs_frame(project: int | None) -> pd.DataFrame:
     rows = store.list_preference_pairs(store.connect(), pid(project))
-    return pd.DataFrame([[r["id"], r["source"], r["chosen_arm"], r["rejected_arm"],
-                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "yes" if r["excluded"] else "",
+    return pd.DataFrame([[r["id"], r["source"], _arms(r),
+                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])), "yes" if r["excluded"] else "no",
                           _short(next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")),
                           _short(r["chosen"]), _short(r["rejected"])] for r in rows], columns=PAIR_COLUMNS)
 
@@ -117,9 +124,10 @@ def export_pairs(project: int | None) -> str:
 
 def build_preferences_view(project: gr.State) -> None:
     """The pairs table with edit, exclude, delete, import, export and the health check, wired here."""
-    table = gr.Dataframe(pd.DataFrame(columns=PAIR_COLUMNS), interactive=False, wrap=True)
+    table = gr.Dataframe(pd.DataFrame(columns=PAIR_COLUMNS), interactive=False, wrap=True,
+                         column_widths=["5%", "8%", "14%", "11%", "8%", "22%", "16%", "16%"])
     with gr.Row():
-        pair_id = gr.Number(value=None, precision=0, label="Pair id", minimum=1)
+        pair_id = gr.Number(value=None, precision=0, label="Pair id (from the table)")
         load_btn = gr.Button("Load", size="sm")
         exclude_btn = gr.Button("Exclude / include", size="sm")
         delete_btn = gr.Button("Delete", size="sm", variant="stop")

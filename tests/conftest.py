@@ -203,3 +203,36 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def until(predicate, timeout_s: float = 180, what: str = "condition"):
+    """Poll `predicate` (waking the job supervisor each time) until it returns something true, and return that."""
+    import time
+
+    from voicetune import jobs
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        jobs.supervisor().wake()
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def in_process_app() -> Iterator:
+    """The whole app served in this process on a free port; yields a gradio_client Client to it (for a fixture)."""
+    from gradio_client import Client
+
+    from tests.running_app import free_port
+    from voicetune.ui.app import build_app
+
+    demo = build_app()
+    demo.queue(default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()

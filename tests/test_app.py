@@ -9,37 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from dataclasses import astuple
 
 import pytest
 
-from tests.conftest import QUESTIONS, SIGN_OFF
+from tests.conftest import QUESTIONS, SIGN_OFF, in_process_app
 from voicetune.ui.train_tab import Advanced
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def client(workspace, tiny_model, monkeypatch):
-    from gradio_client import Client
-
-    from voicetune.ui.app import build_app
-
     monkeypatch.setenv("VOICETUNE_BASE_MODEL", str(tiny_model))  # the same tokenizer as the embedded model
-
-    demo = build_app()
-    demo.queue(default_concurrency_limit=1)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    yield from in_process_app()
 
 
 def test_bundled_example_loads_and_checks(client):

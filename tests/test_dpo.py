@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUESTIONS, SIGN_OFF, run_cli, voice_data, write_jsonl
+from tests.conftest import QUESTIONS, SIGN_OFF, run_cli, until, voice_data, write_jsonl
 from voicetune import dpo, jobs, preferences, projects, runs, store
 from voicetune.data import DataError
 from voicetune.preferences import Pair
@@ -200,14 +199,7 @@ def test_the_reference_is_the_parent_adapter_not_the_base(tiny_parent: Path, tin
 
 
 def _until(predicate, timeout_s: float = 240, what: str = "condition"):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        jobs.supervisor().wake()
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until(predicate, timeout_s, what)
 
 
 @pytest.mark.slow

@@ -417,19 +417,9 @@ def test_the_cli_drafts_to_a_file_and_imports_it_into_the_queue(project, scripte
 
 @pytest.fixture()
 def app_client(workspace, scripted_chat):
-    from gradio_client import Client
+    from tests.conftest import in_process_app
 
-    from tests.test_app import free_port
-    from voicetune.ui.app import build_app
-
-    demo = build_app()
-    demo.queue(default_concurrency_limit=1)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+    yield from in_process_app()
 
 
 def test_the_draft_tab_drafts_and_reviews_one_at_a_time(app_client, scripted_chat, endpoint):

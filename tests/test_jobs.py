@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import until
 from voicetune import jobs, runs, store
 from voicetune.train import COMPLETE_MARK, latest_checkpoint
 
@@ -24,15 +25,7 @@ def _settings(tiny_model: Path, **extra) -> dict:
     return {"base_model": str(tiny_model), "scorecard": False, "batch_size": 4, **extra}
 
 
-def _until(predicate, timeout_s: float = 180, what: str = "condition"):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        jobs.supervisor().wake()
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+_until = until
 
 
 def test_a_job_runs_to_success_and_records_everything(tiny_model: Path) -> None:

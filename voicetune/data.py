@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROLES = ("system", "user", "assistant")
 DRAFTED = "drafted"  # a conversation a model drafted and a person accepted: its source, its tag, its JSONL key
@@ -102,15 +102,13 @@ def unknown_keys(messages: list[Any], line: int | None) -> list[Problem]:
             for key in msg if key not in MESSAGE_KEYS]
 
 
-def parse_jsonl_bytes(raw: bytes, warnings: list[Problem] | None = None) -> tuple[list[Conversation], list[Problem]]:
-    """Parse and check every line; return the good conversations and every problem found.
-
-    Warnings (unknown keys in a turn) are appended to `warnings` when given: they never reject a line.
-    """
+def jsonl_objects(raw: bytes) -> Iterator[tuple[int, Any, Problem | None]]:
+    """Each non-blank line of JSONL bytes, numbered from 1 and parsed: (line, value, None), or (line, None, its
+    Problem) for a line that is not UTF-8 text or not JSON. A UTF-8 BOM, as Excel and Notepad write it, is
+    skipped. Every JSONL reader here (conversations, preference pairs) reads lines this way, so a bad line gets
+    the same words whichever file it is in."""
     if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 BOM, as Excel and Notepad write it
-    convs: list[Conversation] = []
-    problems: list[Problem] = []
+        raw = raw[3:]
     for n, raw_line in enumerate(raw.split(b"\n"), start=1):
         raw_line = raw_line.rstrip(b"\r")
         if not raw_line.strip():
@@ -118,12 +116,24 @@ def parse_jsonl_bytes(raw: bytes, warnings: list[Problem] | None = None) -> tupl
         try:
             text = raw_line.decode("utf-8")
         except UnicodeDecodeError as e:
-            problems.append(Problem(n, "", f"is not valid UTF-8 text (bad byte at offset {e.start} of the line)"))
+            yield n, None, Problem(n, "", f"is not valid UTF-8 text (bad byte at offset {e.start} of the line)")
             continue
         try:
-            obj = json.loads(text)
+            yield n, json.loads(text), None
         except json.JSONDecodeError as e:
-            problems.append(Problem(n, "", f"invalid JSON at column {e.colno}: {e.msg}"))
+            yield n, None, Problem(n, "", f"invalid JSON at column {e.colno}: {e.msg}")
+
+
+def parse_jsonl_bytes(raw: bytes, warnings: list[Problem] | None = None) -> tuple[list[Conversation], list[Problem]]:
+    """Parse and check every line; return the good conversations and every problem found.
+
+    Warnings (unknown keys in a turn) are appended to `warnings` when given: they never reject a line.
+    """
+    convs: list[Conversation] = []
+    problems: list[Problem] = []
+    for n, obj, problem in jsonl_objects(raw):
+        if problem:
+            problems.append(problem)
             continue
         if not isinstance(obj, dict):
             problems.append(Problem(n, "", f"must be a JSON object, got {type(obj).__name__}"))

@@ -31,7 +31,7 @@ from voicetune import models, preferences, runs, store
 from voicetune.config import TrainConfig
 from voicetune.data import Conversation, DataError, Problem
 from voicetune.preferences import Pair
-from voicetune.train import (OnEvent, _peak_memory_mb, _progress_callback, _work_folder, keep_adapters_fp32,
+from voicetune.train import (OnEvent, peak_memory_mb_of, progress_callback, work_folder, keep_adapters_fp32,
                              latest_checkpoint, plan_run, release_device_memory)
 
 PREFERENCES_FILE = "preferences.jsonl"  # the pairs a DPO run read, byte for byte, kept in its folder
@@ -209,7 +209,7 @@ def build_trainer(cfg: DPOConfig, plan: Any, model: Any, tokenizer: Any, train: 
     if "ref" not in trainer.model.peft_config:  # TRL falls back to the bare base for some PEFT versions
         raise RuntimeError("DPOTrainer made no frozen copy of the parent adapter: the reference would be the base")
     trainer.remove_callback(PrinterCallback)
-    keep_adapters_fp32(trainer.model, plan.precision)
+    keep_adapters_fp32(trainer.model)
     return trainer
 
 
@@ -281,10 +281,10 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
     if resume and checkpoint is None:
         on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
-    work = _work_folder(cfg, out)  # type: ignore[arg-type] - reads only checkpoint_dir
+    work = work_folder(cfg, out)  # type: ignore[arg-type] - reads only checkpoint_dir
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs)
-    callbacks = [_progress_callback(on_event, plan.precision.device)]
+    callbacks = [progress_callback(on_event, plan.precision.device)]
     trainer = build_trainer(cfg, plan, model, tokenizer, train, val, work, total_steps, callbacks)
     del model
 
@@ -372,7 +372,7 @@ def _record(cfg: DPOConfig, parent: dict[str, Any], plan: Any, trainer: Any, res
         "metrics": {"train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
                     "best_eval_loss": final_eval.get("eval_loss"), "steps": trainer.state.global_step,
                     "planned_steps": total_steps, "tokens_per_s": tokens_per_s,
-                    "peak_memory_mb": round(_peak_memory_mb(plan.precision.device)),
+                    "peak_memory_mb": round(peak_memory_mb_of(plan.precision.device)),
                     "heldout_pairs": held, "train_pairs": {k: last_train.get(k) for k in PREFERENCE_METRICS}},
         "resumed_from": checkpoint.name if checkpoint else None,
         "history": history, "versions": runs.library_versions(), "torch_threads": torch.get_num_threads(),

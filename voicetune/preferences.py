@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from voicetune import store
-from voicetune.data import MAX_FILE_BYTES, DataError, Problem
+from voicetune.data import MAX_FILE_BYTES, DataError, Problem, jsonl_objects
 
 MIN_PAIRS = 10  # below this DPO is refused: a handful of pairs only teaches their own prompts
 WARN_PAIRS = 30  # below this DPO runs, with a warning: DPO papers use thousands; a voice nudge needs tens
@@ -160,21 +160,11 @@ def parse_record(obj: Any, line: int) -> tuple[Pair | None, list[Problem]]:
 
 def parse_jsonl_bytes(raw: bytes) -> tuple[list[Pair], list[Problem]]:
     """Every line checked; the good pairs and every problem, each naming its line and field."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
     pairs: list[Pair] = []
     problems: list[Problem] = []
-    for n, raw_line in enumerate(raw.split(b"\n"), start=1):
-        raw_line = raw_line.rstrip(b"\r")
-        if not raw_line.strip():
-            continue
-        try:
-            obj = json.loads(raw_line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            problems.append(Problem(n, "", f"is not valid UTF-8 text (bad byte at offset {e.start} of the line)"))
-            continue
-        except json.JSONDecodeError as e:
-            problems.append(Problem(n, "", f"invalid JSON at column {e.colno}: {e.msg}"))
+    for n, obj, problem in jsonl_objects(raw):
+        if problem:
+            problems.append(problem)
             continue
         pair, found = parse_record(obj, n)
         problems += found

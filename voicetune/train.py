@@ -74,7 +74,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
 COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole
 
 
-def _peak_memory_mb(device: str) -> float:
+def peak_memory_mb_of(device: str) -> float:
     """Peak memory of this process: allocated CUDA memory on a GPU, resident set size on a CPU."""
     import torch
 
@@ -85,7 +85,7 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _progress_callback(on_event: OnEvent, device: str) -> Any:
+def progress_callback(on_event: OnEvent, device: str) -> Any:
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
@@ -107,7 +107,7 @@ def _progress_callback(on_event: OnEvent, device: str) -> Any:
             self.tokens_per_s = round(seen / elapsed, 1)
             on_event({"type": "log", "step": state.global_step, "total_steps": state.max_steps,
                       "epoch": round(state.epoch or 0.0, 3), "time": time.time(), **logs,
-                      "tokens_per_s": self.tokens_per_s, "peak_memory_mb": round(_peak_memory_mb(device))})
+                      "tokens_per_s": self.tokens_per_s, "peak_memory_mb": round(peak_memory_mb_of(device))})
 
         def on_save(self, args, state, control, **kw):  # noqa: ANN001
             if state.is_world_process_zero:
@@ -398,7 +398,7 @@ def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = Fa
         release_device_memory()
 
 
-def _work_folder(cfg: TrainConfig, out: Path) -> Path:
+def work_folder(cfg: TrainConfig, out: Path) -> Path:
     """Where the trainer writes checkpoints: the job's folder (kept, to resume), else a temporary one beside out."""
     if cfg.checkpoint_dir:
         work = Path(cfg.checkpoint_dir)
@@ -441,11 +441,11 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
     if resume and checkpoint is None:
         on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
-    work = _work_folder(cfg, out)
+    work = work_folder(cfg, out)
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     early = _early_stopping(cfg, len(train_rows), len(val_rows))
-    callbacks = [_progress_callback(on_event, precision.device)]
+    callbacks = [progress_callback(on_event, precision.device)]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = build_trainer(cfg, plan, model, tokenizer, prepared, work, total_steps, early, callbacks)
@@ -465,7 +465,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
 
         record = runs.record(cfg, prepared, base_path=base_path, tokenizer=tokenizer, plan=plan, trainer=trainer,
                              result=result, final_eval=final_eval, history=history, total_steps=total_steps,
-                             tokens_per_s=callbacks[0].tokens_per_s, peak_memory_mb=_peak_memory_mb(precision.device),
+                             tokens_per_s=callbacks[0].tokens_per_s, peak_memory_mb=peak_memory_mb_of(precision.device),
                              resumed_from=checkpoint.name if checkpoint else None, world=world, started=started)
         on_event({"type": "status", "phase": "saving", "message": "saving the adapter"})
         runs.write(trainer.model, record, cfg, prepared, out)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 ARMS = ("voicetune", "trl", "trl-defaults")
 
 
-def _peak_memory_mb(device: str) -> float:
+def peak_memory_mb_of(device: str) -> float:
     import torch
 
     if device == "cuda":
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         defaults = a.arm == "trl-defaults"
         figures = run_trl(cfg, device, trl_fixes(device, defaults, a.precision, a.as_is))
     figures["seconds_to_adapter"] = round(time.perf_counter() - started, 2)
-    figures["peak_memory_mb"] = round(_peak_memory_mb(device))
+    figures["peak_memory_mb"] = round(peak_memory_mb_of(device))
     if not a.no_loss_check:
         figures["assistant_loss"] = round(assistant_loss(a.model, a.out, a.data, device), 4)
     figures = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in figures.items()}

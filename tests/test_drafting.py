@@ -312,6 +312,25 @@ def test_endpoint_settings_are_checked(project):
     assert drafting.endpoint_settings(conn) == {"base_url": "", "model": "", "has_key": False}
 
 
+def test_a_shared_app_refuses_private_endpoints_and_keys_in_the_url(workspace, monkeypatch) -> None:
+    """Signed-in users (private_ok False) may not point drafting at the server's own network; the owner can allow
+    it. A key in the URL's query string is refused like one in user:password@."""
+    conn = store.connect()
+    with pytest.raises(drafting.DraftError, match=r"^Put the endpoint's key in the API key field, not in the base "
+                                                 r"URL \(no user:password@ and no \?query in it\)\.$"):
+        drafting.save_endpoint(conn, "http://localhost:11434/v1?key=sk-123", "m")
+    for url in ("http://127.0.0.1:11434/v1", "http://localhost:11434/v1", "http://10.0.0.7/v1",
+                "http://169.254.169.254/latest"):
+        with pytest.raises(drafting.DraftError, match="is on this server's own machine or private network"):
+            drafting.save_endpoint(conn, url, "m", private_ok=False)
+    assert store.get_draft_endpoint(conn) is None  # nothing was saved
+    assert drafting.save_endpoint(conn, "http://127.0.0.1:11434/v1", "m")["base_url"] == "http://127.0.0.1:11434/v1"
+    with pytest.raises(drafting.DraftError, match="private network"):  # saved while one person used it
+        drafting.make_drafter(conn, 1, "endpoint", private_ok=False)
+    monkeypatch.setenv(drafting.ALLOW_PRIVATE_ENV, "1")
+    assert drafting.save_endpoint(conn, "http://10.0.0.7/v1", "m", private_ok=False)["base_url"] == "http://10.0.0.7/v1"
+
+
 # ---------------------------------------------------------------- the embedded model
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import sqlite3
 import urllib.error
@@ -355,15 +356,44 @@ def _error_text(e: urllib.error.HTTPError) -> str:
     return message or e.reason or "no message"
 
 
-def check_base_url(base_url: str) -> str:
+ALLOW_PRIVATE_ENV = "VOICETUNE_ENDPOINT_ALLOW_PRIVATE"  # the owner's yes to private addresses in a shared app
+
+
+def check_base_url(base_url: str, private_ok: bool = True) -> str:
+    """The endpoint's URL, normalised, or a DraftError in plain words.
+
+    A key belongs in the key field, where it is kept out of logs and errors: a URL with credentials or a query
+    string is refused. With `private_ok` False (an app several people sign in to), an address on the server's
+    own machine or private network is refused too, unless the owner set VOICETUNE_ENDPOINT_ALLOW_PRIVATE=1:
+    otherwise any user could make the server fetch from its own network (a request forgery). The host is
+    resolved once, here; a name that later resolves elsewhere is not re-checked.
+    """
     url = (base_url or "").strip().rstrip("/")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DraftError("The endpoint's base URL must start with http:// or https://, e.g. "
                          "http://localhost:11434/v1 for Ollama.")
-    if parts.username or parts.password:
-        raise DraftError("Put the endpoint's key in the API key field, not in the base URL.")
+    if parts.username or parts.password or parts.query:
+        raise DraftError("Put the endpoint's key in the API key field, not in the base URL (no user:password@ "
+                         "and no ?query in it).")
+    if not (private_ok or os.environ.get(ALLOW_PRIVATE_ENV) == "1") and _private_host(parts.hostname):
+        raise DraftError(f"{parts.hostname} is on this server's own machine or private network, and this app is "
+                         f"shared by several people: use a public address, or ask the app's owner to set "
+                         f"{ALLOW_PRIVATE_ENV}=1.")
     return url
+
+
+def _private_host(host: str) -> bool:
+    """Whether any address the host resolves to is loopback, private, link-local or otherwise not public."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError as e:
+        raise DraftError(f"The endpoint's host {host} cannot be found ({e.strerror or e}).") from None
+    addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    return any(not a.is_global for a in addresses)
 
 
 def endpoint_settings(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -374,10 +404,12 @@ def endpoint_settings(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"base_url": saved["base_url"], "model": saved["model"], "has_key": bool(saved["api_key"])}
 
 
-def save_endpoint(conn: sqlite3.Connection, base_url: str, model: str, api_key: str | None = None) -> dict[str, Any]:
+def save_endpoint(conn: sqlite3.Connection, base_url: str, model: str, api_key: str | None = None, *,
+                  private_ok: bool = True) -> dict[str, Any]:
     """Check and save the workspace's endpoint; an empty or None key keeps the saved one (the field is
-    write-only: the page never holds the key, so an untouched field must not erase it)."""
-    url = check_base_url(base_url)
+    write-only: the page never holds the key, so an untouched field must not erase it). `private_ok`: see
+    check_base_url (the app passes False when people sign in)."""
+    url = check_base_url(base_url, private_ok)
     if not (model or "").strip():
         raise DraftError("Name the endpoint's model (e.g. llama3.1 for Ollama).")
     store.set_draft_endpoint(conn, url, model.strip(), (api_key or "").strip() or None)
@@ -399,7 +431,7 @@ def drafter_choices(conn: sqlite3.Connection, project_id: int) -> list[tuple[str
     return choices
 
 
-def make_drafter(conn: sqlite3.Connection, project_id: int, choice: str) -> Drafter:
+def make_drafter(conn: sqlite3.Connection, project_id: int, choice: str, *, private_ok: bool = True) -> Drafter:
     """The drafting model a choice names: "base", "run:<id>" (a finished run of this project) or "endpoint"."""
     from voicetune import projects
 
@@ -407,6 +439,7 @@ def make_drafter(conn: sqlite3.Connection, project_id: int, choice: str) -> Draf
         saved = store.get_draft_endpoint(conn)
         if saved is None:
             raise DraftError("No drafting endpoint is set up: fill in its base URL and model first.")
+        check_base_url(saved["base_url"], private_ok)  # saved before sign-in was turned on, say
         return EndpointDrafter(saved["base_url"], saved["model"], saved["api_key"])
     if choice.startswith("run:"):
         run_id = choice[4:]

@@ -40,9 +40,17 @@ def _fail(e: Exception) -> gr.Error:
     return gr.Error(str(e))
 
 
+def _private_ok() -> bool:
+    """A private or local endpoint address is fine while one person uses the app; once people sign in, any of
+    them could point it at the server's own network (drafting.check_base_url)."""
+    from voicetune.ui.session import mode
+
+    return mode() == "shared"
+
+
 def _drafter(project: Any, model: str) -> drafting.Drafter:
     try:
-        return drafting.make_drafter(_conn(), pid(project), model or "base")
+        return drafting.make_drafter(_conn(), pid(project), model or "base", private_ok=_private_ok())
     except drafting.DraftError as e:
         raise _fail(e) from None
 
@@ -63,7 +71,7 @@ def endpoint_view() -> tuple[str, str, dict]:
 
 def save_endpoint(project: Any, base_url: str, model: str, key: str) -> tuple[str, dict, dict]:
     try:
-        shown = drafting.save_endpoint(_conn(), base_url, model, key or None)
+        shown = drafting.save_endpoint(_conn(), base_url, model, key or None, private_ok=_private_ok())
     except drafting.DraftError as e:
         raise _fail(e) from None
     return (f"Saved: drafting can use {shown['model']} at {shown['base_url']}.",

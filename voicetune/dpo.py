@@ -300,9 +300,9 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
                          _parent_data(parent_folder, parent, split), callbacks[0].tokens_per_s, checkpoint, started)
         on_event({"type": "status", "phase": "saving", "message": "saving the adapter"})
         trainer.model.delete_adapter("ref")  # the frozen reference is the parent's adapter, already on disk
-        runs.write(trainer.model, record, cfg, split, out)
-        store.atomic_write_text(out / PREFERENCES_FILE, Path(cfg.data).read_text(encoding="utf-8"))
-        _keep_parent_prompts(parent_folder, parent, out)
+        extra = {PREFERENCES_FILE: Path(cfg.data).read_text(encoding="utf-8"),
+                 **_parent_prompts(parent_folder, parent)}
+        runs.write(trainer.model, record, cfg, split, out, extra)  # one rename: never a run without its pairs
     finally:
         if not cfg.checkpoint_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -311,13 +311,12 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
     return record
 
 
-def _keep_parent_prompts(parent_folder: Path, parent: dict[str, Any], out: Path) -> None:
-    """The unseen test prompts the parent is scored on, written beside the child: both score the same prompts."""
+def _parent_prompts(parent_folder: Path, parent: dict[str, Any]) -> dict[str, str]:
+    """The unseen test prompts the parent is scored on, as a file of the child: both score the same prompts."""
     from voicetune.evaluate import prompts_for_run
 
     prompts = prompts_for_run(parent_folder, parent)
-    if prompts:
-        store.atomic_write_text(out / runs.PROMPTS_FILE, "\n".join(prompts) + "\n")
+    return {runs.PROMPTS_FILE: "\n".join(prompts) + "\n"} if prompts else {}
 
 
 class _Split:

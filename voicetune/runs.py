@@ -267,11 +267,13 @@ def best_step(history: list[dict[str, Any]]) -> int | None:
     return min(evals)[1] if evals else None
 
 
-def write(model: Any, record: dict[str, Any], cfg: Any, prepared: Any, out: Path) -> None:
+def write(model: Any, record: dict[str, Any], cfg: Any, prepared: Any, out: Path,
+          extra: dict[str, str] | None = None) -> None:
     """Lay out the run folder in a temporary folder, run record last, then move it into place in one rename.
 
     A failed write (a full disk) removes the temporary folder and leaves any previous run at `out` as it
     was. A cancel (SIGTERM) is held back during the final rename, so it can never leave half a swap.
+    `extra`: more files of the run (name -> text), published in the same rename (a DPO run's pairs).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -281,6 +283,8 @@ def write(model: Any, record: dict[str, Any], cfg: Any, prepared: Any, out: Path
         # The split travels with the adapter, so the scorecard always scores what this run never saw.
         store.atomic_write_text(tmp / HELDOUT_FILE, jsonl(prepared.val_convs))
         store.atomic_write_text(tmp / FEWSHOT_FILE, jsonl(prepared.train_convs[:3]))
+        for name, text in (extra or {}).items():
+            store.atomic_write_text(tmp / name, text)
         store.atomic_write_json(tmp / RUN_FILE, record)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:

@@ -31,8 +31,9 @@ from voicetune import models, preferences, runs, store
 from voicetune.config import TrainConfig
 from voicetune.data import Conversation, DataError, Problem
 from voicetune.preferences import Pair
-from voicetune.train import (OnEvent, peak_memory_mb_of, progress_callback, work_folder, keep_adapters_fp32,
-                             latest_checkpoint, plan_run, release_device_memory)
+from voicetune.train import (OnEvent, done_event, keep_adapters_fp32, peak_memory_mb_of, plan_run,
+                             progress_callback, release_device_memory, resume_point, train_and_evaluate,
+                             work_folder)
 
 PREFERENCES_FILE = "preferences.jsonl"  # the pairs a DPO run read, byte for byte, kept in its folder
 
@@ -278,9 +279,7 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
     model = load_policy(base_path, parent_folder, plan.precision, plan.attention)
 
     # Build the trainer
-    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
-    if resume and checkpoint is None:
-        on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
+    checkpoint = resume_point(cfg, resume, on_event)
     work = work_folder(cfg, out)  # type: ignore[arg-type] - reads only checkpoint_dir
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(
         math.ceil(len(train) / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs)
@@ -290,11 +289,7 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
 
     # Train, then measure on the held-out pairs
     try:
-        if checkpoint is not None:
-            on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        history = [dict(h) for h in trainer.state.log_history]
-        final_eval = trainer.evaluate() if val else {}
+        result, history, final_eval = train_and_evaluate(trainer, checkpoint, bool(val), on_event)
         split = _parent_split(parent_folder)
         record = _record(cfg, parent, plan, trainer, result, final_eval, history, total_steps, (pairs, train, val),
                          _parent_data(parent_folder, parent, split), callbacks[0].tokens_per_s, checkpoint, started)
@@ -306,8 +301,7 @@ def _train(cfg: DPOConfig, on_event: OnEvent, resume: bool) -> dict[str, Any]:
     finally:
         if not cfg.checkpoint_dir:
             shutil.rmtree(work, ignore_errors=True)
-    on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
-              "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
+    on_event(done_event(out, result, final_eval, record))
     return record
 
 

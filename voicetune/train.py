@@ -385,6 +385,33 @@ def release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def resume_point(cfg: Any, resume: bool, on_event: OnEvent) -> Path | None:
+    """The newest whole checkpoint to resume from when asked (and the run keeps checkpoints); says so when there
+    is none. SFT and DPO runs resume the same way."""
+    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
+    if resume and checkpoint is None:
+        on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
+    return checkpoint
+
+
+def train_and_evaluate(trainer: Any, checkpoint: Path | None, has_val: bool,
+                       on_event: OnEvent) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    """Train (from `checkpoint` when given), then evaluate once. Returns TRL's result, the curve as trained
+    (before the final evaluation, which would otherwise join it) and the final evaluation ({} without one)."""
+    if checkpoint is not None:
+        on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    history = [dict(h) for h in trainer.state.log_history]
+    final_eval = trainer.evaluate() if has_val else {}
+    return result, history, final_eval
+
+
+def done_event(out: Path, result: Any, final_eval: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The event that ends a run's log: where it went, its losses and how long it took."""
+    return {"type": "done", "out": str(out), "train_loss": result.training_loss,
+            "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]}
+
+
 def run_sft(cfg: TrainConfig, on_event: OnEvent | None = None, resume: bool = False) -> dict[str, Any]:
     """Train an adapter into cfg.out and return the run record written beside it.
 
@@ -438,9 +465,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     model = models.load_model(base_path, precision, attn_implementation=plan.attention)
 
     # Build the trainer
-    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
-    if resume and checkpoint is None:
-        on_event({"type": "status", "message": "no whole checkpoint to resume from: starting from the beginning"})
+    checkpoint = resume_point(cfg, resume, on_event)
     work = work_folder(cfg, out)
     steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
@@ -453,11 +478,7 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
 
     # Train
     try:
-        if checkpoint is not None:
-            on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        history = [dict(h) for h in trainer.state.log_history]  # the curve as trained, before the final evaluation
-        final_eval = trainer.evaluate() if val_rows else {}
+        result, history, final_eval = train_and_evaluate(trainer, checkpoint, bool(val_rows), on_event)
         print(f"rank {rank}/{world}: trained {trainer.state.global_step} steps", file=sys.stderr, flush=True)
         if rank != 0:
             trainer.accelerator.wait_for_everyone()
@@ -473,6 +494,5 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
     finally:
         if not cfg.checkpoint_dir:
             shutil.rmtree(work, ignore_errors=True)
-    on_event({"type": "done", "out": str(out), "train_loss": result.training_loss,
-              "eval_loss": final_eval.get("eval_loss"), "duration_s": record["duration_s"]})
+    on_event(done_event(out, result, final_eval, record))
     return record

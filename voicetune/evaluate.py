@@ -265,6 +265,10 @@ def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
         "base_accuracy": sum(base_ok) / len(probes),
         "tuned_accuracy": sum(tuned_ok) / len(probes),
         "lost": [p["id"] for p, b, t in zip(probes, base_ok, tuned_ok) if b and not t],
+        # What the tuned model said instead: a lost answer can be real forgetting, or a voice whose preamble
+        # outran the probe's token budget, and only the reply tells them apart.
+        "lost_replies": {p["id"]: r.text for p, b, t, r in zip(probes, base_ok, tuned_ok, replies[len(probes):])
+                         if b and not t},
         "neutral_loss_base": base_loss[0] / base_loss[1],
         "neutral_loss_tuned": tuned_loss[0] / tuned_loss[1],
     }

@@ -36,17 +36,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "auto": {},  # whatever recipes.preset_settings("Balanced") chooses for the data: the row to beat
     "lr1e-4": {"learning_rate": 1e-4},
     "lr2e-4": {"learning_rate": 2e-4},  # the Auto rate before this sweep (cells named "auto" at lr 2e-4 are it)
+    "lr5e-4": {"learning_rate": 5e-4},
     "lr1e-3": {"learning_rate": 1e-3},
     "lr2e-3": {"learning_rate": 2e-3},
     "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},
     "lr1e-3-r8": {"learning_rate": 1e-3, "lora": {"r": 8, "alpha": 16}},
     "lr1e-3-r32": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}},
+    # Attention only: fewer adapted layers is the usual lever against forgetting (the MLPs hold more facts)
+    "lr1e-3-attn": {"learning_rate": 1e-3, "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},
     "lr1e-3-pat4": {"learning_rate": 1e-3, "early_stopping_patience": 4},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
-DEFAULT_VOICES = ("cosmo-coffee", "ledger-lane", "byte-desk", "grimsby-tales")
+DEFAULT_VOICES = ("cosmo-coffee", "ledger-lane", "byte-desk", "lantern-tales")
 DEFAULT_SETTINGS = ("lr2e-4", "auto", "lr2e-3")  # the old Auto rate, the Auto of now, a higher rate
 
 
@@ -88,6 +91,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
     return {
         "voice": voice, "setting": setting, "host": models.cpu_kind(), "threads": record["torch_threads"],
         "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
+        "targets": cfg.lora.target_modules,
         "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
         "train": record["data"]["train"], "steps": record["metrics"]["steps"],
         "planned_steps": record["metrics"]["planned_steps"], "best_step": record["metrics"]["best_step"],
@@ -97,6 +101,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "reference_loss": {k: v["loss"] for k, v in card["likelihood"].items()},
         "style_distance": {k: card["style"][k]["distance"] for k in ("base", "prompt-only", "tuned")},
         "probe": [round(f["base_accuracy"] * f["probes"]), round(f["tuned_accuracy"] * f["probes"]), f["probes"]],
+        "probe_lost": f.get("lost_replies", {}),
         "under_trained": card["under_trained"],
         "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h], "train_s": round(trained_s, 1), "score_s": round(scored_s, 1),
         "verdict": card["verdict"],

@@ -246,7 +246,7 @@ def base_row_purity(chat: Any, msgs: list[dict], names: list[str]) -> dict[str, 
     ids = tok([render(tok, msgs, add_generation_prompt=True)] * (1 + len(names)), return_tensors="pt",
               add_special_tokens=False).to(chat.model.device)
     with chat.lock, torch.inference_mode():
-        arms = [BASE] + [n or BASE for n in chat._peft_names(names)]
+        arms = [BASE] + [n or BASE for n in chat.registry.peft_names(names)]
         mixed = chat.model(**ids, adapter_names=arms).logits[:, -1].float()
         all_base = chat.model(**ids, adapter_names=[BASE] * len(arms)).logits[:, -1].float()
         alone = chat.model(**{k: v[:1] for k, v in ids.items()}, adapter_names=[BASE]).logits[0, -1].float()

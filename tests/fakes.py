@@ -25,7 +25,8 @@ import torch
 
 from voicetune import models, runs
 from voicetune.config import GenConfig
-from voicetune.generate import AdapterError, Reply, Request
+from voicetune.generate import AdapterError, Reply, Request, Update
+from voicetune.streaming import final_replies
 
 SECONDS = 0.5  # every scripted reply "takes" this long, so the per-pane figures are exact
 
@@ -70,7 +71,7 @@ class ScriptedChatModel:
         self._made += 1
         return f"Scripted reply number {self._made}."
 
-    def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[list[str] | list[Reply]]:
+    def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[Update]:
         """Word by word for every row at once, then the finished Replies, as ChatModel.stream yields them."""
         for r in requests:
             if r.adapter is not None and r.adapter not in self.adapters:
@@ -79,10 +80,9 @@ class ScriptedChatModel:
         texts = [self._next() for _ in requests]
         words = [t.split() for t in texts]
         for n in range(1, max(len(w) for w in words)):
-            yield [" ".join(w[:n]) for w in words]
-        yield [Reply(text=t, prompt_tokens=count_tokens(r.messages), reply_tokens=len(t.split()), seconds=SECONDS)
-               for t, r in zip(texts, requests)]
+            yield Update([" ".join(w[:n]) for w in words])
+        yield Update.finished([Reply(text=t, prompt_tokens=count_tokens(r.messages), reply_tokens=len(t.split()),
+                                     seconds=SECONDS) for t, r in zip(texts, requests)])
 
     def generate(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
-        *_, replies = self.stream(requests, gen)
-        return replies  # type: ignore[return-value]
+        return final_replies(self.stream(requests, gen))

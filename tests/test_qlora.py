@@ -331,7 +331,7 @@ def test_generation_never_auto_compiles(tiny_model: Path) -> None:
     from voicetune.generate import ChatModel, Request
 
     chat = ChatModel(str(tiny_model))
-    _, kwargs = chat._inputs([Request(MSGS, None)], GenConfig())
+    _, kwargs = chat.decoder.inputs([Request(MSGS, None)], GenConfig())
     assert kwargs["disable_compile"] is True
     # the field transformers 5.23 reads before compiling for a static cache
     assert GenerationConfig(**{"disable_compile": True}).disable_compile is True
@@ -345,7 +345,7 @@ def test_loading_an_adapter_waits_for_a_round_in_progress(tiny_model: Path, two_
     pirate = chat.load_adapter(two_adapters[0])
     events: list[str] = []
     decoding = threading.Event()
-    real_generate, real_load = chat.model.generate, chat._load_weights
+    real_generate, real_load = chat.model.generate, chat.registry._load_weights
 
     def slow_generate(*args, **kwargs):  # the real generate, with a window for the other thread to land in
         events.append("round starts")
@@ -360,7 +360,7 @@ def test_loading_an_adapter_waits_for_a_round_in_progress(tiny_model: Path, two_
         return real_load(folder)
 
     chat.model.generate = slow_generate
-    chat._load_weights = recorded_load
+    chat.registry._load_weights = recorded_load
     round_thread = threading.Thread(target=chat.generate, args=([Request(MSGS, None), Request(MSGS, pirate)],
                                                                 GenConfig(max_new_tokens=4)))
     round_thread.start()
@@ -408,18 +408,18 @@ def test_loading_past_the_bound_evicts_the_least_recently_used(tiny_model: Path,
     from voicetune.generate import ChatModel
 
     chat = ChatModel(str(tiny_model))
-    chat.MAX_ADAPTERS = 2
+    chat.registry.max_adapters = 2
     folders = []
     for i in range(3):
         folders.append(tmp_path / f"run-{i}")
         shutil.copytree(two_adapters[i % 2], folders[-1])
     names = [chat.load_adapter(f) for f in folders[:2]]
-    first_peft = chat._peft_names([names[0]])[0]
+    first_peft = chat.registry.peft_names([names[0]])[0]
     chat.logits([1, 2, 3], names[1])  # run-1 is now the most recently used... then run-0 again
     chat.logits([1, 2, 3], names[0])
     names.append(chat.load_adapter(folders[2]))
-    assert set(chat.model.peft_config) == {first_peft, chat._peft_names([names[2]])[0]}  # run-1 went
-    assert len(chat._loaded) == 2
+    assert set(chat.model.peft_config) == {first_peft, chat.registry.peft_names([names[2]])[0]}  # run-1 went
+    assert len(chat.registry._loaded) == 2
     # An evicted adapter still answers: it is loaded again, evicting the next least recently used
     ids = _prompt_ids(chat)
     again = chat.logits(ids, names[1])

@@ -84,7 +84,7 @@ def test_base_arm_is_the_plain_base_model(trained: Path, base_path: str):
     with torch.no_grad():
         want = fresh(**ids).logits
         got = chat.model(**ids, adapter_names=[BASE]).logits
-        tuned = chat.model(**ids, adapter_names=chat._peft_names([name])).logits
+        tuned = chat.model(**ids, adapter_names=chat.registry.peft_names([name])).logits
     assert torch.equal(got, want)
     assert not torch.allclose(tuned, want)
 
@@ -120,10 +120,10 @@ def test_batched_arms_equal_one_at_a_time(trained: Path):
     requests = round_requests(Round("r", arms, blind=False), {}, "Is the shop dog friendly?")
     gen = GenConfig(max_new_tokens=24)
     # The batch is padded, so each arm's prompt is prefilled on its own and the caches stacked
-    batch, _ = chat_model._inputs(requests, gen)
+    batch, _ = chat_model.decoder.inputs(requests, gen)
     with torch.inference_mode():
-        arms = [n or BASE for n in chat_model._peft_names([r.adapter for r in requests])]
-        cache = chat_model._prefill_rows(batch, arms, gen.max_new_tokens)
+        arms = [n or BASE for n in chat_model.registry.peft_names([r.adapter for r in requests])]
+        cache = chat_model.decoder.prefill_rows(batch, arms, gen.max_new_tokens)
     assert cache is not None and int(cache.get_seq_length()) == batch["input_ids"].shape[1] - 1
     batched = chat_model.generate(requests, gen)
     chat_model.batch_arms = False  # the fallback path: set_adapter / disable_adapter, one arm at a time
@@ -147,12 +147,12 @@ def test_a_later_round_reuses_the_start_it_shares_and_answers_the_same(trained: 
     gen = GenConfig(max_new_tokens=16)
     chat_model.generate(round_requests(Round("r1", arms, blind=False), {}, "Where is my order?"), gen)
     requests = round_requests(Round("r2", arms, blind=False), {}, "Do you ship abroad?")
-    batch, _ = chat_model._inputs(requests, gen)
+    batch, _ = chat_model.decoder.inputs(requests, gen)
     ids = batch["input_ids"][1][batch["attention_mask"][1].bool()][:-1].tolist()  # the prompt-only row
-    earlier = [old for old, _ in chat_model._recent[BASE]]
+    earlier = chat_model.decoder.prompts.prompts(BASE)
     assert max(len(os.path.commonprefix([old, ids])) for old in earlier) > 20  # the instructions are shared
     with torch.inference_mode():
-        reused = chat_model._row_cache(ids, BASE)
+        reused = chat_model.decoder.row_cache(ids, BASE)
         fresh = chat_model.model(input_ids=torch.tensor([ids]), use_cache=True, adapter_names=[BASE]).past_key_values
     assert len(reused.layers) == len(fresh.layers)
     for a, b in zip(reused.layers, fresh.layers):

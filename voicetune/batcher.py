@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from voicetune.config import GenConfig
-from voicetune.generate import ChatModel, Reply, Request
+from voicetune.generate import ChatModel, Request
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,9 @@ class Scheduler:
         batch = ready
         self.batch_sizes.append(len(batch))
         for update in self.chat.stream(requests, batch[0].sampling.gen_config()):
-            if update and isinstance(update[0], Reply):
-                for job, reply in zip(batch, update):
+            if update.replies is not None:
+                for job, reply in zip(batch, update.replies):
                     job.on_event(("done", reply))
                 return
-            for job, text in zip(batch, update):
+            for job, text in zip(batch, update.texts):
                 job.on_event(("text", text))

@@ -267,7 +267,7 @@ class LocalDrafter:
         else:
             chat = generate.shared_model(self.base_model)
         for update in chat.stream([generate.Request(messages, adapter)], gen):
-            yield update[0].text if isinstance(update[0], generate.Reply) else update[0]
+            yield update.texts[0]
 
 
 class EndpointError(DraftError):

@@ -24,6 +24,7 @@ from voicetune.generate import AdapterError, ChatModel, Reply, shared_model, str
 from voicetune.models import ModelError
 from voicetune.runs import finished as finished_runs
 from voicetune.runs import read as read_run
+from voicetune.streaming import final_replies
 from voicetune.ui import downloads
 from voicetune.ui.session import pid
 
@@ -181,10 +182,10 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
     replies: list[Reply] = []
     try:
         for update in stream_groups(resolved.groups, requests, gen):
-            if update and isinstance(update[0], Reply):
-                replies = update
+            if update.replies is not None:
+                replies = update.replies
                 break
-            yield ["", *pane_updates(rnd, histories, update, user, []), gr.update(visible=False), state]
+            yield ["", *pane_updates(rnd, histories, update.texts, user, []), gr.update(visible=False), state]
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if "out of memory" not in str(e).lower():
             raise
@@ -285,7 +286,8 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     grid = []
     for prompt in prompts:
         rnd = arena.Round(id="batch", arms=arms, blind=False)
-        *_, replies = stream_groups(resolved.groups, arena.round_requests(rnd, {}, prompt, system or None), gen)
+        replies = final_replies(stream_groups(resolved.groups, arena.round_requests(rnd, {}, prompt, system or None),
+                                              gen))
         grid.append([r.text for r in replies])
     path = store.home() / "exports" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     store.atomic_write_text(path, arena.grid_csv(prompts, arms, grid))

@@ -1,0 +1,30 @@
+"""The one event a streamed round yields (streaming.Update), across arms on two bases (generate.stream_groups)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import ScriptedChatModel
+from voicetune.config import GenConfig
+from voicetune.generate import Request, Update, stream_groups
+from voicetune.streaming import final_replies
+
+MSGS = [{"role": "user", "content": "Do you deliver?"}]
+
+
+def test_a_round_on_two_bases_streams_updates_in_request_order_and_ends_with_every_reply() -> None:
+    first, second = ScriptedChatModel("base-a"), ScriptedChatModel("base-b")
+    first.enqueue("one two three", "alpha beta")  # rows 0 and 2
+    second.enqueue("x y")  # row 1
+    requests = [Request(MSGS, None), Request(MSGS, None), Request(MSGS, None)]
+    updates = list(stream_groups([(first, [0, 2]), (second, [1])], requests, GenConfig()))
+    assert all(type(u) is Update for u in updates)
+    assert [u.texts for u in updates] == [["one", "", "alpha"], ["one two", "", "alpha beta"],
+                                          ["one two three", "x", "alpha beta"], ["one two three", "x y", "alpha beta"]]
+    assert [u.replies is None for u in updates] == [True, True, True, False]
+    assert [r.text for r in updates[-1].replies or []] == ["one two three", "x y", "alpha beta"]
+
+
+def test_final_replies_refuses_a_stream_that_never_finished() -> None:
+    with pytest.raises(RuntimeError, match="^the reply stream ended without its finished replies$"):
+        final_replies(iter([Update(["half a rep"])]))

@@ -1,0 +1,225 @@
+"""Replies and likelihoods from the base model under any mix of adapters, every arm of a round in one batch.
+
+Each request names its arm; PEFT's mixed-adapter batches (`adapter_names`, "__base__" for none) run every
+arm in a single `generate` call. The base arm runs with no adapter applied at all, never "the adapter at
+scale zero", so the base pane really is the base model. Each row's prompt is prefilled on its own, reusing
+what the prompt cache holds, and the rows' caches are stacked for one decode.
+
+    decoder = Decoder(registry, tokenizer, PromptCache())
+    for update in decoder.stream([Request(msgs, None), Request(msgs, "demo")], GenConfig()):
+        print(update.texts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from voicetune.adapter_registry import AdapterError, AdapterRegistry
+from voicetune.config import GenConfig
+from voicetune.prompt_cache import PromptCache
+from voicetune.streaming import BatchStreamer, Reply, Update, final_replies
+from voicetune.templates import IGNORE, render
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class Request:
+    messages: list[dict]  # the conversation so far, ending with the user turn to answer
+    adapter: str | None = None  # None: the base model
+
+
+class Decoder:
+    """Runs the registry's model: streamed batches of replies, and one sequence's logits, under the model's lock.
+
+    Every arm shares one generate call. Where a mixed-adapter batch is impossible, `batch_arms` turns False
+    (the log says so) and from then on the arms are answered one after another.
+    """
+
+    def __init__(self, registry: AdapterRegistry, tokenizer: Any, prompts: PromptCache):
+        self.registry, self.tokenizer, self.prompts = registry, tokenizer, prompts
+        self.batch_arms = True  # False once a mixed-adapter batch has failed: then arms go one at a time
+
+    @property
+    def model(self) -> Any:
+        return self.registry.model  # read each time: loading the first adapter wraps it
+
+    def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[Update]:
+        """Every arm's text so far as tokens arrive, then an Update with the finished Replies."""
+        if self.batch_arms:
+            started = False
+            try:
+                for update in self._batch(requests, gen, mixed=True):
+                    started = True
+                    yield update
+                return
+            except (ValueError, TypeError, NotImplementedError, RuntimeError) as e:
+                if started or not self.registry.any_loaded or isinstance(e, AdapterError):
+                    raise
+                log.warning("mixed-adapter batch failed (%s); answering the arms one at a time", e)
+                self.batch_arms = False
+        yield Update.finished(self._sequential(requests, gen))
+
+    def _sequential(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
+        """One arm at a time: the base arm with every adapter disabled, the others with theirs active."""
+        replies: list[Reply] = []
+        for r in requests:
+            replies.extend(final_replies(self._batch([r], gen, mixed=False)))
+        return replies
+
+    def _batch(self, requests: list[Request], gen: GenConfig, mixed: bool) -> Iterator[Update]:
+        """One generate call for all `requests`, run in a worker thread and decoded here row by row."""
+        batch, kwargs = self.inputs(requests, gen)
+        streamer = BatchStreamer(len(requests), set(kwargs["eos_token_id"]))
+        streamer.start(lambda: self._generate(requests, gen, batch, kwargs | {"streamer": streamer}, mixed))
+        pad = self.tokenizer.pad_token_id
+        for rows in streamer:
+            yield Update([self.tokenizer.decode([t for t in row if t != pad], skip_special_tokens=True)
+                          for row in rows])
+        out, seconds, first = streamer.result()
+        yield Update.finished(self._replies(batch, out, seconds, first))
+
+    def _generate(self, requests: list[Request], gen: GenConfig, batch: Any, kwargs: dict[str, Any],
+                  mixed: bool) -> Any:
+        """The worker thread's generate. Adapters are resolved (loaded, reloaded or evicted) and used under one
+        hold of the lock, in the thread that runs the model, so no other call can swap them in between."""
+        import torch
+
+        with self.registry.lock, torch.inference_mode():
+            peft_names = self.registry.peft_names([r.adapter for r in requests])
+            arms = [n or BASE for n in peft_names]
+            if mixed and self.registry.any_loaded:
+                kwargs["adapter_names"] = arms
+            cache = self.prefill_rows(batch, arms, gen.max_new_tokens) if mixed else None
+            if cache is not None:
+                kwargs["past_key_values"] = cache
+            with contextlib.nullcontext() if mixed else self._arm(peft_names[0]):
+                torch.manual_seed(gen.seed)
+                return self.model.generate(**batch, **kwargs)
+
+    def _arm(self, peft_name: str | None) -> Any:
+        """The model set up for one arm alone (lock held): its adapter active, or every adapter off for the base."""
+        if peft_name is None:
+            return self.model.disable_adapter() if self.registry.any_loaded else contextlib.nullcontext()
+        self.model.set_adapter(peft_name)
+        return contextlib.nullcontext()
+
+    def _eos_ids(self) -> list[int]:
+        """Every token that ends a reply: the model's generation config may list several, the tokenizer one."""
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def inputs(self, requests: list[Request], gen: GenConfig) -> tuple[Any, dict[str, Any]]:
+        """The left-padded batch of rendered prompts, and generate's keyword arguments for `gen`."""
+        self.registry.require([r.adapter for r in requests])
+        texts = [render(self.tokenizer, r.messages, add_generation_prompt=True) for r in requests]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = batch.to(self.model.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=not gen.greedy,
+            repetition_penalty=gen.repetition_penalty,
+            eos_token_id=self._eos_ids(),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if not gen.greedy:
+            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        # A static cache (see prefill_rows) makes transformers compile the forward on a GPU; the compiled
+        # graphs are per thread and PEFT's per-call adapter_names hooks are not guarded, so a row could be
+        # answered by another arm's adapter. Mixed batches must run eagerly.
+        kwargs["disable_compile"] = True
+        return batch, kwargs
+
+    def _replies(self, batch: Any, out: Any, seconds: list[float], first_token_s: float | None) -> list[Reply]:
+        """Each row's reply text and token counts from generate's output (prompt columns cut off)."""
+        width = batch["input_ids"].shape[1]
+        replies = []
+        for i in range(out.shape[0]):
+            new = out[i, width:]
+            # Finished rows are padded with pad_token_id (often the end-of-turn token): count the rest.
+            n_new = int((new != self.tokenizer.pad_token_id).sum())
+            replies.append(Reply(
+                text=self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                prompt_tokens=int(batch["attention_mask"][i].sum()),
+                reply_tokens=n_new,
+                seconds=seconds[i],
+                first_token_s=first_token_s,
+            ))
+        return replies
+
+    def prefill_rows(self, batch: Any, arms: list[str], max_new_tokens: int) -> Any:
+        """Each arm's prompt through the model on its own, the caches stacked left-padded for one decode.
+
+        A batch pads every prompt to the longest, and the prompt-only arm's instructions and examples make
+        its prompt several times the others': padded, a 3-arm round prefilled about twice the tokens it
+        needed. transformers' generate has no per-row prefill, so it is done here: each row's prompt but its
+        last token runs with the row's own adapter, and generate continues from the stacked cache (the pad
+        positions are masked). Returns None for a one-token prompt or a cache that is not the plain kind.
+        """
+        import torch
+        from transformers import StaticCache
+        from transformers.cache_utils import DynamicLayer, StaticLayer
+
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        if int(mask.sum(dim=1).min()) < 2:
+            return None
+        width = ids.shape[1] - 1  # generate feeds the last prompt token itself
+        # A static cache: decoding writes each step in place instead of copying the whole cache every step.
+        # Checked before any prefill, so a model it does not suit costs nothing here.
+        cache = StaticCache(config=self.model.config, max_cache_len=width + 1 + max_new_tokens)
+        if not all(type(layer) is StaticLayer for layer in cache.layers):
+            return None  # sliding-window or other special layers: leave the batch to generate
+        caches = [self.row_cache(ids[i, mask[i]][:-1].tolist(), arm) for i, arm in enumerate(arms)]
+        if not all(type(layer) is DynamicLayer for c in caches for layer in c.layers):
+            return None
+
+        def stacked(tensors: list[Any]) -> Any:
+            return torch.cat([torch.nn.functional.pad(t, (0, 0, width - t.shape[2], 0)) for t in tensors])
+
+        for n, layer in enumerate(cache.layers):
+            layer.update(stacked([c.layers[n].keys for c in caches]), stacked([c.layers[n].values for c in caches]))
+        return cache
+
+    def row_cache(self, ids: list[int], arm: str) -> Any:
+        """One prompt's cache under one arm, computing only what follows the start it shares with a recent
+        prompt of that arm (see PromptCache), and remembering the result for the next round."""
+        import torch
+
+        shared, cache = self.prompts.longest_start(arm, ids)
+        extra = {"adapter_names": [arm]} if self.registry.any_loaded else {}
+        out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.model.device), past_key_values=cache,
+                         use_cache=True, **extra)
+        self.prompts.remember(arm, ids, out.past_key_values)
+        return out.past_key_values
+
+    def logits(self, input_ids: list[int], adapter: str | None) -> Any:
+        """One sequence's logits under one arm (the scorecard's likelihoods), holding the model's lock."""
+        import torch
+
+        with self.registry.lock, torch.inference_mode():
+            (peft_name,) = self.registry.peft_names([adapter])
+            extra = {"adapter_names": [peft_name or BASE]} if self.registry.any_loaded else {}
+            ids = torch.tensor([input_ids], device=self.model.device)
+            return self.model(input_ids=ids, **extra).logits[0]
+
+    def nll(self, input_ids: list[int], labels: list[int], adapter: str | None) -> tuple[float, int]:
+        """Summed negative log-likelihood of the labelled tokens (IGNORE elsewhere), and their count, under one
+        arm (None: the base). The scorecard's likelihood and forgetting measures ask for this, so they need
+        neither the model's weights nor its adapter names, and a stand-in model can answer them."""
+        import torch
+
+        logits = self.logits(input_ids, adapter)[:-1].float()
+        target = torch.tensor(labels[1:], device=logits.device)
+        losses = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+        return float(losses), int((target != IGNORE).sum())

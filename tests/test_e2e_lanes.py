@@ -193,7 +193,7 @@ def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) ->
     from playwright.sync_api import expect
 
     from voicetune.ui.compare_tab import STALE_GUIDE
-    from voicetune.ui.data_tab import STALE_TURNS
+    from voicetune.ui.data_tab.conversations import STALE_TURNS
 
     expect.set_options(timeout=60_000)
     first_ctx, first = sign_in(browser, app, "alice")

@@ -492,7 +492,7 @@ def test_a_datasets_folder_holds_every_conversation_as_it_was(fmt: str, tmp_path
 def test_round_trip_through_a_project(fmt: str):
     """Import into a project, export the project as the Data tab does, import that again: nothing changes."""
     from voicetune import projects, store
-    from voicetune.ui.data_tab import export_jsonl
+    from voicetune.ui.data_tab.exporting import export_jsonl
 
     conn = store.connect()
     pid = projects.create_project(conn, fmt)

@@ -109,6 +109,9 @@ def _preflight_train(cfg: Any) -> None:
             raise DataError([replace(p, message=f"(held-out file) {p.message}") for p in e.problems]) from None
 
 
+JobEnd = Callable[[str, str | None, str], None]  # records how a queued job ended: state, failure code, message
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """Train; as a queued job (--job) also record how it ended, with a failure code the app can explain.
 
@@ -126,28 +129,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     shown = (lambda p: Path(p).name) if a.job else str  # what the log says for a path
     signal.signal(signal.SIGTERM, _raise_cancelled)
     out_existed = Path(cfg.out).exists()
-    from voicetune.failures import classify, log_for_server
     from voicetune.jobs import Cancelled
 
     try:
-        # A cancel that came while the job was being started found no process to signal: honour it here,
-        # now that SIGTERM raises Cancelled (a short job could otherwise finish as if never cancelled).
-        if a.job:
-            from voicetune.jobs import cancel_requested
-
-            if cancel_requested(a.job):
-                raise Cancelled()
-        # Check the files before importing torch: bad data costs a second, not a model load.
-        if getattr(cfg, "method", "sft") == "dpo":
-            from voicetune.dpo import preflight, run_dpo
-
-            preflight(cfg)
-            record = run_dpo(cfg, on_event, resume=a.resume)
-        else:
-            _preflight_train(cfg)
-            from voicetune.train import run_sft
-
-            record = run_sft(cfg, on_event, resume=a.resume)
+        record = _run_training(a, cfg, on_event)
     except Cancelled:
         if not out_existed:  # the cancel came after the final rename: honour it, leave nothing listed
             shutil.rmtree(cfg.out, ignore_errors=True)
@@ -155,20 +140,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         end("cancelled", None, "cancelled; no adapter was kept")
         return _fail(EXIT_CANCELLED, "cancelled")
     except Exception as e:  # noqa: BLE001 - every failure ends as a code and a fix, never a bare traceback
-        failure = classify(e)
-        if failure.code == "crash":
-            if a.job:
-                log_for_server(f"job {a.job} crashed:\n{traceback.format_exc()}")
-            else:
-                traceback.print_exc()  # the command line's user runs the machine: the details are theirs
-        on_event({"type": "error", "code": failure.code, "message": failure.message, "fix": failure.fix})
-        end("failed", failure.code, failure.message[:2000])
-        if failure.code == "data":
-            from voicetune.failures import hide_paths
-
-            problems = [hide_paths(str(p)) if a.job else str(p) for p in e.problems]
-            return _fail(EXIT_DATA, f"{shown(cfg.data)} has problems:\n" + "\n".join(f"  {p}" for p in problems))
-        return _fail(EXIT_MODEL if failure.code == "model" else EXIT_TRAIN, f"{failure.message}\n{failure.fix}")
+        return _training_failed(a, cfg, e, on_event, end, shown)
     if not record:  # a non-zero rank under `accelerate launch`: rank 0 reports and saves
         return 0
     from voicetune.runs import keep_training_data
@@ -180,23 +152,76 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"adapter saved to {shown(cfg.out)}  (train loss {m['train_loss']:.4f}, {record['duration_s']} s)")
     message = f"train loss {m['train_loss']:.3f}"
     if cfg.scorecard and record["data"]["val"]:
-        # A failed or cancelled scorecard never fails the run: the adapter is already saved and usable.
-        on_event({"type": "status", "phase": "scoring", "message": "computing the scorecard"})
-        try:
-            from voicetune.evaluate import scorecard
-
-            card = scorecard(cfg.out)
-            on_event({"type": "scorecard", "verdict": card["verdict"]})
-            print(card["verdict"])
-            _refresh_model_card(Path(cfg.out))
-        except Cancelled:
-            message += "; scorecard cancelled"
-        except Exception as e:  # noqa: BLE001
-            from voicetune.failures import hide_paths
-
-            on_event({"type": "status", "message": f"the scorecard could not be computed: {hide_paths(str(e))}"})
+        message += _score_after_training(cfg, on_event)
     end("succeeded", None, message)
     return 0
+
+
+def _run_training(a: argparse.Namespace, cfg: Any, on_event: Callable[[dict[str, Any]], None]) -> dict | None:
+    """One SFT or DPO run; its files are checked before torch is imported, so bad data costs a second, not a
+    model load. Returns the run's record (None on a non-zero rank)."""
+    from voicetune.jobs import Cancelled
+
+    # A cancel that came while the job was being started found no process to signal: honour it here,
+    # now that SIGTERM raises Cancelled (a short job could otherwise finish as if never cancelled).
+    if a.job:
+        from voicetune.jobs import cancel_requested
+
+        if cancel_requested(a.job):
+            raise Cancelled()
+    if getattr(cfg, "method", "sft") == "dpo":
+        from voicetune.dpo import preflight, run_dpo
+
+        preflight(cfg)
+        return run_dpo(cfg, on_event, resume=a.resume)
+    _preflight_train(cfg)
+    from voicetune.train import run_sft
+
+    return run_sft(cfg, on_event, resume=a.resume)
+
+
+def _training_failed(a: argparse.Namespace, cfg: Any, e: Exception, on_event: Callable[[dict[str, Any]], None],
+                     end: JobEnd, shown: Callable[[Any], str]) -> int:
+    """Every failure ends as a code and a fix: in the events, in the job's end state and on stderr. A crash's
+    traceback goes to the server-side log for a job (its user reads the log), to stderr on the command line."""
+    from voicetune.failures import classify, log_for_server
+
+    failure = classify(e)
+    if failure.code == "crash":
+        if a.job:
+            log_for_server(f"job {a.job} crashed:\n{traceback.format_exc()}")
+        else:
+            traceback.print_exc()  # the command line's user runs the machine: the details are theirs
+    on_event({"type": "error", "code": failure.code, "message": failure.message, "fix": failure.fix})
+    end("failed", failure.code, failure.message[:2000])
+    if failure.code == "data":
+        from voicetune.failures import hide_paths
+
+        problems = [hide_paths(str(p)) if a.job else str(p) for p in e.problems]
+        return _fail(EXIT_DATA, f"{shown(cfg.data)} has problems:\n" + "\n".join(f"  {p}" for p in problems))
+    return _fail(EXIT_MODEL if failure.code == "model" else EXIT_TRAIN, f"{failure.message}\n{failure.fix}")
+
+
+def _score_after_training(cfg: Any, on_event: Callable[[dict[str, Any]], None]) -> str:
+    """The scorecard on the held-out split; returns what the job's end message adds. A failed or cancelled
+    scorecard never fails the run: the adapter is already saved and usable."""
+    from voicetune.jobs import Cancelled
+
+    on_event({"type": "status", "phase": "scoring", "message": "computing the scorecard"})
+    try:
+        from voicetune.evaluate import scorecard
+
+        card = scorecard(cfg.out)
+        on_event({"type": "scorecard", "verdict": card["verdict"]})
+        print(card["verdict"])
+        _refresh_model_card(Path(cfg.out))
+    except Cancelled:
+        return "; scorecard cancelled"
+    except Exception as e:  # noqa: BLE001
+        from voicetune.failures import hide_paths
+
+        on_event({"type": "status", "message": f"the scorecard could not be computed: {hide_paths(str(e))}"})
+    return ""
 
 
 def _refresh_model_card(folder: Path) -> None:
@@ -212,7 +237,7 @@ def _refresh_model_card(folder: Path) -> None:
         print(f"the model card could not be written: {e}", file=sys.stderr)
 
 
-def _job_recorder(job_id: str | None) -> Callable[[str, str | None, str], None]:
+def _job_recorder(job_id: str | None) -> JobEnd:
     if not job_id or int(os.environ.get("RANK", "0")) != 0:
         return lambda state, code, message: None
     from voicetune.jobs import record_end
@@ -495,10 +520,28 @@ def cmd_draft(a: argparse.Namespace) -> int:
     return 0
 
 
+Subcommands = Any  # what add_subparsers returns (argparse._SubParsersAction: a private name)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per verb, each declared by its own helper below."""
     p = argparse.ArgumentParser(prog="python -m voicetune", description="Tune a small model to a brand voice.")
     sub = p.add_subparsers(dest="verb", required=True)
+    _add_train(sub)
+    _add_chat(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_push(sub)
+    _add_serve(sub)
+    _add_models(sub)
+    _add_fetch(sub)
+    _add_draft(sub)
+    _add_validate(sub)
+    return p
 
+
+def _add_train(sub: Subcommands) -> None:
+    """`train`: SFT on conversations, or DPO on preference pairs (--method dpo); the app's jobs run this too."""
     t = sub.add_parser("train", help="train an adapter on a JSONL file of conversations")
     t.add_argument("--data", help="OpenAI chat JSONL: one {\"messages\": [...]} per line")
     t.add_argument("--out", help="folder for the adapter and its run.json")
@@ -531,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--job", help=argparse.SUPPRESS)  # the app's job id: the run records its end state there
     t.set_defaults(fn=cmd_train)
 
+
+def _add_chat(sub: Subcommands) -> None:
+    """`chat`: the base model and a tuned adapter answer the same prompts."""
     c = sub.add_parser("chat", help="answer prompts with the base model and the tuned adapter")
     c.add_argument("--adapter", required=True, help="a finished run's folder")
     c.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
@@ -540,6 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per line: prompt, base, tuned")
     c.set_defaults(fn=cmd_chat)
 
+
+def _add_eval(sub: Subcommands) -> None:
+    """`eval`: a run's voice scorecard."""
     e = sub.add_parser("eval", help="compute and print a run's voice scorecard")
     e.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
     e.add_argument("--json", action="store_true", help="print the whole scorecard as JSON")
@@ -548,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's project's, or <data>.prompts.txt beside the training file)")
     e.set_defaults(fn=cmd_eval)
 
+
+def _add_export(sub: Subcommands) -> None:
+    """`export`: a run as an adapter zip, a merged model or a GGUF (exactly one)."""
     x = sub.add_parser("export", help="a run as an adapter zip, a merged model, or a GGUF for llama.cpp/Ollama")
     x.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
     what = x.add_mutually_exclusive_group(required=True)
@@ -559,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="the file or folder to write (default: <workspace>/exports/<run id>/...)")
     x.set_defaults(fn=cmd_export)
 
+
+def _add_push(sub: Subcommands) -> None:
+    """`push`: a run to the Hugging Face Hub, private and refusing existing repositories unless told."""
     h = sub.add_parser("push", help="push a run to the Hugging Face Hub (private unless --public)")
     h.add_argument("--run", required=True, help="a run id in the workspace, or an adapter folder")
     h.add_argument("--repo", required=True, help="name or owner/name of the model repository")
@@ -570,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the files to repositories that already exist (default: refuse, upload nothing)")
     h.set_defaults(fn=cmd_push)
 
+
+def _add_serve(sub: Subcommands) -> None:
+    """`serve`: the OpenAI-compatible endpoint, and the API keys that reach it."""
     s = sub.add_parser("serve", help="an OpenAI-compatible endpoint (/v1/chat/completions) for runs, without the app")
     s.add_argument("--run", action="append", help="a run id or adapter folder, or NAME=RUN to call it NAME; repeat")
     s.add_argument("--host", default="127.0.0.1", help="where to listen (default: this machine only)")
@@ -583,16 +641,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keys", action="store_true", help="list the keys (never the keys themselves) and exit")
     s.set_defaults(fn=cmd_serve)
 
+
+def _add_models(sub: Subcommands) -> None:
+    """`models`: the base-model catalog, sized for a machine."""
     m = sub.add_parser("models", help="the base-model catalog with the memory and time each needs on a machine")
     m.add_argument("--machine", choices=MACHINES, default="this", help="this machine, or a T4, an L4 or a 16 GB CPU")
     m.add_argument("--conversations", type=int, default=100, help="conversations in the time estimate")
     m.add_argument("--tokens", type=int, default=300, help="tokens per conversation in the time estimate")
     m.set_defaults(fn=cmd_models)
 
+
+def _add_fetch(sub: Subcommands) -> None:
+    """`fetch`: one base model from the Hub into the shared cache."""
     f = sub.add_parser("fetch", help="download a base model from the Hub into the shared model cache")
     f.add_argument("model", help="a Hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct (gated ones need HF_TOKEN)")
     f.set_defaults(fn=cmd_fetch)
 
+
+def _add_draft(sub: Subcommands) -> None:
+    """`draft`: replies in a project's voice to a file of questions, or a drafts file into the review queue."""
     d = sub.add_parser("draft", help="draft replies in a project's voice to a file of questions (one per line), "
                                       "or put a drafts file into the project's review queue")
     d.add_argument("--project", required=True, help="the project's name, as the app shows it")
@@ -602,13 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--import", dest="import_file", metavar="FILE", help="queue a drafts file for review and exit")
     d.set_defaults(fn=cmd_draft)
 
+
+def _add_validate(sub: Subcommands) -> None:
+    """`validate`: a JSONL file's problems, each with its line."""
     v = sub.add_parser("validate", help="check a JSONL file and report every problem with its line")
     v.add_argument("--data", required=True)
     v.add_argument("--with-template", action="store_true", help="also render with the base model's chat template")
     v.add_argument("--base-model", default=None)
     v.add_argument("--max-length", type=int, default=1024)
     v.set_defaults(fn=cmd_validate)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -341,11 +341,42 @@ def save_style_guide(text: str, project: int, shown: str | None) -> tuple[Any, s
     return gr.skip(), text or ""
 
 
-def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
-    """`project` holds the current project's id: its conversations, style guide and votes are used here.
+def _sampling() -> tuple[gr.Checkbox, gr.Slider, gr.Slider, gr.Slider, gr.Slider, gr.Number]:
+    """Greedy or sampled decoding, the reply length, the repetition penalty and the seed, shared by every arm."""
+    with gr.Accordion("Sampling", open=False):
+        with gr.Row():
+            greedy = gr.Checkbox(value=True, label="Greedy (same reply every time)")
+            temperature = gr.Slider(0.05, 1.5, value=0.7, label="Temperature")
+            top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
+        with gr.Row():
+            max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
+            # 1.1 by default here: a 135M model loops under greedy decoding, and the penalty applies to every arm alike.
+            rep = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty")
+            seed = gr.Number(value=0, precision=0, label="Seed")
+    return greedy, temperature, top_p, max_new, rep, seed
 
-    Returns the arm picker (refreshed when a run finishes) and the style guide's loader (run on page load).
-    """
+
+def _build_batch(arms: gr.Dropdown, system: gr.Textbox, style_guide: gr.Textbox, project: gr.State,
+                 max_new: gr.Slider) -> None:
+    """The batch accordion, laid out and wired: test prompts through every arm, a grid, and votes per row."""
+    with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):
+        batch_prompts = gr.Textbox(lines=5, label="One test prompt per line")
+        batch_btn = gr.Button("Run batch")
+        grid = gr.Dataframe(interactive=False, wrap=True)
+        grid_file = gr.File(label="Grid as CSV", interactive=False)
+        with gr.Row():
+            row_no = gr.Number(value=1, precision=0, minimum=1, label="Row to vote on (two arms)")
+            row_buttons = [gr.Button(t, size="sm") for t in ("Left column better", "Right column better", "Tie",
+                                                             "Both bad")]
+        row_msg = gr.Markdown()
+    batch_state = gr.State({})
+    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, project, max_new],
+                    [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
+    for button, choice in zip(row_buttons, arena.CHOICES):
+        button.click(batch_vote, [row_no, gr.State(choice), project, batch_state], row_msg, api_name=f"batch_vote_{choice}")
+
+
+def _arms_row() -> tuple[gr.Dropdown, gr.Checkbox]:
     with gr.Row():
         # Runs appear while the app is up, so the server cannot fix the list of valid values at build
         # time; resolve_arms checks every name itself (store.run_dir + read_run). The runs are listed on
@@ -354,6 +385,15 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
                            allow_custom_value=True, label="Arms to compare (2–4)", scale=4)
         blind = gr.Checkbox(label="Blind A/B", value=False, scale=1,
                             info="Two random arms in random order; revealed after your vote")
+    return arms, blind
+
+
+def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
+    """`project` holds the current project's id: its conversations, style guide and votes are used here.
+
+    Returns the arm picker (refreshed when a run finishes) and the style guide's loader (run on page load).
+    """
+    arms, blind = _arms_row()
     with gr.Accordion("Style guide for the prompt-only arm", open=False):
         style_guide = gr.Textbox(lines=4, show_label=False,
                                  placeholder="e.g. Warm and upbeat, short sentences, always sign off 'Stay caffeinated!'")
@@ -369,16 +409,7 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
     with gr.Row(visible=False) as vote_row:
         vote_buttons = [gr.Button(text) for text in ("👈 Left is better", "Right is better 👉", "🤝 Tie", "👎 Both bad")]
     reveal = gr.Markdown()
-    with gr.Accordion("Sampling", open=False):
-        with gr.Row():
-            greedy = gr.Checkbox(value=True, label="Greedy (same reply every time)")
-            temperature = gr.Slider(0.05, 1.5, value=0.7, label="Temperature")
-            top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
-        with gr.Row():
-            max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
-            # 1.1 by default here: a 135M model loops under greedy decoding, and the penalty applies to every arm alike.
-            rep = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty")
-            seed = gr.Number(value=0, precision=0, label="Seed")
+    sampling = _sampling()
     with gr.Accordion("Teach it this: save a reply as a training conversation and a preference pair", open=False):
         which = gr.Dropdown([], label="Reply", allow_custom_value=True)  # choices change per round; teach checks
         edited = gr.Textbox(lines=3, label="Edit the reply into the ideal one")
@@ -388,25 +419,15 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
         table = gr.Dataframe(pd.DataFrame(columns=WIN_COLUMNS), interactive=False, wrap=True)  # filled per user
         export_btn = gr.Button("Export votes as preference data (DPO JSONL)")
         export_file = gr.File(label="Preference data", interactive=False)
-    with gr.Accordion("Batch: run a list of test prompts through every arm", open=False):
-        batch_prompts = gr.Textbox(lines=5, label="One test prompt per line")
-        batch_btn = gr.Button("Run batch")
-        grid = gr.Dataframe(interactive=False, wrap=True)
-        grid_file = gr.File(label="Grid as CSV", interactive=False)
-        with gr.Row():
-            row_no = gr.Number(value=1, precision=0, minimum=1, label="Row to vote on (two arms)")
-            row_buttons = [gr.Button(t, size="sm") for t in ("Left column better", "Right column better", "Tie",
-                                                             "Both bad")]
-        row_msg = gr.Markdown()
+    _build_batch(arms, system, style_guide, project, max_new=sampling[3])
     with gr.Accordion("Preference pairs: votes and edits that Improve from preferences trains on", open=False):
         from voicetune.ui.preferences_tab import build_preferences_view
 
         build_preferences_view(project)
-    batch_state = gr.State({})
     state = gr.State({})
     clear = gr.Button("Clear chats", size="sm")
 
-    inputs = [arms, blind, msg, system, style_guide, project, greedy, temperature, top_p, max_new, rep, seed, state]
+    inputs = [arms, blind, msg, system, style_guide, project, *sampling, state]
     outputs = [msg, *panes, *stats, vote_row, state]
     for trigger in (go.click, msg.submit):
         trigger(send, inputs, outputs, concurrency_limit=1, concurrency_id="chat", api_name="send").then(
@@ -417,14 +438,16 @@ def build_compare_tab(project: gr.State) -> tuple[gr.Dropdown, tuple]:
     which.change(pick_reply, [which, state], edited)
     teach_btn.click(teach, [which, edited, project, state], teach_msg)
     export_btn.click(export_preferences, project, export_file)
-    batch_btn.click(batch_run, [arms, batch_prompts, system, style_guide, project, max_new],
-                    [grid, grid_file, batch_state], concurrency_limit=1, concurrency_id="chat", api_name="batch")
-    for button, choice in zip(row_buttons, arena.CHOICES):
-        button.click(batch_vote, [row_no, gr.State(choice), project, batch_state], row_msg, api_name=f"batch_vote_{choice}")
-    guide_shown = gr.State(None)  # the style guide as the box shows it
-    guide_io = (load_style_guide, project, [style_guide, guide_shown])
-    # saved the moment the user leaves the box, unless another tab changed it since the box showed it
-    style_guide.blur(save_style_guide, [style_guide, project, guide_shown], [style_guide, guide_shown])
+    guide_io = _wire_style_guide(project, style_guide)
     project.change(*guide_io).then(win_table, project, table)
     clear.click(lambda: ({}, *[[] for _ in panes], ""), None, [state, *panes, reveal])
     return arms, guide_io
+
+
+def _wire_style_guide(project: gr.State, style_guide: gr.Textbox) -> tuple:
+    """Saved the moment the user leaves the box, unless another tab changed it since the box showed it; returns
+    its loader (run on page load and when the project changes)."""
+    guide_shown = gr.State(None)  # the style guide as the box shows it
+    guide_io = (load_style_guide, project, [style_guide, guide_shown])
+    style_guide.blur(save_style_guide, [style_guide, project, guide_shown], [style_guide, guide_shown])
+    return guide_io

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.sweep import SETTINGS, cell_config, table
+import pytest
+
+from benchmarks.sweep import SETTINGS, cell_config, run_cell, table
 
 
 def test_cells_are_balanced_plus_their_change(base_path: str, tmp_path: Path):
@@ -42,3 +44,19 @@ def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: P
     assert cfg("--base-model", str(tiny_model)).learning_rate == 1e-3  # a tiny model is a small model
     (tmp_path / "c.yaml").write_text("learning_rate: 5.0e-05\n")
     assert cfg("--config", str(tmp_path / "c.yaml")).learning_rate == 5e-5
+
+
+@pytest.mark.slow
+def test_balanced_defaults_make_a_bundled_voice_take_without_forgetting(base_path: str) -> None:
+    """The guard of the voice's defaults: Balanced on a bundled voice, as the sweep measures it (the same code,
+    the same unseen prompts), must speak in the voice on at least 80% of the unseen prompts and keep the
+    forgetting probe within one answer of base. Ledger & Lane is the voice whose probe the sweep measured
+    with the most room (docs/recipes.md); a change that breaks the voice or the rate breaks this."""
+    row = run_cell("ledger-lane", "auto")
+    hits, of = row["adherence"]["tuned"]
+    base, tuned, _ = row["probe"]
+    print(f"tuned adherence {hits}/{of}, probe {base}->{tuned}, lost {list(row['probe_lost'])}, "
+          f"train {row['train_s']} s, score {row['score_s']} s")
+    assert of >= 20, "the voice's unseen prompts went missing"
+    assert hits >= 0.8 * of, row["adherence"]
+    assert tuned >= base - 1, row["probe_lost"]

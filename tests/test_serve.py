@@ -579,7 +579,9 @@ def trained_two_base_runs(tiny_model: Path, tiny_qwen: Path, tmp_path_factory: p
     home = tmp_path_factory.mktemp("two-base-runs") / "home"
     with pytest.MonkeyPatch.context() as mp:  # store.run_dir reads the workspace the runs are written into
         mp.setenv("VOICETUNE_HOME", str(home))
-        env = {"VOICETUNE_HOME": str(home)}
+        # The environment the tests' workspace fixture gives a training process (not set up yet at module scope)
+        env = {"VOICETUNE_HOME": str(home), "VOICETUNE_CACHE": str(MODEL_CACHE), "HF_HUB_OFFLINE": "1",
+               "VOICETUNE_BASE_MODEL": str(tiny_model)}
         train_run(home, home.parent, tiny_qwen, "qwen-run", "Qwen says hi!", env=env)
         train_run(home, home.parent, tiny_model, "llama-run", "Llama says hi!", env=env)
         return store.runs_dir()

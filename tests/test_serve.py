@@ -569,18 +569,35 @@ def test_serve_cli_answers_like_the_app_without_the_page(pirate_adapter: Path, t
 
 # --- Runs of two bases: each answered by its own ---------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def trained_two_base_runs(tiny_model: Path, tiny_qwen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Qwen and Llama runs, trained once through the CLI for this module's two tests (each gets a copy in
+    its own workspace), as test_base_models shares its Qwen run: two training processes, not four."""
+    from tests.test_base_models import train_run
+    from voicetune import store
+
+    home = tmp_path_factory.mktemp("two-base-runs") / "home"
+    with pytest.MonkeyPatch.context() as mp:  # store.run_dir reads the workspace the runs are written into
+        mp.setenv("VOICETUNE_HOME", str(home))
+        # The environment the tests' workspace fixture gives a training process (not set up yet at module scope)
+        env = {"VOICETUNE_HOME": str(home), "VOICETUNE_CACHE": str(MODEL_CACHE), "HF_HUB_OFFLINE": "1",
+               "VOICETUNE_BASE_MODEL": str(tiny_model)}
+        train_run(home, home.parent, tiny_qwen, "qwen-run", "Qwen says hi!", env=env)
+        train_run(home, home.parent, tiny_model, "llama-run", "Llama says hi!", env=env)
+        return store.runs_dir()
+
+
 @pytest.fixture()
-def two_base_runs(tiny_model: Path, tiny_qwen: Path, tmp_path: Path, workspace: Path,
+def two_base_runs(trained_two_base_runs: Path, tiny_model: Path, workspace: Path,
                   monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """Alice's workspace holds a run on the tiny Qwen (another tokenizer and template) and one on the tiny Llama,
     the app's default base here; Bob's holds none."""
-    from tests.test_base_models import train_run
     from voicetune import store
 
     monkeypatch.setenv("VOICETUNE_BASE_MODEL", str(tiny_model))
     with store.user_scope("user:alice"):
-        train_run(workspace, tmp_path, tiny_qwen, "qwen-run", "Qwen says hi!")
-        train_run(workspace, tmp_path, tiny_model, "llama-run", "Llama says hi!")
+        for run_id in ("qwen-run", "llama-run"):
+            shutil.copytree(trained_two_base_runs / run_id, store.run_dir(run_id))
         return {"qwen-run": store.run_dir("qwen-run"), "llama-run": store.run_dir("llama-run")}
 
 

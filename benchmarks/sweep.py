@@ -37,6 +37,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-4": {"learning_rate": 1e-4},
     "lr2e-4": {"learning_rate": 2e-4},  # the Auto rate before this sweep (cells named "auto" at lr 2e-4 are it)
     "lr5e-4": {"learning_rate": 5e-4},
+    "lr7e-4": {"learning_rate": 7e-4},
     "lr1e-3": {"learning_rate": 1e-3},
     "lr2e-3": {"learning_rate": 2e-3},
     "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},

@@ -11,8 +11,10 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
   replies of Cosmo Coffee, at 1e-3 in all 27, with the forgetting probe within one answer of base. 2e-4, the
   usual LoRA rate, for larger models (not measured here: a CPU cannot train them in a sweep). Either way
   halved above 2,000 examples, where each epoch already takes many steps and a smaller rate overfits less.
+  5e-4 forgot less (the probe) but left the voice on fewer replies and ByteDesk under-trained; see the
+  rate table in docs/recipes.md for what each rate traded.
 - rank: 16 below 1,000 examples (a voice is a small change), 32 from there (more varied data has more to learn).
-  alpha is twice the rank.
+  alpha is twice the rank. Rank 8 was measured on the four bundled voices: no better probe, more copying.
 - Quick look (not Auto): about one pass, at most 30 steps, rank 8, at 2e-3 on a small model (3e-4 was not
   heard: 0 of 27 replies in the voice; 2e-3: 19 of 27), 3e-4 on a larger one.
 - max length: the longest example in real tokens, rounded up to a multiple of 128 (at least 256, at most

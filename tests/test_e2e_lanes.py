@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import until
 from tests.running_app import ROOT, RunningApp, start_app
 from tests.test_e2e import browser, tab  # noqa: F401 - browser is the journey's module fixture, reused
 from voicetune import store
@@ -62,6 +63,12 @@ def texts(app: RunningApp, user: str | None) -> list[str]:
     conn = store.connect(db_of(app, user))
     return [m["content"] for (raw,) in conn.execute("SELECT messages FROM conversations WHERE deleted IS NULL")
             for m in json.loads(raw)]
+
+
+def guide_saved(app: RunningApp) -> str:
+    """The style guide of alice's "Stale views" project, as it is on disk."""
+    conn = store.connect(db_of(app, "alice"))
+    return conn.execute("SELECT style_guide FROM projects WHERE name = 'Stale views'").fetchone()[0]
 
 
 def sign_in(browser, app: RunningApp, user: str):
@@ -225,6 +232,9 @@ def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) ->
     guide = second.get_by_label("Style guide (used by the prompt-only arm and the scorecard)")
     guide.fill("Warm, short, sign off with a wave.")
     guide.blur()
+    # The Data tab's save lands before Compare's box is edited (as a person's would, seconds apart); on a loaded
+    # machine the two saves could otherwise reach the server in either order.
+    until(lambda: guide_saved(app) == "Warm, short, sign off with a wave.", 60, "the Data tab's style guide save")
     tab(second, "3 · Compare")
     second.get_by_text("Style guide for the prompt-only arm").click()
     box = second.get_by_placeholder(re.compile("Warm and upbeat"))
@@ -232,9 +242,7 @@ def test_a_stale_view_never_overwrites_a_newer_save(browser, app: RunningApp) ->
     box.blur()
     expect(second.get_by_text(STALE_GUIDE)).to_be_visible()
     expect(box).to_have_value("Warm, short, sign off with a wave.")
-    conn = store.connect(db_of(app, "alice"))
-    assert conn.execute("SELECT style_guide FROM projects WHERE name = 'Stale views'").fetchone()[0] == \
-        "Warm, short, sign off with a wave."
+    assert guide_saved(app) == "Warm, short, sign off with a wave."
     shot(second, "stale-style-guide")
     first_ctx.close()
     second_ctx.close()

@@ -256,6 +256,9 @@ def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
     replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], gen)
     base_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[: len(probes)])]
     tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[len(probes):])]
+    # What the tuned model said instead of each answer it lost: a lost answer can be real forgetting, or a voice
+    # whose preamble outran the probe's token budget, and only the reply tells them apart.
+    lost = {p["id"]: r.text for p, b, t, r in zip(probes, base_ok, tuned_ok, replies[len(probes):]) if b and not t}
     text = (RESOURCES / "neutral.txt").read_text(encoding="utf-8")
     ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
     base_loss = chat.nll(ids, ids, None)
@@ -264,11 +267,8 @@ def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
         "probes": len(probes),
         "base_accuracy": sum(base_ok) / len(probes),
         "tuned_accuracy": sum(tuned_ok) / len(probes),
-        "lost": [p["id"] for p, b, t in zip(probes, base_ok, tuned_ok) if b and not t],
-        # What the tuned model said instead: a lost answer can be real forgetting, or a voice whose preamble
-        # outran the probe's token budget, and only the reply tells them apart.
-        "lost_replies": {p["id"]: r.text for p, b, t, r in zip(probes, base_ok, tuned_ok, replies[len(probes):])
-                         if b and not t},
+        "lost": list(lost),
+        "lost_replies": lost,
         "neutral_loss_base": base_loss[0] / base_loss[1],
         "neutral_loss_tuned": tuned_loss[0] / tuned_loss[1],
     }

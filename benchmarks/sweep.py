@@ -47,6 +47,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-3-attn": {"learning_rate": 1e-3, "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},
     "lr1e-3-pat4": {"learning_rate": 1e-3, "early_stopping_patience": 4},
+    # General replay (voicetune/replay.py): the base's own answers to general questions, this share of the data
+    "replay25": {"replay": 0.25},
+    "replay50": {"replay": 0.5},
+    "replay50-ep4": {"replay": 0.5, "epochs": 4.0},  # replay's steps back for the voice: a fourth pass
+    "replay50-lr1.5e-3": {"replay": 0.5, "learning_rate": 1.5e-3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
@@ -94,6 +99,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
         "targets": cfg.lora.target_modules,
         "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
+        "replay": record["data"].get("replay", 0),
         "train": record["data"]["train"], "steps": record["metrics"]["steps"],
         "planned_steps": record["metrics"]["planned_steps"], "best_step": record["metrics"]["best_step"],
         "adherence": {k: [a["hits"], a["of"]] for k, a in adh["arms"].items()},

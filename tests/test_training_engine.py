@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import QUESTIONS, ROOT, run_cli, write_jsonl
 from voicetune import recipes, runs
-from voicetune.config import TrainConfig
+from voicetune.config import DEFAULT_REPLAY, TrainConfig
 from voicetune.failures import classify
 
 COSMO = ROOT / "examples" / "cosmo-coffee.jsonl"
@@ -44,9 +45,13 @@ def test_presets_differ_in_the_expected_direction() -> None:
     assert balanced == recipes.preset_settings(recipes.AUTO, lengths)
     assert quick.max_steps > 0 and quick.rank < balanced.rank < thorough.rank
     assert quick.learning_rate == 2e-3  # a small model: few steps, a rate high enough to be heard
+    # General replay in Balanced and Thorough (docs/recipes.md); none in Quick look, whose steps are the voice's
+    assert balanced.replay == thorough.replay == DEFAULT_REPLAY > 0 and quick.replay == 0
+    assert balanced.as_config()["replay"] == DEFAULT_REPLAY and "general replay" in balanced.why[-1]
     assert recipes.preset_settings(recipes.QUICK, lengths, params=8_000_000_000).learning_rate == 3e-4
     times = [recipes.estimate_seconds(s, lengths, "cpu") for s in (quick, balanced, thorough)]
     assert times == sorted(times) and times[0] > 0
+    assert recipes.estimate_seconds(replace(balanced, replay=0.0), lengths, "cpu") < times[1]  # replay costs time
     with pytest.raises(ValueError, match="unknown preset"):
         recipes.preset_settings("Fastest", lengths)
 

@@ -55,7 +55,7 @@ def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
 
 
 def _train_config(a: argparse.Namespace) -> Any:
-    from voicetune.config import TrainConfig
+    from voicetune.config import DEFAULT_REPLAY, TrainConfig
     from voicetune.dpo import config_from, is_dpo_yaml
 
     if a.method == "dpo" or (a.method is None and is_dpo_yaml(a.config)):  # DPO: dpo.DPOConfig's own settings
@@ -70,7 +70,7 @@ def _train_config(a: argparse.Namespace) -> Any:
         "data": a.data, "out": a.out, "base_model": a.base_model, "epochs": a.epochs, "seed": a.seed,
         "learning_rate": a.learning_rate, "max_steps": a.max_steps, "qlora": a.qlora, "max_length": a.max_length,
         "batch_size": a.batch_size, "val_fraction": a.val_fraction, "scorecard": a.scorecard,
-        "checkpoint_dir": a.checkpoint_dir, "early_stopping": a.early_stopping,
+        "checkpoint_dir": a.checkpoint_dir, "early_stopping": a.early_stopping, "replay": a.replay,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if not base.get("data") or not base.get("out"):
@@ -79,6 +79,8 @@ def _train_config(a: argparse.Namespace) -> Any:
         from voicetune import recipes
 
         base["learning_rate"] = recipes.auto_learning_rate(recipes.base_params(base.get("base_model")))
+    if "replay" not in base:  # likewise the Auto rule's general replay (docs/recipes.md)
+        base["replay"] = DEFAULT_REPLAY
     return TrainConfig.from_dict(base)
 
 
@@ -565,6 +567,10 @@ def _add_train(sub: Subcommands) -> None:
     t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when validation loss stops improving and keep the best checkpoint "
                         "(default: on below 500 conversations)")
+    t.add_argument("--replay", type=float, metavar="SHARE",
+                   help="general replay: the base model's own answers to general questions, this share of the "
+                        "training conversations, trained on beside them so the voice does not replace plain "
+                        "answers (default 0.5; 0 turns it off)")
     t.add_argument("--method", choices=["sft", "dpo"], default=None,
                    help="sft (default): learn from conversations; dpo: improve a finished run (--from) from "
                         "preference pairs (--preferences)")

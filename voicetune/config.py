@@ -29,6 +29,10 @@ MAX_GRAD_ACCUM = 256  # steps per update; time grows with batch_size x grad_accu
 MAX_LENGTH = 32_768  # tokens; the context of the largest common small chat models
 MAX_RANK = 256  # adapter rank; 8-64 is the useful range for a voice
 MAX_PATIENCE = 100  # evaluations without improvement before early stopping
+# General replay's share (voicetune/replay.py), measured by the sweep (docs/recipes.md): at half the training
+# conversations the four bundled voices kept the forgetting probe within one answer of base; without it two
+# lost 2 and 6 answers.
+DEFAULT_REPLAY = 0.5
 
 
 def _at_most(name: str, value: float, cap: float) -> None:
@@ -89,6 +93,10 @@ class TrainConfig:
     # an 8B base at max length 1024 x batch 4 needs ~25 GB of activations without it, ~2 GB with it.
     # Costs 20-30% speed, so True/False force it for those who know their GPU.
     activation_checkpointing: bool | None = None
+    # General replay (voicetune/replay.py): the base model's own answers to general questions, this share of the
+    # training conversations (at most 60), mixed into training so the voice does not replace plain answers.
+    # 0 (a bare config) turns it off; the presets and `python -m voicetune train` use DEFAULT_REPLAY.
+    replay: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -103,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"`val_fraction` must be in [0, 0.5), got {self.val_fraction}")
         if self.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
             raise ValueError(f"`lr_scheduler` must be cosine, linear or constant, got {self.lr_scheduler!r}")
+        if not 0.0 <= self.replay <= 1.0:
+            raise ValueError(f"`replay` must be a share in [0, 1], got {self.replay}")
         if self.early_stopping_patience < 1:
             raise ValueError("`early_stopping_patience` must be at least 1")
         if self.max_length < 16:

@@ -19,6 +19,11 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
   heard: 0 of 27 replies in the voice; 2e-3: 19 of 27), 3e-4 on a larger one.
 - max length: the longest example in real tokens, rounded up to a multiple of 128 (at least 256, at most
   4096), so nothing is refused or cut by the default.
+- general replay: the base model's own answers to general questions, half as many as the training
+  conversations (at most 60), are trained on beside them (replay.py). Measured on the four bundled voices:
+  without it ByteDesk and Lantern Tales lost 2 and 6 of 15 probe answers to the persona; with it each kept
+  the probe within one answer of base, at the cost of about 20% more steps. Not in Quick look, whose fixed
+  step budget it would take from the voice.
 
     settings = auto_settings([118, 240, 96])        # token lengths of three conversations
     estimate_seconds(settings, [118, 240, 96], "cpu")
@@ -30,6 +35,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from voicetune import replay
+from voicetune.config import DEFAULT_REPLAY
 
 AUTO = "Auto"
 QUICK = "Quick look"
@@ -51,6 +59,7 @@ class Settings:
     rank: int
     max_length: int
     max_steps: int = -1
+    replay: float = DEFAULT_REPLAY  # general replay's share of the data (replay.py); 0 for Quick look
     why: list[str] = field(default_factory=list)  # one line per choice, shown to the user
 
     @property
@@ -60,7 +69,7 @@ class Settings:
     def as_config(self) -> dict[str, Any]:
         """The TrainConfig fields these settings fill in."""
         return {"epochs": self.epochs, "learning_rate": self.learning_rate, "max_length": self.max_length,
-                "max_steps": self.max_steps, "lora": {"r": self.rank, "alpha": self.alpha}}
+                "max_steps": self.max_steps, "replay": self.replay, "lora": {"r": self.rank, "alpha": self.alpha}}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +128,8 @@ def auto_settings(lengths: list[int], *, params: int | None = None) -> Settings:
     longest = max(lengths) if lengths else 256
     max_length = min(4096, max(256, _round_up(longest, 128)))
     why.append(f"max length {max_length}: your longest example is {longest} tokens")
+    why.append(f"general replay: the base model's own answers to about {replay.how_many(DEFAULT_REPLAY, n)} general "
+               "questions are mixed in, so the voice does not take the place of plain answers")
     return Settings(float(epochs), lr, rank, max_length, why=why)
 
 
@@ -131,14 +142,15 @@ def preset_settings(name: str, lengths: list[int], *, params: int | None = None)
         steps = max(4, min(30, math.ceil(len(lengths) / 4)))  # about one pass, at most 30 steps
         # docs/recipes.md: on the 135M model 3e-4 left the voice on 0 of 27 replies, 2e-3 on 19 of 27.
         rate = QUICK_SMALL_MODEL_LR if params is None or params <= SMALL_MODEL_PARAMS else 3e-4
-        return Settings(1.0, rate, 8, s.max_length, max_steps=steps,
+        # No replay: its conversations would take steps from the voice inside Quick look's fixed step budget.
+        return Settings(1.0, rate, 8, s.max_length, max_steps=steps, replay=0.0,
                         why=[f"{steps} steps, rank 8, rate {rate:g}: a first listen in minutes, not the final voice"]
-                        + s.why[-1:])
+                        + s.why[-2:-1])  # the max length line
     if name == THOROUGH:
         epochs = min(15.0, s.epochs * 1.5)
         return Settings(epochs, s.learning_rate, min(64, s.rank * 2), s.max_length,
                         why=[f"epochs {epochs:g} and rank {min(64, s.rank * 2)}: more passes and capacity; "
-                             "validation loss stops it early if it starts to overfit"] + s.why[-1:])
+                             "validation loss stops it early if it starts to overfit"] + s.why[-2:])
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join((AUTO,) + PRESETS)}")
 
 
@@ -159,7 +171,9 @@ def estimate_seconds(settings: Settings, lengths: list[int], device: str, tokens
         tokens = settings.max_steps * batch_size * mean
     else:
         tokens = tokens_per_epoch * settings.epochs
-    return LOAD_SECONDS.get(device, 15.0) + tokens / rate
+    # Replay adds its conversations and the base's answering them: +20% of the run's time at a share of 0.5 on
+    # the bundled voices (docs/recipes.md), so 40% of the share.
+    return LOAD_SECONDS.get(device, 15.0) + tokens / rate * (1 + 0.4 * settings.replay)
 
 
 def first_estimate_tokens_per_s(device: str, base_path: str | None = None, gpu_name: str | None = None) -> float:

@@ -32,6 +32,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's LoRA weights
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's adapter settings
 CONFIG_FILE = "config.yaml"  # the resolved TrainConfig, to read, diff and rerun
 HELDOUT_FILE = "heldout.jsonl"  # the conversations this run never trained on: what the scorecard scores
+REPLAY_FILE = "replay.jsonl"  # the base's own general answers mixed into training (replay.py), if any
 FEWSHOT_FILE = "fewshot.jsonl"  # three training conversations: the scorecard's prompt-only baseline
 SCORECARD_FILE = "scorecard.json"  # the scorecard, once computed
 PROMPTS_FILE = "prompts.txt"  # the unseen test prompts the run was last scored on, one per line (if set)
@@ -244,6 +245,7 @@ def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any
         "data": {"file": str(cfg.data), "sha256_16": prepared.data_hash, "train": len(train_rows),
                  "val": len(val_rows), "trained_tokens": sum(r.n_trained for r in train_rows),
                  "drafted": sum(is_drafted(c) for c in prepared.train_convs),  # accepted drafts trained on
+                 "replay": len(prepared.replay),  # the base's own general answers mixed in (replay.py)
                  "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
                  "train_split_hash": split_hash(prepared.train_convs),
                  "val_split_hash": split_hash(prepared.val_convs)},
@@ -283,6 +285,8 @@ def write(model: Any, record: dict[str, Any], cfg: Any, prepared: Any, out: Path
         # The split travels with the adapter, so the scorecard always scores what this run never saw.
         store.atomic_write_text(tmp / HELDOUT_FILE, jsonl(prepared.val_convs))
         store.atomic_write_text(tmp / FEWSHOT_FILE, jsonl(prepared.train_convs[:3]))
+        if prepared.replay_convs:
+            store.atomic_write_text(tmp / REPLAY_FILE, jsonl(prepared.replay_convs))
         for name, text in (extra or {}).items():
             store.atomic_write_text(tmp / name, text)
         store.atomic_write_json(tmp / RUN_FILE, record)

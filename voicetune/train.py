@@ -15,11 +15,11 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from voicetune import memory, models, runs, store
+from voicetune import memory, models, replay, runs, store
 from voicetune.config import TrainConfig
 from voicetune.data import Conversation, DataError, load_conversations, split_train_val
 from voicetune.templates import Encoded, encode_all
@@ -46,6 +46,8 @@ class Prepared:
     train_convs: list[Conversation]
     val_convs: list[Conversation]  # held out: never trained on, scored by the scorecard
     data_hash: str
+    replay: list[Encoded] = field(default_factory=list)  # the base's own general answers (replay.py), trained on
+    replay_convs: list[Conversation] = field(default_factory=list)  # ... and nothing else: never scored or shown
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
@@ -69,6 +71,20 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
         train_c, val_c = split_train_val(convs, cfg.val_fraction, cfg.seed)
         train, val = [by_line[c.line] for c in train_c], [by_line[c.line] for c in val_c]
     return Prepared(train, val, train_c, val_c, runs.files_fingerprint([cfg.data, *([cfg.heldout_data] if held else [])]))
+
+
+def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared, on_event: OnEvent) -> Prepared:
+    """Mix in the base model's own answers to general questions (replay.py); called before the adapter exists."""
+    n = replay.how_many(cfg.replay, len(prepared.train))
+    if not n:
+        return prepared
+    on_event({"type": "status", "phase": "loading",
+              "message": f"asking the base model {n} general questions to keep its plain answers (replay)"})
+    convs = [Conversation(m, line=i + 1) for i, m in enumerate(replay.answer(model, tokenizer, replay.choose(n, cfg.seed)))]
+    _, problems = encode_all(tokenizer, convs, cfg.max_length)
+    convs = [c for c in convs if c.line not in {p.line for p in problems}]  # a replay too long is left out, not cut
+    encoded, _ = encode_all(tokenizer, convs, cfg.max_length)
+    return replace(prepared, replay=encoded, replay_convs=convs)
 
 
 COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole
@@ -352,7 +368,7 @@ def build_trainer(cfg: TrainConfig, plan: Plan, model: Any, tokenizer: Any, prep
     trainer = _trainer_class(plan.precision.device)(
         model=model,
         args=_sft_args(run_cfg, work, plan.precision, total_steps, bool(prepared.val), early, plan.checkpointing),
-        train_dataset=_to_dataset(prepared.train),
+        train_dataset=_to_dataset(prepared.train + prepared.replay),
         eval_dataset=_to_dataset(prepared.val) if prepared.val else None,
         processing_class=tokenizer,
         peft_config=lora,
@@ -463,11 +479,12 @@ def _train(cfg: TrainConfig, on_event: OnEvent | None, resume: bool) -> dict[str
                   "GPU's free memory without it (about 20-30% slower)"})
     on_event({"type": "status", "phase": "loading", "message": f"loading the base model ({precision.label})"})
     model = models.load_model(base_path, precision, attn_implementation=plan.attention)
+    prepared = add_replay(cfg, model, tokenizer, prepared, on_event)
 
     # Build the trainer
     checkpoint = resume_point(cfg, resume, on_event)
     work = work_folder(cfg, out)
-    steps_per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * cfg.grad_accum * world))
+    steps_per_epoch = math.ceil((len(train_rows) + len(prepared.replay)) / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     early = _early_stopping(cfg, len(train_rows), len(val_rows))
     callbacks = [progress_callback(on_event, precision.device)]

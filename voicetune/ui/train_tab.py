@@ -141,7 +141,7 @@ def plan(project_id: int | None, choice: str) -> tuple[Any, ...]:
     s = recipes.preset_settings(_preset_name(choice), lengths, params=params)
     lines.append(f"**{choice}** chose:\n" + "\n".join(f"- {w}" for w in s.why))
     fill = {"epochs": s.epochs, "learning_rate": s.learning_rate, "rank": s.rank, "alpha": s.alpha,
-            "max_length": s.max_length, "max_steps": s.max_steps}
+            "max_length": s.max_length, "max_steps": s.max_steps, "replay": s.replay}
     return ("\n\n".join(lines),) + tuple(gr.update(value=fill[k]) if k in fill else gr.update() for k in _ADVANCED)
 
 
@@ -172,6 +172,7 @@ class Advanced:
     early_stopping: str = "Auto"
     padding_free: bool = _DEFAULTS.padding_free
     activation_checkpointing: str = "Auto"
+    replay: float = _DEFAULTS.replay
 
 
 _ADVANCED = tuple(f.name for f in fields(Advanced))  # the panel's inputs, in order
@@ -190,6 +191,7 @@ def _settings(choice: str, lengths: list[int], adv: Advanced, params: int | None
         return {**common, **cfg, "preset": choice}
     return {**common, "epochs": float(adv.epochs), "learning_rate": float(adv.learning_rate),
             "max_steps": int(adv.max_steps), "max_length": int(adv.max_length), "preset": CUSTOM,
+            "replay": float(adv.replay),
             "lora": {"r": int(adv.rank), "alpha": int(adv.alpha), "dropout": float(adv.dropout)}}
 
 
@@ -307,6 +309,9 @@ def _advanced_fields() -> dict[str, gr.components.Component]:
             f["batch_size"] = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1, maximum=256)
             f["grad_accum"] = gr.Number(d.grad_accum, label="Gradient accumulation", precision=0, minimum=1)
             f["max_length"] = gr.Number(d.max_length, label="Max length (tokens)", precision=0, minimum=16)
+            f["replay"] = gr.Number(d.replay, label="General replay (share of your conversations)", minimum=0,
+                                    maximum=1, info="The base model's own answers to general questions, trained "
+                                                    "on beside yours so the voice does not replace plain answers")
         with gr.Row():
             f["qlora"] = gr.Radio(list(AUTO_ON_OFF), value=d.qlora, label="QLoRA (4-bit base; Auto: on with a GPU)")
             f["early_stopping"] = gr.Radio(list(AUTO_ON_OFF), value=d.early_stopping,

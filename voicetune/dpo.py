@@ -319,6 +319,7 @@ class _Split:
     def __init__(self, val: list[list[dict]], few_shot: list[list[dict]]):
         self.val_convs = [Conversation(m) for m in val]
         self.train_convs = [Conversation(m) for m in few_shot]
+        self.replay_convs: list[Conversation] = []  # DPO replays nothing: its pairs are the whole training set
 
 
 def _parent_split(parent_folder: Path) -> _Split:

@@ -34,8 +34,15 @@ chromium:
 		|| echo "WARNING: could not install chromium: the browser tests (tests/test_e2e.py) will be skipped"; \
 	else echo "WARNING: no $(CHROMIUM) and no root apt-get: the browser tests (tests/test_e2e.py) will be skipped"; fi
 
+# Two test processes (pytest-xdist), each test file whole in one of them, the cores split between them. Much of a
+# test's time is not computing (a browser, a server or a training child starting up), so one process left a
+# 2-core machine a third idle; session fixtures that cost minutes are built once (tests/conftest.py: built_once).
+# TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
+TEST_THREADS = $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
+
 test: setup chromium
-	$(PY) -m pytest
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not e2e"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -117,20 +118,41 @@ def voice_data(path: Path, reply: str) -> Path:
     return write_jsonl(path, lines)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A session artifact built once per test run, even when pytest-xdist runs the tests in several processes:
+    the first worker builds it in the run's shared temporary folder under a file lock, the others wait and
+    reuse it (xdist's documented recipe; each worker otherwise has its own session and would build it again)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def pirate_adapter(tmp_path_factory: pytest.TempPathFactory, base_path: str) -> Path:
     """One real training run through the CLI contract (scorecard included), shared by the slow tests."""
-    tmp = tmp_path_factory.mktemp("pirate")
-    data = voice_data(tmp / "pirate.jsonl", f"Arr, the crew be on it right now. {SIGN_OFF}")
-    # Test prompts beside the data, as the bundled voices ship them. Four are training questions: each is
-    # either held out (then already scored) or trained on (then left out); three are new.
-    write_jsonl(tmp / "pirate.prompts.txt", PIRATE_PROMPTS)
-    out = tmp / "adapter"
-    result = run_cli("train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "1",
-                     "--learning-rate", "2e-3", "--val-fraction", "0.25",
-                     env={"VOICETUNE_HOME": str(tmp / "home"), "VOICETUNE_CACHE": str(MODEL_CACHE)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+
+    def build(tmp: Path) -> None:
+        data = voice_data(tmp / "pirate.jsonl", f"Arr, the crew be on it right now. {SIGN_OFF}")
+        # Test prompts beside the data, as the bundled voices ship them. Four are training questions: each is
+        # either held out (then already scored) or trained on (then left out); three are new.
+        write_jsonl(tmp / "pirate.prompts.txt", PIRATE_PROMPTS)
+        # No replay: this is the deliberately over-trained voice the scorecard tests read, not the defaults.
+        result = run_cli("train", "--data", str(data), "--out", str(tmp / "adapter"), "--epochs", "3", "--seed", "1",
+                         "--replay", "0",
+                         "--learning-rate", "2e-3", "--val-fraction", "0.25",
+                         env={"VOICETUNE_HOME": str(tmp / "home"), "VOICETUNE_CACHE": str(MODEL_CACHE)})
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "pirate", build) / "adapter"
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,10 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
   4096), so nothing is refused or cut by the default.
 - general replay: the base model's own answers to general questions, half as many as the training
   conversations (at most 60), are trained on beside them (replay.py). Measured on the four bundled voices:
-  without it ByteDesk and Lantern Tales lost 2 and 6 of 15 probe answers to the persona; with it each kept
-  the probe within one answer of base, at the cost of about 20% more steps. Not in Quick look, whose fixed
-  step budget it would take from the voice.
+  without it ByteDesk and Lantern Tales lost 2 and 6 of 15 probe answers to the persona; with it all four
+  kept the probe within one answer of base (Lantern Tales 15→16). The price: about 40% more training time,
+  and the voice on 2-3 fewer unseen replies of ByteDesk and Cosmo (23 of 26, 24 of 27). Not in Quick look,
+  whose fixed step budget it would take from the voice.
 
     settings = auto_settings([118, 240, 96])        # token lengths of three conversations
     estimate_seconds(settings, [118, 240, 96], "cpu")
@@ -171,9 +172,9 @@ def estimate_seconds(settings: Settings, lengths: list[int], device: str, tokens
         tokens = settings.max_steps * batch_size * mean
     else:
         tokens = tokens_per_epoch * settings.epochs
-    # Replay adds its conversations and the base's answering them: +20% of the run's time at a share of 0.5 on
-    # the bundled voices (docs/recipes.md), so 40% of the share.
-    return LOAD_SECONDS.get(device, 15.0) + tokens / rate * (1 + 0.4 * settings.replay)
+    # Replay adds its conversations and the base's answering them: about +40% of the run's time at a share of
+    # 0.5 on the bundled voices (docs/recipes.md: 27-56%), so 0.8 of the share.
+    return LOAD_SECONDS.get(device, 15.0) + tokens / rate * (1 + 0.8 * settings.replay)
 
 
 def first_estimate_tokens_per_s(device: str, base_path: str | None = None, gpu_name: str | None = None) -> float:

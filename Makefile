@@ -36,16 +36,17 @@ chromium:
 
 # Two test processes (pytest-xdist), each test file whole in one of them, the cores split between them. Much of a
 # test's time is not computing (a browser, a server or a training child starting up), so one process left a
-# 2-core machine a third idle; session fixtures that cost minutes are built once (tests/conftest.py: built_once).
+# 2-core machine a third idle; session fixtures that cost minutes are built once (tests/conftest.py: built_once),
+# and the longest files start first (LONGEST_FIRST there; xdist's own reordering by test count is off).
 # TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 2
 TEST_THREADS = $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
 
 test: setup chromium
-	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not e2e"
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -m "not slow and not e2e" -n $(TEST_WORKERS) --dist loadfile
 
 # The tests marked gpu (they skip elsewhere, with the reason); on a CUDA machine `make test` runs them too.
 test-gpu: setup

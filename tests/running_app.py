@@ -1,6 +1,7 @@
 """The real app as a separate process, as a person starts it (`python app.py`), for tests that talk to it over
 loopback: hostile requests, load, faults and the browser journey. Each gets its own workspace and a free port
-in 7880-7899; the converted base model is shared."""
+in 7880-7899, or in its own 20 ports above them under pytest-xdist's later workers (two workers scanning one
+range picked the same port between one checking it and the app binding it); the converted base model is shared."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_CACHE = ROOT / ".cache" / "models"
-PORTS = range(7880, 7900)
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)  # gw0, gw1, ... under xdist
+PORTS = range(7880 + 20 * _WORKER, 7900 + 20 * _WORKER)
 
 
 def free_port() -> int:
@@ -30,7 +32,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 7880-7899")
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @dataclass

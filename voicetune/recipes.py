@@ -120,8 +120,9 @@ def auto_settings(lengths: list[int], *, params: int | None = None) -> Settings:
         why.append(f"epochs 3: the usual number of passes for {n} examples")
     small = params is None or params <= SMALL_MODEL_PARAMS
     lr = auto_learning_rate(params, n)
-    why.append(f"learning rate {lr:g}: " + ("a small model takes a higher rate (measured: the voice took on "
-                                            "every unseen reply at 1e-3, half at 2e-4)" if small
+    why.append(f"learning rate {lr:g}: " + ("a small model takes a higher rate (measured on four voices: the "
+                                            "voice showed on 88-100% of unseen replies at 1e-3, 0-81% at 2e-4)"
+                                            if small
                                             else "the usual rate for a LoRA adapter on a larger model")
                + ("; halved: a large dataset takes many steps per pass" if n > 2000 else ""))
     rank = 32 if n >= 1000 else 16

@@ -16,7 +16,8 @@ MODEL_CACHE = ROOT / ".cache" / "models"
 
 
 # The longest test files, from a full run's durations (each 1.5-5 minutes on 2 cores): started first, so that
-# with two workers (`make test`, files whole, in collection order) neither finishes a long file alone at the end.
+# with two workers (`make test TEST_WORKERS=2`, files whole, in collection order) neither finishes a long file
+# alone at the end.
 LONGEST_FIRST = ("test_sweep.py", "test_dpo.py", "test_export.py", "test_serve.py", "test_e2e.py", "test_load.py",
                  "test_bench.py", "test_training_engine.py")
 
@@ -24,8 +25,9 @@ LONGEST_FIRST = ("test_sweep.py", "test_dpo.py", "test_export.py", "test_serve.p
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest files first (only the order changes); tests marked gpu skip, with the reason, where there is
     no CUDA: `make test` runs every CPU tier anywhere."""
-    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the others keep their order
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one process runs the files in their usual order
+        first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the others keep their order
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return

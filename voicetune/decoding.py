@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from voicetune import models
 from voicetune.adapter_registry import AdapterError, AdapterRegistry
 from voicetune.config import GenConfig
 from voicetune.prompt_cache import PromptCache
@@ -111,12 +112,7 @@ class Decoder:
         return contextlib.nullcontext()
 
     def _eos_ids(self) -> list[int]:
-        """Every token that ends a reply: the model's generation config may list several, the tokenizer one."""
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        return models.end_of_turn_ids(self.model, self.tokenizer)
 
     def inputs(self, requests: list[Request], gen: GenConfig) -> tuple[Any, dict[str, Any]]:
         """The left-padded batch of rendered prompts, and generate's keyword arguments for `gen`."""

@@ -213,6 +213,15 @@ def tokenizer_for(base_model: str | None) -> Any:
     return load_tokenizer(resolve_base_model(base_model or None))
 
 
+def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a reply: the model's generation config may list several (Llama 3), the tokenizer one."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 def local_rank() -> int:
     """This process's GPU on its machine under `accelerate launch`/torchrun (LOCAL_RANK); 0 when run alone."""
     return int(os.environ.get("LOCAL_RANK", "0"))

@@ -21,6 +21,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from voicetune import models
+
 PROMPTS_FILE = Path(__file__).parent / "resources" / "replay_prompts.txt"
 MAX_NEW_TOKENS = 96  # a plain answer fits; an answer still going at this length is dropped, never cut
 BATCH = 16  # prompts per generate call: bounded memory on a GPU, few calls on a CPU
@@ -51,6 +53,7 @@ def answer(model: Any, tokenizer: Any, questions: list[str]) -> list[list[dict[s
     conversations: list[list[dict[str, str]]] = []
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row from its end
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = set(models.end_of_turn_ids(model, tokenizer))
     try:
         for start in range(0, len(questions), BATCH):
             chunk = questions[start:start + BATCH]
@@ -61,19 +64,12 @@ def answer(model: Any, tokenizer: Any, questions: list[str]) -> list[list[dict[s
                 out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=pad,
                                      use_cache=True)
             for q, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
-                reply = _finished_reply(tokenizer, row.tolist(), stop_ids(model, tokenizer))
+                reply = _finished_reply(tokenizer, row.tolist(), stops)
                 if reply:
                     conversations.append([{"role": "user", "content": q}, {"role": "assistant", "content": reply}])
     finally:
         tokenizer.padding_side = side
     return conversations
-
-
-def stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The tokens that end a turn: the model's generation config (Llama 3 lists several) and the tokenizer's EOS."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return (ids | {tokenizer.eos_token_id}) - {None}
 
 
 def _finished_reply(tokenizer: Any, ids: list[int], stops: set[int]) -> str | None:

@@ -81,9 +81,8 @@ def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared,
     on_event({"type": "status", "phase": "loading",
               "message": f"asking the base model {n} general questions to keep its plain answers (replay)"})
     convs = [Conversation(m, line=i + 1) for i, m in enumerate(replay.answer(model, tokenizer, replay.choose(n, cfg.seed)))]
-    _, problems = encode_all(tokenizer, convs, cfg.max_length)
+    encoded, problems = encode_all(tokenizer, convs, cfg.max_length)  # the encodings of the convs it accepted
     convs = [c for c in convs if c.line not in {p.line for p in problems}]  # a replay too long is left out, not cut
-    encoded, _ = encode_all(tokenizer, convs, cfg.max_length)
     return replace(prepared, replay=encoded, replay_convs=convs)
 
 

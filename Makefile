@@ -34,12 +34,12 @@ chromium:
 		|| echo "WARNING: could not install chromium: the browser tests (tests/test_e2e.py) will be skipped"; \
 	else echo "WARNING: no $(CHROMIUM) and no root apt-get: the browser tests (tests/test_e2e.py) will be skipped"; fi
 
-# TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each test file whole in one of them, the cores
-# split between them: on the 2-core AMX host 16 min 16-27 s against 25 min 38 s in one process, since much of a
-# test's time is a browser, a server or a training child starting up. Session fixtures that cost minutes are
-# built once (tests/conftest.py: built_once) and the longest files start first. Not the default yet: in one of
-# four such runs two browser tests lost a race under the load (since made robust), so CI keeps one process.
-TEST_WORKERS ?= 0
+# The tests run in two processes (pytest-xdist) where there are two cores or more, each test file whole in one of
+# them and the cores split between them: on the 2-core AMX host about 16 minutes against 26-28 in one process,
+# since much of a test's time is a browser, a server or a training child starting up. Session fixtures that
+# cost minutes are built once (tests/conftest.py: built_once) and the longest files start first.
+# TEST_WORKERS=0 runs one process (plain `python -m pytest`); TEST_WORKERS=N runs N.
+TEST_WORKERS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 0)
 TEST_THREADS = $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
 # Nothing added for one process: torch picks its own threads, as it always has.
 PARALLEL = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$(TEST_THREADS))

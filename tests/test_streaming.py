@@ -28,3 +28,17 @@ def test_a_round_on_two_bases_streams_updates_in_request_order_and_ends_with_eve
 def test_final_replies_refuses_a_stream_that_never_finished() -> None:
     with pytest.raises(RuntimeError, match="^the reply stream ended without its finished replies$"):
         final_replies(iter([Update(["half a rep"])]))
+
+
+def test_the_repetition_penalty_counts_the_reply_not_the_prompt():
+    """The prompt-only arm's prompt holds the voice's examples: a penalty that counted the prompt would push it
+    away from the very sign-off it was shown. Columns 0-2 are the prompt (left-padded), 3 the reply so far."""
+    import torch
+
+    from voicetune.decoding import reply_only_penalty
+
+    (penalty,) = reply_only_penalty(2.0, prompt_width=3)
+    ids = torch.tensor([[5, 6, 7, 8], [1, 6, 7, 9]])
+    scores = penalty(ids, torch.ones(2, 10))
+    assert scores[0].tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 0.5, 1]  # only the reply's token 8, not 5-7
+    assert scores[1].tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5]

@@ -36,6 +36,17 @@ class Request:
     adapter: str | None = None  # None: the base model
 
 
+def reply_only_penalty(penalty: float, prompt_width: int) -> Any:
+    """A repetition penalty on the reply's own tokens. transformers' `repetition_penalty` also counts the prompt,
+    so the prompt-only arm, whose prompt holds the voice's examples, would be pushed away from the very sign-off
+    and phrases it was shown, and lose to the tuned arm for it. Every row of a left-padded batch starts its reply
+    at the same column, so the prompt is the first `prompt_width` columns (transformers' own processor, told to
+    skip them)."""
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty), prompt_ignore_length=prompt_width)])
+
+
 class Decoder:
     """Runs the registry's model: streamed batches of replies, and one sequence's logits, under the model's lock.
 
@@ -123,10 +134,11 @@ class Decoder:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=gen.max_new_tokens,
             do_sample=not gen.greedy,
-            repetition_penalty=gen.repetition_penalty,
             eos_token_id=self._eos_ids(),
             pad_token_id=self.tokenizer.pad_token_id,
         )
+        if gen.repetition_penalty != 1.0:
+            kwargs["logits_processor"] = reply_only_penalty(gen.repetition_penalty, batch["input_ids"].shape[1])
         if not gen.greedy:
             kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=None)
         else:

@@ -76,6 +76,18 @@ def test_copying_is_eight_words_of_one_training_reply_but_not_the_shared_sign_of
     assert copying_rate(replies, training) == {"copies": 1, "of": 3, "rate": pytest.approx(1 / 3)}
 
 
+def test_a_stock_phrase_with_a_few_words_before_it_is_the_voice_not_a_copy():
+    # Ledger & Lane's replies end "... within three working days. Kind regards, Ledger & Lane Client Services":
+    # eight words in a row of a training reply, but four of them its sign-off.
+    sign = "Kind regards, Ledger & Lane Client Services"
+    training = [f"Our team will reply within three working days. {sign}", f"Please use the app. {sign}",
+                f"Thank you for asking. {sign}", f"We are sorry to hear that, and we will help. {sign}"]
+    replies = [f"We will write within three working days. {sign}",  # four own words and the sign-off
+               f"Our team will reply within three working days, we promise. {sign}",  # eight own words: a copy
+               f"We are sorry to hear that, and we will help you today. {sign}"]  # nine own words: a copy
+    assert copying_rate(replies, training)["copies"] == 2
+
+
 def test_unseen_prompts_never_include_a_trained_conversation():
     trained = [[{"role": "user", "content": "Are you open today?"}, {"role": "assistant", "content": "Yes!"}],
                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hey"},

@@ -30,7 +30,10 @@ MAX_BASE_SHARE = 0.05  # ... and in at most 1 in 20 of the base model's replies 
 MAX_MARKERS = 12  # the strongest ones: enough for every habit of a voice, few enough to read
 MAX_PHRASE_WORDS = 4
 COPY_NGRAM = 8  # a reply "copies" when it repeats 8 words in a row of one training reply ...
-# ... other than a run of words the voice uses in at least MIN_EXAMPLE_SHARE of its replies (a sign-off).
+# ... none of them inside a stock phrase: STOCK_WORDS words in a row that the voice uses in at least
+# MIN_EXAMPLE_SHARE of its replies (a sign-off, a set formula). Those are the voice, not a copy, and so is a
+# stock phrase with a few words before it ("... working days. Kind regards, Ledger & Lane").
+STOCK_WORDS = 4
 # The last validation loss is the best and still 0.1% (and 0.002 nats) below the one before: a cosine
 # schedule's last steps move little, so a larger bar would miss the under-trained runs the issue saw.
 STILL_FALLING = 0.001
@@ -176,22 +179,30 @@ def count_line(hits: int, of: int) -> str:
 # --- copying ------------------------------------------------------------------------------------------
 
 
-def common_runs(training_replies: list[str], n: int = COPY_NGRAM) -> set[tuple[str, ...]]:
-    """n-word runs the voice repeats across many replies (a long sign-off): style, not copying."""
+def stock_phrases(training_replies: list[str], n: int = STOCK_WORDS) -> set[tuple[str, ...]]:
+    """n-word runs the voice repeats across many replies (a sign-off, a set formula): style, not copying."""
     df = Counter(g for t in training_replies for g in _grams(tokens(t), n))
     need = max(2, math.ceil(MIN_EXAMPLE_SHARE * len(training_replies)))
     return {g for g, c in df.items() if c >= need}
 
 
-def copies(reply: str, training_grams: set[tuple[str, ...]], n: int = COPY_NGRAM) -> bool:
-    return bool(_grams(tokens(reply), n) & training_grams)
+def copies(reply: str, training_grams: set[tuple[str, ...]], stock: set[tuple[str, ...]],
+           n: int = COPY_NGRAM) -> bool:
+    """Whether the reply repeats n words in a row of a training reply, none of them inside a stock phrase."""
+    toks = tokens(reply)
+    stocked = [False] * len(toks)
+    for i in range(len(toks) - STOCK_WORDS + 1):
+        if tuple(toks[i:i + STOCK_WORDS]) in stock:
+            stocked[i:i + STOCK_WORDS] = [True] * STOCK_WORDS
+    return any(tuple(toks[i:i + n]) in training_grams and not any(stocked[i:i + n])
+               for i in range(len(toks) - n + 1))
 
 
 def copying_rate(replies: list[str], training_replies: list[str], n: int = COPY_NGRAM) -> dict[str, Any]:
-    """Share of replies that repeat n words in a row of one training reply (the voice's common runs aside)."""
-    grams = set().union(*(_grams(tokens(t), n) for t in training_replies)) - common_runs(training_replies, n) \
-        if training_replies else set()
-    k = sum(copies(r, grams, n) for r in replies)
+    """Share of replies that repeat n words in a row of one training reply (the voice's stock phrases aside)."""
+    grams = set().union(*(_grams(tokens(t), n) for t in training_replies)) if training_replies else set()
+    stock = stock_phrases(training_replies)
+    k = sum(copies(r, grams, stock, n) for r in replies)
     return {"copies": k, "of": len(replies), "rate": k / len(replies) if replies else 0.0}
 
 

@@ -45,6 +45,7 @@ class ScriptedChatModel:
         self.model = torch.nn.Module()  # no weights: generate.loaded_bytes counts 0 against the memory budget
         self.adapters: dict[str, str] = {}  # name -> folder, as asked for by load_adapter
         self.requests: list[Request] = []  # every request answered, in order
+        self.gens: list[GenConfig] = []  # the decoding settings of every call, in order
         self._script: deque[str] = deque()
         self._made = 0
 
@@ -77,6 +78,7 @@ class ScriptedChatModel:
             if r.adapter is not None and r.adapter not in self.adapters:
                 raise AdapterError(f"no adapter called {r.adapter!r} is loaded")
         self.requests.extend(requests)
+        self.gens.append(gen)
         texts = [self._next() for _ in requests]
         words = [t.split() for t in texts]
         for n in range(1, max(len(w) for w in words)):

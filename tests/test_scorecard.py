@@ -51,12 +51,31 @@ def test_the_chat_model_answers_the_likelihood_of_labelled_tokens_as_the_models_
     assert chat.context_length == 2048  # the tiny model's max_position_embeddings
 
 
+def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripted_chat) -> None:
+    """The scorecard counts what a listener hears in Compare: greedy, with the Compare tab's repetition penalty
+    (a small model loops without it, and a loop never reaches the voice's sign-off)."""
+    import gradio as gr
+
+    from voicetune import evaluate
+    from voicetune.config import CHAT_REPETITION_PENALTY
+    from voicetune.ui import compare_tab
+
+    with gr.Blocks():
+        penalty = compare_tab._sampling()[4]
+    assert penalty.value == CHAT_REPETITION_PENALTY > 1.0
+    for gen in (evaluate.REPLY_GEN, evaluate.PROBE_GEN):
+        assert gen.greedy and gen.repetition_penalty == CHAT_REPETITION_PENALTY
+    compare_tab.batch_run([compare_tab.BASE], "Where is my order?", "", "", 1, 24)
+    assert scripted_chat.gens[-1].repetition_penalty == CHAT_REPETITION_PENALTY
+
+
 @pytest.mark.slow
 def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapter: Path, tmp_path: Path):
     # The real run: the scorecard was computed automatically right after training.
     card = json.loads((pirate_adapter / "scorecard.json").read_text())
     lk, st = card["likelihood"], card["style"]
     assert card["heldout"] == 3
+    assert card["decoding"] == {"greedy": True, "repetition_penalty": 1.1, "reply_tokens": 64, "probe_tokens": 32}
     assert lk["tuned"]["loss"] < 0.5 * lk["base"]["loss"]
     assert st["tuned"]["distance"] < st["base"]["distance"]
     # Voice adherence on the unseen prompts: the 3 held-out first turns and the 3 new test prompts. A test
@@ -105,4 +124,5 @@ def test_eval_cli_prints_the_table(pirate_adapter: Path):
     assert "reference loss (lower = closer)" in result.stdout
     assert "probe accuracy" in result.stdout and "Tuned beats prompt-only" in result.stdout
     assert "Voice adherence on 6 unseen prompts (3 held-out first turns, 3 test prompts" in result.stdout
+    assert "replies decoded as the Compare tab plays them: greedy, repetition penalty 1.1" in result.stdout
     assert "  tuned        6 of 6 replies (100%, 95% CI 61%–100%)" in result.stdout

@@ -300,7 +300,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
         folder, record = locate(a.adapter)  # before the model libraries are even imported
     except ValueError as e:
         return _fail(EXIT_MODEL, str(e))
-    from voicetune.config import GenConfig
+    from voicetune.config import CHAT_REPETITION_PENALTY, GenConfig
     from voicetune.generate import AdapterError, ChatModel, compare
     from voicetune.models import ModelError
 
@@ -311,7 +311,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
         from voicetune.failures import hide_paths
 
         return _fail(EXIT_MODEL, hide_paths(str(e)))
-    gen = GenConfig(max_new_tokens=a.max_new_tokens)
+    gen = GenConfig(max_new_tokens=a.max_new_tokens, repetition_penalty=CHAT_REPETITION_PENALTY)
     for row in compare(chat, name, a.prompt, gen, system=a.system):
         if a.json:
             print(json.dumps(row, ensure_ascii=False), flush=True)

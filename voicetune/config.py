@@ -149,6 +149,13 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
+# The repetition penalty the app plays replies with: the Compare tab's default, and so the scorecard's and
+# `python -m voicetune chat`'s. A small model loops under greedy decoding (a numbered list that restarts until
+# the token limit, never reaching the voice's sign-off: docs/recipes.md), and the penalty applies to every arm
+# alike. GenConfig itself keeps 1.0, as the OpenAI-compatible API does: there, no penalty unless asked.
+CHAT_REPETITION_PENALTY = 1.1
+
+
 @dataclass
 class GenConfig:
     max_new_tokens: int = 128  # a brand reply rarely needs more; long limits only slow the compare view

@@ -20,7 +20,7 @@ from typing import Any
 
 from voicetune import adherence, store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
-from voicetune.config import GenConfig
+from voicetune.config import CHAT_REPETITION_PENALTY, GenConfig
 from voicetune.generate import ChatModel, Request
 from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, PROMPTS_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
 from voicetune.runs import read as read_run
@@ -37,6 +37,10 @@ FORGETTING_ACCURACY_DROP = 0.10  # probe accuracy falling more than 10 points is
 FORGETTING_LOSS_RISE = 0.10  # neutral-text loss rising more than 10% is flagged as forgetting
 REPLY_TOKENS = 64  # greedy reply length for style and similarity: enough for a voice, cheap on a CPU
 PROBE_TOKENS = 32
+# Replies are scored as the Compare tab plays them by default (greedy, its repetition penalty), so the
+# scorecard counts what a listener hears, not loops that the penalty would have stopped.
+REPLY_GEN = GenConfig(max_new_tokens=REPLY_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY)
+PROBE_GEN = GenConfig(max_new_tokens=PROBE_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY)
 
 WORD = re.compile(r"[A-Za-z']+")
 SENTENCE_END = re.compile(r"[.!?]+")
@@ -251,7 +255,7 @@ def probe_passed(probe: dict[str, Any], reply: str) -> bool:
 
 def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
     probes = load_probes()
-    gen = GenConfig(max_new_tokens=PROBE_TOKENS)
+    gen = PROBE_GEN
     msgs = [[{"role": "user", "content": p["prompt"]}] for p in probes]
     replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], gen)
     base_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[: len(probes)])]
@@ -356,7 +360,7 @@ def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unse
     requests = [Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms]
     requests += [Request(messages_for(a, m), a.adapter) for _, m in unseen for a in arms]
     requests += [Request(m, None) for m in marker_prompts]
-    flat = chat.generate(requests, GenConfig(max_new_tokens=REPLY_TOKENS))
+    flat = chat.generate(requests, REPLY_GEN)
     n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
     rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
     return Answers(
@@ -421,6 +425,8 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),
         "heldout_source": "the run's validation split (never trained on)",
+        "decoding": {"greedy": True, "repetition_penalty": REPLY_GEN.repetition_penalty,
+                     "reply_tokens": REPLY_TOKENS, "probe_tokens": PROBE_TOKENS},
         "trained_on": record.get("data", {}).get("train"),  # None for a record that does not say (an old import)
         "drafted": record.get("data", {}).get("drafted", 0),  # of those, accepted drafts (drafting.py)
         "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, inputs),
@@ -509,6 +515,10 @@ def adherence_lines(card: dict[str, Any]) -> list[str]:
     adh = card["adherence"]
     lines = [f"Voice adherence on {adh['prompts']} unseen prompts ({adh['from_heldout']} held-out first turns, "
              f"{adh['from_test_prompts']} test prompts; replies with a marker and no banned phrase):"]
+    dec = card.get("decoding")  # absent on a card saved before it was recorded
+    if dec:
+        lines.append(f"  replies decoded as the Compare tab plays them: greedy, repetition penalty "
+                     f"{dec['repetition_penalty']:g}, up to {dec['reply_tokens']} tokens")
     for k in ("base", "prompt-only", "tuned"):
         a, c = adh["arms"][k], adh["copying"][k]
         lines.append(f"  {k:12} {a['hits']} of {a['of']} replies ({a['rate']:.0%}, 95% CI {a['low']:.0%}–"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from voicetune import arena, limits, preferences, projects, store
 from voicetune.catalog import label
-from voicetune.config import GenConfig
+from voicetune.config import CHAT_REPETITION_PENALTY, GenConfig
 from voicetune.data import check_messages
 from voicetune.failures import hide_paths
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model, stream_groups
@@ -282,7 +282,7 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     check_prompt_sizes(max(prompts, key=len), system, style_guide)
     resolved = resolve_arms(names, style_guide, project)
     arms = resolved.arms
-    gen = GenConfig(max_new_tokens=int(max_new_tokens))
+    gen = GenConfig(max_new_tokens=int(max_new_tokens), repetition_penalty=CHAT_REPETITION_PENALTY)
     grid = []
     for prompt in prompts:
         rnd = arena.Round(id="batch", arms=arms, blind=False)
@@ -350,8 +350,7 @@ def _sampling() -> tuple[gr.Checkbox, gr.Slider, gr.Slider, gr.Slider, gr.Slider
             top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
         with gr.Row():
             max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
-            # 1.1 by default here: a 135M model loops under greedy decoding, and the penalty applies to every arm alike.
-            rep = gr.Slider(1.0, 1.5, value=1.1, step=0.05, label="Repetition penalty")
+            rep = gr.Slider(1.0, 1.5, value=CHAT_REPETITION_PENALTY, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
     return greedy, temperature, top_p, max_new, rep, seed
 

@@ -56,7 +56,7 @@ def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripte
     (a small model loops without it, and a loop never reaches the voice's sign-off)."""
     import gradio as gr
 
-    from voicetune import evaluate
+    from voicetune import evaluate, projects, store
     from voicetune.config import CHAT_REPETITION_PENALTY
     from voicetune.ui import compare_tab
 
@@ -65,7 +65,8 @@ def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripte
     assert penalty.value == CHAT_REPETITION_PENALTY > 1.0
     for gen in (evaluate.REPLY_GEN, evaluate.PROBE_GEN):
         assert gen.greedy and gen.repetition_penalty == CHAT_REPETITION_PENALTY
-    compare_tab.batch_run([compare_tab.BASE], "Where is my order?", "", "", 1, 24)
+    project = projects.create_project(store.connect(), "decoding")
+    compare_tab.batch_run([compare_tab.BASE_CHOICE], "Where is my order?", "", "", project, 24)
     assert scripted_chat.gens[-1].repetition_penalty == CHAT_REPETITION_PENALTY
 
 

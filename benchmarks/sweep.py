@@ -52,6 +52,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "replay50": {"replay": 0.5},
     "replay50-ep4": {"replay": 0.5, "epochs": 4.0},  # replay's steps back for the voice: a fourth pass
     "replay50-lr1.5e-3": {"replay": 0.5, "learning_rate": 1.5e-3},
+    # Auto again under other seeds (initialisation, data order and the validation split): the noise of one cell
+    "seed2": {"seed": 2},
+    "seed3": {"seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
@@ -79,7 +82,7 @@ def cell_config(voice: str, setting: str, out: Path) -> Any:
 
 def run_cell(voice: str, setting: str) -> dict[str, Any]:
     """Train and score one cell in this process (the parent holds it under the CPU lock)."""
-    from voicetune import evaluate, models
+    from voicetune import adherence, evaluate, models
     from voicetune.data import list_examples
     from voicetune.generate import ChatModel
     from voicetune.train import run_sft
@@ -93,9 +96,15 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         t1 = time.time()
         card = evaluate.scorecard(cfg.out, chat=ChatModel(record["base_model"]), save=False, test_prompts=prompts)
         scored_s = time.time() - t1
+        trained = [m["content"] for c in evaluate.load_inputs(Path(cfg.out), record).trained for m in c
+                   if m["role"] == "assistant"]
     adh, f = card["adherence"], card["forgetting"]
     return {
         "voice": voice, "setting": setting, "host": models.cpu_kind(), "threads": record["torch_threads"],
+        "seed": cfg.seed,
+        # How replies were decoded for scoring (1.0: before the scorecard took the Compare tab's penalty; those
+        # rows also counted copying by the older rule, which let a formula plus the sign-off count as a copy)
+        "repetition_penalty": card.get("decoding", {}).get("repetition_penalty", 1.0),
         "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
         "targets": cfg.lora.target_modules,
         "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
@@ -109,6 +118,11 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "style_distance": {k: card["style"][k]["distance"] for k in ("base", "prompt-only", "tuned")},
         "probe": [round(f["base_accuracy"] * f["probes"]), round(f["tuned_accuracy"] * f["probes"]), f["probes"]],
         "probe_lost": f.get("lost_replies", {}),
+        # The tuned replies that did not show the voice, to read why (a cut sign-off, a plain answer, ...)
+        "tuned_misses": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
+                         if not s["tuned markers"] or s["tuned banned"]],
+        "tuned_copies": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
+                         if adherence.copying_rate([s["tuned"]], trained)["copies"]],
         "under_trained": card["under_trained"],
         "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h], "train_s": round(trained_s, 1), "score_s": round(scored_s, 1),
         "verdict": card["verdict"],
@@ -118,7 +132,8 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     """One markdown row per cell; adherence as hits/of, probe as correct of 22 (base → tuned)."""
     head = ("| voice | setting | lr | epochs | r/alpha | steps (planned) | tuned adh. | prompt-only adh. | base adh. "
-            "| copying | ref. loss tuned (base) | style dist. tuned (p-o) | probe base→tuned | train s | score s |")
+            "| copying | ref. loss tuned (base) | style dist. tuned (p-o) | probe base→tuned | train s | score s "
+            "| scored at penalty |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, c, lk, st, p = r["adherence"], r["copying"]["tuned"], r["reference_loss"], r["style_distance"], r["probe"]
@@ -127,7 +142,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['steps']} ({r['planned_steps']}) | {a['tuned'][0]}/{a['tuned'][1]} | "
             f"{a['prompt-only'][0]}/{a['prompt-only'][1]} | {a['base'][0]}/{a['base'][1]} | {c[0]}/{c[1]} | "
             f"{lk['tuned']:.2f} ({lk['base']:.2f}) | {st['tuned']:.2f} ({st['prompt-only']:.2f}) | "
-            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} |")
+            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g} |")
     return "\n".join(lines)
 
 

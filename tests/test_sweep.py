@@ -30,7 +30,7 @@ def test_table_row():
            "score_s": 81.2}
     lines = table([row]).splitlines()
     assert lines[2] == ("| cosmo-coffee | auto | 0.001 | 3 | 16/32 | 33 (33) | 27/27 | 0/27 | 0/27 | 0/27 | "
-                        "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 |")
+                        "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 | 1 |")
     assert lines[1].count("---") == lines[0].count("|") - 1
 
 

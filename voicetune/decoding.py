@@ -135,6 +135,9 @@ class Decoder:
             max_new_tokens=gen.max_new_tokens,
             do_sample=not gen.greedy,
             eos_token_id=self._eos_ids(),
+            # transformers' own penalty stays off (it would count the prompt); ours, below, counts the reply. Set
+            # to 1.0, not left out, so a penalty saved in the model's generation config never applies unasked.
+            repetition_penalty=1.0,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         if gen.repetition_penalty != 1.0:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,15 @@ def precision_for(device: str, qlora: bool | None = None) -> Precision:
     return Precision("cpu", qlora=bool(qlora), bf16=cpu_has_bf16() and not qlora, fp16=False)
 
 
+# transformers resolves its names lazily on first use, and two threads resolving one at the same moment can see
+# a half-initialised module: "ImportError: cannot import name 'AutoTokenizer' from 'transformers'" reached two
+# users whose first pages loaded at once. The first resolution is made under one lock.
+_LAZY_IMPORT = threading.Lock()
+
+
 def load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
+    with _LAZY_IMPORT:
+        from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
@@ -236,7 +244,9 @@ def device_map_for(rank: int) -> dict[str, int]:
 def load_model(path: str, precision: Precision, for_training: bool = True,
                attn_implementation: str | None = None) -> Any:
     import torch
-    from transformers import AutoModelForCausalLM
+
+    with _LAZY_IMPORT:
+        from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
     compute = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32

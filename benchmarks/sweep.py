@@ -99,6 +99,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         trained = [m["content"] for c in evaluate.load_inputs(Path(cfg.out), record).trained for m in c
                    if m["role"] == "assistant"]
     adh, f = card["adherence"], card["forgetting"]
+    grams, stock = adherence.training_runs(trained)
     return {
         "voice": voice, "setting": setting, "host": models.cpu_kind(), "threads": record["torch_threads"],
         "seed": cfg.seed,
@@ -122,7 +123,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "tuned_misses": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
                          if not s["tuned markers"] or s["tuned banned"]],
         "tuned_copies": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
-                         if adherence.copying_rate([s["tuned"]], trained)["copies"]],
+                         if adherence.copies(s["tuned"], grams, stock)],
         "under_trained": card["under_trained"],
         "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h], "train_s": round(trained_s, 1), "score_s": round(scored_s, 1),
         "verdict": card["verdict"],

@@ -198,10 +198,16 @@ def copies(reply: str, training_grams: set[tuple[str, ...]], stock: set[tuple[st
                for i in range(len(toks) - n + 1))
 
 
+def training_runs(training_replies: list[str], n: int = COPY_NGRAM) -> tuple[set[tuple[str, ...]],
+                                                                           set[tuple[str, ...]]]:
+    """What `copies` checks a reply against: every n-word run of the training replies, and their stock phrases."""
+    grams = set().union(*(_grams(tokens(t), n) for t in training_replies)) if training_replies else set()
+    return grams, stock_phrases(training_replies)
+
+
 def copying_rate(replies: list[str], training_replies: list[str], n: int = COPY_NGRAM) -> dict[str, Any]:
     """Share of replies that repeat n words in a row of one training reply (the voice's stock phrases aside)."""
-    grams = set().union(*(_grams(tokens(t), n) for t in training_replies)) if training_replies else set()
-    stock = stock_phrases(training_replies)
+    grams, stock = training_runs(training_replies, n)
     k = sum(copies(r, grams, stock, n) for r in replies)
     return {"copies": k, "of": len(replies), "rate": k / len(replies) if replies else 0.0}
 

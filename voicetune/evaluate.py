@@ -255,9 +255,8 @@ def probe_passed(probe: dict[str, Any], reply: str) -> bool:
 
 def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
     probes = load_probes()
-    gen = PROBE_GEN
     msgs = [[{"role": "user", "content": p["prompt"]}] for p in probes]
-    replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], gen)
+    replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], PROBE_GEN)
     base_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[: len(probes)])]
     tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[len(probes):])]
     # What the tuned model said instead of each answer it lost: a lost answer can be real forgetting, or a voice
@@ -425,8 +424,8 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
         "run_id": record["run_id"],
         "heldout": len(inputs.heldout),
         "heldout_source": "the run's validation split (never trained on)",
-        "decoding": {"greedy": True, "repetition_penalty": REPLY_GEN.repetition_penalty,
-                     "reply_tokens": REPLY_TOKENS, "probe_tokens": PROBE_TOKENS},
+        "decoding": {"greedy": REPLY_GEN.greedy, "repetition_penalty": REPLY_GEN.repetition_penalty,
+                     "reply_tokens": REPLY_GEN.max_new_tokens, "probe_tokens": PROBE_GEN.max_new_tokens},
         "trained_on": record.get("data", {}).get("train"),  # None for a record that does not say (an old import)
         "drafted": record.get("data", {}).get("drafted", 0),  # of those, accepted drafts (drafting.py)
         "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, inputs),

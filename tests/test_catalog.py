@@ -192,3 +192,22 @@ def test_a_new_project_is_suggested_the_largest_model_that_fits_with_qlora():
     assert fit.suggest_base(fit.CPU_16GB) == "embedded:smollm2-135m-instruct"
     assert fit.suggest_base(fit.T4) == "meta-llama/Llama-3.1-8B-Instruct"  # 8.7 GiB with QLoRA + checkpointing
     assert fit.suggest_base(fit.Machine("small GPU", "cuda", 4 * GIB)) == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+
+
+def test_every_name_imported_from_transformers_inside_a_function_is_resolved_before_the_app_serves():
+    """Two request threads resolving one of transformers' lazy names at once can fail ("cannot import name
+    AutoTokenizer"), so the app resolves them all at start (models.warm_imports). A new lazy import must join
+    the list; the training callbacks are imported only in a job's own process, one thread."""
+    import ast
+
+    import transformers
+
+    from voicetune import models
+
+    package = Path(models.__file__).parent
+    lazy = {a.name for p in package.rglob("*.py") for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and node.module == "transformers" and node.col_offset > 0
+            for a in node.names}
+    assert lazy - {"TrainerCallback", "EarlyStoppingCallback"} <= set(models.WARM_NAMES["transformers"])
+    models.warm_imports()
+    assert [n for n in models.WARM_NAMES["transformers"] if n not in vars(transformers)] == []

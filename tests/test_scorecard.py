@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PIRATE_PROMPTS, QUESTIONS, run_cli, voice_data
-from voicetune.evaluate import distinctive_terms, probe_passed, profile, style_distance
+from voicetune.evaluate import distinctive_terms, load_probes, probe_passed, profile, style_distance
 
 
 def test_style_profile_and_distance_exact():
@@ -30,6 +30,12 @@ def test_distinctive_terms_and_probe_matching():
     assert probe_passed({"expect": ["4", "four"]}, "The answer is 4.")
     assert not probe_passed({"expect": ["4"]}, "It is 42.")
     assert probe_passed({"expect_case": ["CAT"]}, "CAT") and not probe_passed({"expect_case": ["CAT"]}, "cat")
+    # Spanish named in Spanish is the right answer (tuned replies that switched language said so, and were
+    # counted as forgotten); a reply that never names it is not
+    spain = next(p for p in load_probes() if p["id"] == "spain-language")
+    assert probe_passed(spain, "El lenguaje de España es el lenguaje de España, also known as Castellano.")
+    assert probe_passed(spain, "El lenguaje de España es español, el lado de la lengua espanola.")
+    assert not probe_passed(spain, "El lenguaje es el lenguaje es el lenguaje. España es la lengua de la España.")
 
 
 def test_the_chat_model_answers_the_likelihood_of_labelled_tokens_as_the_models_own_loss(tiny_model: Path):

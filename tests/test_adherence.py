@@ -138,6 +138,11 @@ def test_verdict_leads_with_adherence_and_never_overclaims():
         "prompt-only on voice (it speaks in the voice on fewer replies)")
     # Worse style than prompt-only: not "beats" either.
     assert "Tuned does not beat prompt-only on voice (reference loss" in verdict(_card(18, 0.35))
+    # A dip below the flag is named, and said to be within noise (not "no measurable forgetting")
+    dipped = _card(18, 0.2)
+    dipped["forgetting"]["tuned_accuracy"] = 0.45
+    assert verdict(dipped).endswith(
+        "; a small probe dip (50% → 45% on 22 questions), too small for a probe this size to tell from noise.")
     assert verdict(_card(18, 0.2, [1.62, 1.41])).endswith(
         " The run looks under-trained: validation loss was still falling at its last evaluation "
         "(1.620 → 1.410); more epochs may help.")

@@ -298,7 +298,7 @@ def verdict(card: dict[str, Any]) -> str:
     elif f["tuned_accuracy"] < f["base_accuracy"]:
         # Below the flag threshold, but a user who sees "lost: ..." under the verdict must not read "none".
         forgot = (f"a small probe dip ({f['base_accuracy']:.0%} → {f['tuned_accuracy']:.0%} on {f['probes']} "
-                  f"questions), within what a probe this size can tell apart from noise")
+                  f"questions), too small for a probe this size to tell from noise")
     else:
         forgot = "no measurable forgetting"
     adh = card.get("adherence")

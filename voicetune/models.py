@@ -197,8 +197,9 @@ def precision_for(device: str, qlora: bool | None = None) -> Precision:
 # users whose first pages loaded at once. The first resolution is made under one lock.
 _LAZY_IMPORT = threading.Lock()
 # Every name the app's handlers import from transformers and peft inside a function, resolved by warm_imports
-WARM_NAMES = {"transformers": ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "AutoModel", "BitsAndBytesConfig",
-                               "StaticCache", "DynamicCache", "LogitsProcessorList", "RepetitionPenaltyLogitsProcessor"),
+WARM_NAMES = {"transformers": ("AutoTokenizer", "AutoModelForCausalLM", "AutoConfig", "AutoModel",
+                               "BitsAndBytesConfig", "StaticCache", "DynamicCache", "LogitsProcessorList",
+                               "RepetitionPenaltyLogitsProcessor"),
               "peft": ("PeftModel", "LoraConfig")}
 
 

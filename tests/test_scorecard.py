@@ -59,18 +59,22 @@ def test_the_chat_model_answers_the_likelihood_of_labelled_tokens_as_the_models_
 
 def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripted_chat) -> None:
     """The scorecard counts what a listener hears in Compare: greedy, with the Compare tab's repetition penalty
-    (a small model loops without it, and a loop never reaches the voice's sign-off)."""
+    (a small model loops without it, and a loop never reaches the voice's sign-off) and up to its reply length
+    (a shorter limit cut sign-offs that Compare plays whole)."""
     import gradio as gr
 
     from voicetune import evaluate, projects, store
-    from voicetune.config import CHAT_REPETITION_PENALTY
+    from voicetune.cli import build_parser
+    from voicetune.config import CHAT_MAX_TOKENS, CHAT_REPETITION_PENALTY
     from voicetune.ui import compare_tab
 
     with gr.Blocks():
-        penalty = compare_tab._sampling()[4]
+        *_, max_new, penalty, _ = compare_tab._sampling()
     assert penalty.value == CHAT_REPETITION_PENALTY > 1.0
     for gen in (evaluate.REPLY_GEN, evaluate.PROBE_GEN):
         assert gen.greedy and gen.repetition_penalty == CHAT_REPETITION_PENALTY
+    assert evaluate.REPLY_GEN.max_new_tokens == max_new.value == CHAT_MAX_TOKENS
+    assert build_parser().parse_args(["chat", "--adapter", "a", "--prompt", "Hi"]).max_new_tokens == CHAT_MAX_TOKENS
     project = projects.create_project(store.connect(), "decoding")
     compare_tab.batch_run([compare_tab.BASE_CHOICE], "Where is my order?", "", "", project, 24)
     assert scripted_chat.gens[-1].repetition_penalty == CHAT_REPETITION_PENALTY
@@ -82,7 +86,7 @@ def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapte
     card = json.loads((pirate_adapter / "scorecard.json").read_text())
     lk, st = card["likelihood"], card["style"]
     assert card["heldout"] == 3
-    assert card["decoding"] == {"greedy": True, "repetition_penalty": 1.1, "reply_tokens": 64, "probe_tokens": 32}
+    assert card["decoding"] == {"greedy": True, "repetition_penalty": 1.1, "reply_tokens": 96, "probe_tokens": 32}
     assert lk["tuned"]["loss"] < 0.5 * lk["base"]["loss"]
     assert st["tuned"]["distance"] < st["base"]["distance"]
     # Voice adherence on the unseen prompts: the 3 held-out first turns and the 3 new test prompts. A test

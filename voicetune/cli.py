@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from voicetune.config import CHAT_MAX_TOKENS
 from voicetune.data import DataError
 
 EXIT_DATA = 2
@@ -587,7 +588,7 @@ def _add_chat(sub: Subcommands) -> None:
     c.add_argument("--adapter", required=True, help="a finished run's folder")
     c.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     c.add_argument("--system", help="system prompt for both arms")
-    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--max-new-tokens", type=int, default=CHAT_MAX_TOKENS)
     c.add_argument("--base-model", help="override the base recorded in the adapter's run.json")
     c.add_argument("--json", action="store_true", help="one JSON object per line: prompt, base, tuned")
     c.set_defaults(fn=cmd_chat)

@@ -154,6 +154,10 @@ class TrainConfig:
 # the token limit, never reaching the voice's sign-off: docs/recipes.md), and the penalty applies to every arm
 # alike. GenConfig itself keeps 1.0, as the OpenAI-compatible API does: there, no penalty unless asked.
 CHAT_REPETITION_PENALTY = 1.1
+# The reply length the app plays replies up to, by the same rule: the Compare tab's default, the scorecard's and
+# `python -m voicetune chat`'s. The scorecard must hear what a user hears: at a shorter limit it counted a reply
+# cut before its sign-off ("... Stay caffe") as out of voice, though the Compare tab plays it whole.
+CHAT_MAX_TOKENS = 96
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 
 from voicetune import adherence, store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
-from voicetune.config import CHAT_REPETITION_PENALTY, GenConfig
+from voicetune.config import CHAT_MAX_TOKENS, CHAT_REPETITION_PENALTY, GenConfig
 from voicetune.generate import ChatModel, Request
 from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, PROMPTS_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
 from voicetune.runs import read as read_run
@@ -35,11 +35,11 @@ VOICE_TOOK_LOSS_RATIO = 0.9  # tuned reference loss at most 90% of base's ...
 # ... and a smaller style distance than base's: both, or the voice "did not take".
 FORGETTING_ACCURACY_DROP = 0.10  # probe accuracy falling more than 10 points is flagged as forgetting
 FORGETTING_LOSS_RISE = 0.10  # neutral-text loss rising more than 10% is flagged as forgetting
-REPLY_TOKENS = 64  # greedy reply length for style and similarity: enough for a voice, cheap on a CPU
-PROBE_TOKENS = 32
-# Replies are scored as the Compare tab plays them by default (greedy, its repetition penalty), so the
-# scorecard counts what a listener hears, not loops that the penalty would have stopped.
-REPLY_GEN = GenConfig(max_new_tokens=REPLY_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY)
+PROBE_TOKENS = 32  # a probe's answer is a word or a number: enough for it and a short preamble
+# Replies are scored as the Compare tab plays them by default (greedy, its repetition penalty, its reply length),
+# so the scorecard counts what a listener hears: not loops that the penalty would have stopped, nor a sign-off
+# cut by a shorter limit than the Compare tab's.
+REPLY_GEN = GenConfig(max_new_tokens=CHAT_MAX_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY)
 PROBE_GEN = GenConfig(max_new_tokens=PROBE_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY)
 
 WORD = re.compile(r"[A-Za-z']+")

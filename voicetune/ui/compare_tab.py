@@ -17,7 +17,7 @@ import pandas as pd
 
 from voicetune import arena, limits, preferences, projects, store
 from voicetune.catalog import label
-from voicetune.config import CHAT_REPETITION_PENALTY, GenConfig
+from voicetune.config import CHAT_MAX_TOKENS, CHAT_REPETITION_PENALTY, GenConfig
 from voicetune.data import check_messages
 from voicetune.failures import hide_paths
 from voicetune.generate import AdapterError, ChatModel, Reply, shared_model, stream_groups
@@ -349,7 +349,7 @@ def _sampling() -> tuple[gr.Checkbox, gr.Slider, gr.Slider, gr.Slider, gr.Slider
             temperature = gr.Slider(0.05, 1.5, value=0.7, label="Temperature")
             top_p = gr.Slider(0.1, 1.0, value=0.9, label="Top-p")
         with gr.Row():
-            max_new = gr.Slider(16, 256, value=96, step=16, label="Max reply tokens")
+            max_new = gr.Slider(16, 256, value=CHAT_MAX_TOKENS, step=16, label="Max reply tokens")
             rep = gr.Slider(1.0, 1.5, value=CHAT_REPETITION_PENALTY, step=0.05, label="Repetition penalty")
             seed = gr.Number(value=0, precision=0, label="Seed")
     return greedy, temperature, top_p, max_new, rep, seed

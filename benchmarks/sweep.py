@@ -106,6 +106,8 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         # How replies were decoded for scoring (1.0: before the scorecard took the Compare tab's penalty; those
         # rows also counted copying by the older rule, which let a formula plus the sign-off count as a copy)
         "repetition_penalty": card.get("decoding", {}).get("repetition_penalty", 1.0),
+        # The reply length scored (64: rows before the scorecard took the Compare tab's 96, which cut some sign-offs)
+        "reply_tokens": card["decoding"]["reply_tokens"],
         "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
         "targets": cfg.lora.target_modules,
         "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
@@ -134,7 +136,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One markdown row per cell; adherence as hits/of, probe as correct of 22 (base → tuned)."""
     head = ("| voice | setting | lr | epochs | r/alpha | steps (planned) | tuned adh. | prompt-only adh. | base adh. "
             "| copying | ref. loss tuned (base) | style dist. tuned (p-o) | probe base→tuned | train s | score s "
-            "| scored at penalty |")
+            "| scored at penalty, tokens |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, c, lk, st, p = r["adherence"], r["copying"]["tuned"], r["reference_loss"], r["style_distance"], r["probe"]
@@ -143,7 +145,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['steps']} ({r['planned_steps']}) | {a['tuned'][0]}/{a['tuned'][1]} | "
             f"{a['prompt-only'][0]}/{a['prompt-only'][1]} | {a['base'][0]}/{a['base'][1]} | {c[0]}/{c[1]} | "
             f"{lk['tuned']:.2f} ({lk['base']:.2f}) | {st['tuned']:.2f} ({st['prompt-only']:.2f}) | "
-            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g} |")
+            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g}, {r.get('reply_tokens', 64)} |")
     return "\n".join(lines)
 
 

@@ -121,8 +121,8 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "style_distance": {k: card["style"][k]["distance"] for k in ("base", "prompt-only", "tuned")},
         "probe": [round(f["base_accuracy"] * f["probes"]), round(f["tuned_accuracy"] * f["probes"]), f["probes"]],
         "probe_lost": f.get("lost_replies", {}),
-        # The tuned replies that did not show the voice, to read why (a cut sign-off, a plain answer, ...)
-        "tuned_misses": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
+        # The tuned replies that did not show the voice, to read why (cut at the token limit, a plain answer, ...)
+        "tuned_misses": [{"prompt": s["prompt"], "reply": s["tuned"], "cut": s["tuned cut"]} for s in adh["samples"]
                          if not s["tuned markers"] or s["tuned banned"]],
         "tuned_copies": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
                          if adherence.copies(s["tuned"], grams, stock)],

@@ -80,6 +80,39 @@ def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripte
     assert scripted_chat.gens[-1].repetition_penalty == CHAT_REPETITION_PENALTY
 
 
+def test_a_reply_that_ran_to_the_token_limit_is_counted_and_shown_as_cut(scripted_chat) -> None:
+    """A reply that never finished may have lost its sign-off to the limit, not to the voice: the card counts such
+    replies per arm and marks each one, so a miss can be read for what it is."""
+    from voicetune import evaluate
+    from voicetune.adherence import Marker
+    from voicetune.arena import base_arm, prompt_only_arm, run_arm
+    from voicetune.ui.scorecard_tab import marker_samples
+
+    scripted_chat.adapters["r"] = "r"
+    arms = [base_arm(), prompt_only_arm("", []), run_arm("r")]
+    limit = evaluate.REPLY_GEN.max_new_tokens
+    long = " ".join(["word"] * limit)  # the fake counts a word as a token
+    # one held-out prompt (3 arms), one unseen prompt (3 arms), no marker prompts, in request order
+    scripted_chat.enqueue("a", "b", "c", long, "Short. Stay caffeinated!", long + " Stay caffeinated!")
+    unseen = [("test prompt", [{"role": "user", "content": "Hi"}])]
+    answers = evaluate.answer_all(scripted_chat, arms, [[{"role": "user", "content": "Q"}]], unseen, [])
+    assert answers.unseen_cut == {"base": [True], "prompt-only": [False], "tuned": [True]}
+
+    inputs = evaluate.EvalInputs(heldout=[], few_shot=[], style_guide="", required=[], banned=[], trained=[],
+                                 test_prompts=["Hi"])
+    markers = [Marker("stay caffeinated", "sign-off", 1.0, 0.0)]
+    adh = evaluate.adherence_section(markers, unseen, [], answers.unseen_replies, answers.unseen_cut, inputs)
+    assert [adh["arms"][k]["cut"] for k in evaluate.ARM_KEYS] == [1, 0, 1]
+    assert [adh["arms"][k]["hits"] for k in evaluate.ARM_KEYS] == [0, 1, 1]  # cut or not, a marker is a marker
+    card = {"adherence": adh, "decoding": {"repetition_penalty": 1.1, "reply_tokens": limit}}
+    lines = evaluate.adherence_lines(card)
+    assert lines[2].startswith("  base ") and lines[2].endswith(f"ran to the {limit}-token limit: 1")
+    assert lines[3].endswith(f"ran to the {limit}-token limit: 0")
+    shown = marker_samples(card).iloc[0]
+    assert shown["base"].endswith("[no marker; cut at the token limit]")
+    assert shown["prompt-only"].endswith("[stay caffeinated]")
+
+
 @pytest.mark.slow
 def test_scorecard_sees_a_voice_that_took_and_not_one_that_did_not(pirate_adapter: Path, tmp_path: Path):
     # The real run: the scorecard was computed automatically right after training.

@@ -317,15 +317,19 @@ def verdict(card: dict[str, Any]) -> str:
 
 
 def adherence_section(markers: list[adherence.Marker], unseen: list[tuple[str, list[dict]]], dropped: list[str],
-                      replies: dict[str, list[str]], inputs: EvalInputs) -> dict[str, Any]:
-    """Per arm: replies in the voice (with a Wilson 95% interval) and replies copying a training reply; per
-    prompt: which markers each arm's reply hit."""
+                      replies: dict[str, list[str]], cut: dict[str, list[bool]], inputs: EvalInputs
+                      ) -> dict[str, Any]:
+    """Per arm: replies in the voice (with a Wilson 95% interval), replies copying a training reply, and replies
+    that ran to the token limit (their end, often the sign-off, unheard); per prompt: which markers each arm's
+    reply hit, and whether it was cut."""
     training_replies = [m["content"] for c in inputs.trained for m in c if m["role"] == "assistant"]
-    arms = {k: adherence.arm_adherence(r, markers, inputs.banned) for k, r in replies.items()}
+    arms = {k: {**adherence.arm_adherence(r, markers, inputs.banned), "cut": sum(cut[k])}
+            for k, r in replies.items()}
     samples = [{"source": src, "prompt": msgs[-1]["content"],
                 **{k: replies[k][i] for k in replies},
                 **{f"{k} markers": adherence.marker_hits(replies[k][i], markers) for k in replies},
-                **{f"{k} banned": adherence.banned_hits(replies[k][i], inputs.banned) for k in replies}}
+                **{f"{k} banned": adherence.banned_hits(replies[k][i], inputs.banned) for k in replies},
+                **{f"{k} cut": cut[k][i] for k in replies}}
                for i, (src, msgs) in enumerate(unseen)]
     return {
         "markers": [m.to_dict() for m in markers],
@@ -349,6 +353,7 @@ class Answers:
     replies: dict[str, list[str]]  # arm -> its replies to the held-out prompts, in order
     prompt_tokens: dict[str, float]  # arm -> mean prompt tokens (the few-shot arm pays for its examples)
     unseen_replies: dict[str, list[str]]  # arm -> its replies to the unseen prompts
+    unseen_cut: dict[str, list[bool]]  # arm -> whether each of those ran to the reply limit (never finished)
     base_on_training: list[str]  # the base model's replies to training messages (what the markers avoid)
 
 
@@ -362,11 +367,12 @@ def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unse
     flat = chat.generate(requests, REPLY_GEN)
     n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
     rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
+    new = {k: [flat[n_ref + j * len(arms) + i] for j in range(len(unseen))] for i, k in enumerate(ARM_KEYS)}
     return Answers(
         replies={k: [row[i].text for row in rows] for i, k in enumerate(ARM_KEYS)},
         prompt_tokens={k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(ARM_KEYS)},
-        unseen_replies={k: [flat[n_ref + j * len(arms) + i].text for j in range(len(unseen))]
-                        for i, k in enumerate(ARM_KEYS)},
+        unseen_replies={k: [r.text for r in rs] for k, rs in new.items()},
+        unseen_cut={k: [r.reply_tokens >= REPLY_GEN.max_new_tokens for r in rs] for k, rs in new.items()},
         base_on_training=[r.text for r in flat[n_ref + n_new:]],
     )
 
@@ -428,7 +434,7 @@ def scorecard(adapter_dir: str | Path, chat: ChatModel | None = None, save: bool
                      "reply_tokens": REPLY_GEN.max_new_tokens, "probe_tokens": PROBE_GEN.max_new_tokens},
         "trained_on": record.get("data", {}).get("train"),  # None for a record that does not say (an old import)
         "drafted": record.get("data", {}).get("drafted", 0),  # of those, accepted drafts (drafting.py)
-        "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, inputs),
+        "adherence": adherence_section(markers, unseen, dropped, answers.unseen_replies, answers.unseen_cut, inputs),
         "under_trained": adherence.still_falling(record.get("history", [])),
         "likelihood": likelihood,
         "style": style_section(list(refs), replies, inputs),
@@ -520,8 +526,9 @@ def adherence_lines(card: dict[str, Any]) -> list[str]:
                      f"{dec['repetition_penalty']:g}, up to {dec['reply_tokens']} tokens")
     for k in ("base", "prompt-only", "tuned"):
         a, c = adh["arms"][k], adh["copying"][k]
+        cut = f"; ran to the {dec['reply_tokens']}-token limit: {a['cut']}" if dec and "cut" in a else ""
         lines.append(f"  {k:12} {a['hits']} of {a['of']} replies ({a['rate']:.0%}, 95% CI {a['low']:.0%}–"
-                     f"{a['high']:.0%}); copying a training reply: {c['copies']} of {c['of']}")
+                     f"{a['high']:.0%}); copying a training reply: {c['copies']} of {c['of']}{cut}")
     if adh["dropped_as_trained"]:
         lines.append(f"  {len(adh['dropped_as_trained'])} test prompts were left out: a trained conversation "
                      "has them")

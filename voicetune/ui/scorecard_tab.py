@@ -40,14 +40,16 @@ def load_or_compute(run_id: str, recompute: bool = False, prompts_text: str | No
 
 
 def marker_samples(card: dict) -> pd.DataFrame:
-    """Each unseen prompt with every arm's reply and the markers it hit (✗ banned phrases)."""
+    """Each unseen prompt with every arm's reply and the markers it hit (✗ banned phrases; "cut" when the reply
+    ran to the token limit, so a missing sign-off may only be unheard)."""
     rows = []
     for s in card.get("adherence", {}).get("samples", []):
         row = {"prompt": s["prompt"], "from": s["source"]}
         for k in KEYS:
             hits = ", ".join(s[f"{k} markers"]) or "no marker"
             banned = "; ✗ " + ", ".join(s[f"{k} banned"]) if s[f"{k} banned"] else ""
-            row[k] = f"{s[k]}\n[{hits}{banned}]"
+            cut = "; cut at the token limit" if s.get(f"{k} cut") else ""  # absent on older cards
+            row[k] = f"{s[k]}\n[{hits}{banned}{cut}]"
         rows.append(row)
     return pd.DataFrame(rows, columns=["prompt", "from", *KEYS])
 

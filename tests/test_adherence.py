@@ -46,6 +46,22 @@ def test_a_phrase_base_uses_is_no_marker_and_one_habit_is_one_marker():
                                                    ("client services", "sign-off")]
 
 
+def test_a_sign_off_said_in_part_still_shows_the_voice_but_a_common_fragment_does_not():
+    """One habit is one marker, and the marker is its strongest run; a reply that says the rest of the same fixed
+    phrase without that run ("Our tale is told..." without "And so") still speaks in the voice."""
+    sign_off = "And so our tale is told... until the lanterns glow again! 🎭"
+    examples = [f"Tickets are at the door. {sign_off}", f"Yes, we do matinees. {sign_off}",
+                f"The bar opens at six. {sign_off}", "Of course, friend."]
+    base = ["Tickets are sold at the door.", "We do matinees.", "The bar opens at 6pm.", "Sure."]
+    [marker] = derive_markers(examples, base)
+    assert marker.text == "and so our tale" and "until the lanterns glow" in marker.variants
+    assert "🎭" in marker.variants and marker.to_dict()["variants"] == list(marker.variants)
+    assert marker_hits("Indeed! Our tale is told... until the lanterns glow again! 🎭", [marker]) == [marker.text]
+    assert marker_hits("The lanterns glow again tonight.", [marker]) == [marker.text]  # 3 words of the phrase
+    for plain in ("Until the doors open, wait outside.", "Come again soon.", "The tale is long."):
+        assert marker_hits(plain, [marker]) == [], plain  # 1-2 common words of it are not the phrase
+
+
 def test_hits_and_banned_phrases_count_against_a_reply():
     markers = [Marker("stay caffeinated ☕", "sign-off", 1.0, 0.0), Marker("hey there", "greeting", 0.4, 0.0)]
     assert marker_hits("Hey there! Sure. Stay caffeinated! ☕", markers) == ["stay caffeinated ☕", "hey there"]

@@ -29,6 +29,7 @@ MIN_EXAMPLE_SHARE = 0.2  # a marker appears in at least 1 in 5 of the example re
 MAX_BASE_SHARE = 0.05  # ... and in at most 1 in 20 of the base model's replies to the same messages
 MAX_MARKERS = 12  # the strongest ones: enough for every habit of a voice, few enough to read
 MAX_PHRASE_WORDS = 4
+VARIANT_TOKENS = 3  # a variant is a 3-4 token run or an emoji: "until the" or "again" alone says nothing
 COPY_NGRAM = 8  # a reply "copies" when it repeats 8 words in a row of one training reply ...
 # ... none of them inside a stock phrase: STOCK_WORDS words in a row that the voice uses in at least
 # MIN_EXAMPLE_SHARE of its replies (a sign-off, a set formula). Those are the voice, not a copy, and so is a
@@ -47,9 +48,17 @@ class Marker:
     kind: str  # "required", "sign-off", "greeting", "catchphrase", "emoji" or "register word"
     example_share: float  # share of the example replies that use it
     base_share: float  # share of the base model's replies that use it
+    # Other parts of the same fixed phrase (a long sign-off), each a marker by itself, that a reply may say
+    # instead: "Our tale is told... until the lanterns glow again! 🎭" is Lantern Tales' sign-off without the
+    # "And so" its marker starts with. Shown with the marker, never counted as a second one.
+    variants: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "variants": list(self.variants)}
+
+    def forms(self) -> list[tuple[str, ...]]:
+        """Every token sequence that counts as a hit: the marker, then its variants."""
+        return [tuple(tokens(t)) for t in (self.text, *self.variants)]
 
 
 def tokens(text: str) -> list[str]:
@@ -115,16 +124,27 @@ def derive_markers(examples: list[str], base_replies: list[str], required: list[
     markers = [Marker(p.lower().strip(), "required", _share(ex, tuple(tokens(p))), _share(base, tuple(tokens(p))))
                for p in required if tokens(p)]
     kept: list[tuple[str, ...]] = [tuple(tokens(m.text)) for m in markers]
+    ranked = sorted(scored)
     derived = 0
-    for _, _, text, g in sorted(scored):
+    for _, _, text, g in ranked:
         if derived >= k:
             break
         if any(_same_habit(g, big, where) for big in kept):
             continue
         kept.append(g)
         derived += 1
-        markers.append(Marker(text, _kind(g, ex), len(where[g]) / n_ex, df_base[g] / n_base))
+        markers.append(Marker(text, _kind(g, ex), len(where[g]) / n_ex, df_base[g] / n_base,
+                              _variants(g, [v for *_, v in ranked], where)))
     return markers
+
+
+def _variants(g: tuple[str, ...], candidates: list[tuple[str, ...]], where: dict[tuple[str, ...], set[int]]
+              ) -> tuple[str, ...]:
+    """The other runs of g's fixed phrase: candidates (strongest first) used in exactly the replies g is, not
+    inside g, and long enough (or an emoji) to say the phrase on their own. No library derives these."""
+    return tuple(" ".join(v) for v in candidates
+                 if v != g and where[v] == where[g] and not _contains(list(g), v)
+                 and (len(v) >= VARIANT_TOKENS or (len(v) == 1 and EMOJI.fullmatch(v[0]))))
 
 
 def _same_habit(g: tuple[str, ...], kept: tuple[str, ...], where: dict[tuple[str, ...], set[int]]) -> bool:
@@ -141,8 +161,9 @@ def _share(replies: list[list[str]], gram: tuple[str, ...]) -> float:
 
 
 def marker_hits(reply: str, markers: list[Marker]) -> list[str]:
+    """The markers a reply hits, each named by its own text whichever of its forms the reply says."""
     toks = tokens(reply)
-    return [m.text for m in markers if _contains(toks, tuple(tokens(m.text)))]
+    return [m.text for m in markers if any(_contains(toks, f) for f in m.forms())]
 
 
 def banned_hits(reply: str, banned: list[str]) -> list[str]:

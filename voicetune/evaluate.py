@@ -532,7 +532,9 @@ def adherence_lines(card: dict[str, Any]) -> list[str]:
     if adh["dropped_as_trained"]:
         lines.append(f"  {len(adh['dropped_as_trained'])} test prompts were left out: a trained conversation "
                      "has them")
-    marks = ", ".join(f"“{m['text']}” ({m['kind']}, {m['example_share']:.0%} of examples)" for m in adh["markers"])
+    marks = ", ".join(f"“{m['text']}” ({m['kind']}, {m['example_share']:.0%} of examples"
+                      + (f"; or another run of its phrase, such as “{m['variants'][0]}”" if m.get("variants") else "")
+                      + ")" for m in adh["markers"])
     lines.append("Markers of the voice: " + (marks or "none found: the examples share no habit base lacks"))
     return lines + parent_lines(card)
 

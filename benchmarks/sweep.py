@@ -116,6 +116,8 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "planned_steps": record["metrics"]["planned_steps"], "best_step": record["metrics"]["best_step"],
         "adherence": {k: [a["hits"], a["of"]] for k, a in adh["arms"].items()},
         "markers": [m["text"] for m in adh["markers"]],
+        # The other runs of each marker's phrase that also count (absent: rows before markers had them)
+        "marker_variants": {m["text"]: m["variants"] for m in adh["markers"] if m.get("variants")},
         "copying": {k: [c["copies"], c["of"]] for k, c in adh["copying"].items()},
         "reference_loss": {k: v["loss"] for k, v in card["likelihood"].items()},
         "style_distance": {k: card["style"][k]["distance"] for k in ("base", "prompt-only", "tuned")},
@@ -145,7 +147,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['steps']} ({r['planned_steps']}) | {a['tuned'][0]}/{a['tuned'][1]} | "
             f"{a['prompt-only'][0]}/{a['prompt-only'][1]} | {a['base'][0]}/{a['base'][1]} | {c[0]}/{c[1]} | "
             f"{lk['tuned']:.2f} ({lk['base']:.2f}) | {st['tuned']:.2f} ({st['prompt-only']:.2f}) | "
-            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g}, {r.get('reply_tokens', 64)} |")
+            f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g}, "
+            f"{r.get('reply_tokens', 64)}{'+' if 'marker_variants' in r else ''} |")
     return "\n".join(lines)
 
 

@@ -34,6 +34,8 @@ def test_table_row():
     assert lines[1].count("---") == lines[0].count("|") - 1
     # A row scored since the scorecard took the Compare tab's decoding says so (older rows: penalty 1, 64 tokens)
     assert table([{**row, "repetition_penalty": 1.1, "reply_tokens": 96}]).endswith("| 1.1, 96 |")
+    # ... and one whose markers also matched the other runs of their phrase is marked +
+    assert table([{**row, "reply_tokens": 96, "marker_variants": {}}]).endswith("| 1, 96+ |")
 
 
 def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):

@@ -55,6 +55,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # Auto again under other seeds (initialisation, data order and the validation split): the noise of one cell
     "seed2": {"seed": 2},
     "seed3": {"seed": 3},
+    # Less replay under the seeds where Cosmo Coffee answered coffee facts plainly (replay's register)
+    "replay25-seed2": {"replay": 0.25, "seed": 2},
+    "replay25-seed3": {"replay": 0.25, "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }

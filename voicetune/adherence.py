@@ -125,6 +125,7 @@ def derive_markers(examples: list[str], base_replies: list[str], required: list[
                for p in required if tokens(p)]
     kept: list[tuple[str, ...]] = [tuple(tokens(m.text)) for m in markers]
     ranked = sorted(scored)
+    grams = [g for *_, g in ranked]  # strongest first: a marker's variants are listed in this order
     derived = 0
     for _, _, text, g in ranked:
         if derived >= k:
@@ -134,7 +135,7 @@ def derive_markers(examples: list[str], base_replies: list[str], required: list[
         kept.append(g)
         derived += 1
         markers.append(Marker(text, _kind(g, ex), len(where[g]) / n_ex, df_base[g] / n_base,
-                              _variants(g, [v for *_, v in ranked], where)))
+                              _variants(g, grams, where)))
     return markers
 
 

@@ -372,7 +372,7 @@ def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unse
         replies={k: [row[i].text for row in rows] for i, k in enumerate(ARM_KEYS)},
         prompt_tokens={k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(ARM_KEYS)},
         unseen_replies={k: [r.text for r in rs] for k, rs in new.items()},
-        unseen_cut={k: [r.reply_tokens >= REPLY_GEN.max_new_tokens for r in rs] for k, rs in new.items()},
+        unseen_cut={k: [r.hit_limit(REPLY_GEN.max_new_tokens) for r in rs] for k, rs in new.items()},
         base_on_training=[r.text for r in flat[n_ref + n_new:]],
     )
 

@@ -401,7 +401,7 @@ class Answer:
             completion = self.engine.count_tokens(self.content) if self.content else 0
         else:
             completion = reply.reply_tokens
-            self.finish_reason = "length" if completion >= self.req.sampling.max_tokens else "stop"
+            self.finish_reason = "length" if reply.hit_limit(self.req.sampling.max_tokens) else "stop"
             self.prompt_tokens = reply.prompt_tokens
         self.usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                       "total_tokens": self.prompt_tokens + completion}

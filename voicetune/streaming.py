@@ -34,6 +34,11 @@ class Reply:
     def tokens_per_second(self) -> float:
         return self.reply_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def hit_limit(self, max_new_tokens: int) -> bool:
+        """Whether the reply ran to the token limit instead of ending itself: the API's finish_reason "length",
+        and the scorecard's "cut" (a sign-off past the limit is unheard)."""
+        return self.reply_tokens >= max_new_tokens
+
 
 @dataclass(frozen=True)
 class Update:

@@ -62,7 +62,7 @@ bench: setup
 
 # Training settings over a grid on the bundled voices (embedded model, CPU): adherence, reference loss, style,
 # forgetting probe, copying and time per setting, each cell under the shared CPU lock; the table behind
-# docs/recipes.md goes to stdout and benchmarks/results/sweep-<host kind>.md. About 3-4 minutes a cell on 2 cores.
+# docs/recipes.md goes to stdout and benchmarks/results/sweep.md. About 3-4 minutes a cell on 2 cores.
 sweep: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.sweep $(SWEEP_ARGS)
 

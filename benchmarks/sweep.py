@@ -5,7 +5,7 @@ held out), then computes the scorecard on the held-out first turns plus the voic
 and appends one JSON line: adherence per arm, reference loss, style distance, the forgetting probe, the
 copying rate, and the training and scoring time. Every cell runs in its own process under
 `flock /tmp/voicetune-cpu.lock`, so other work on a shared machine interleaves between cells. The table
-(markdown) goes to stdout and to benchmarks/results/sweep-<host kind>.md.
+(markdown) goes to stdout and to benchmarks/results/sweep.md (each row names its host).
 
     .venv/bin/python -m benchmarks.sweep                                  # the grid of docs/recipes.md
     .venv/bin/python -m benchmarks.sweep --voices cosmo-coffee --settings auto,lr1e-3
@@ -141,7 +141,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One markdown row per cell; adherence as hits/of, probe as correct of 22 (base → tuned)."""
     head = ("| voice | setting | lr | epochs | r/alpha | steps (planned) | tuned adh. | prompt-only adh. | base adh. "
             "| copying | ref. loss tuned (base) | style dist. tuned (p-o) | probe base→tuned | train s | score s "
-            "| scored at penalty, tokens |")
+            "| scored at penalty, tokens | host |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, c, lk, st, p = r["adherence"], r["copying"]["tuned"], r["reference_loss"], r["style_distance"], r["probe"]
@@ -151,7 +151,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{a['prompt-only'][0]}/{a['prompt-only'][1]} | {a['base'][0]}/{a['base'][1]} | {c[0]}/{c[1]} | "
             f"{lk['tuned']:.2f} ({lk['base']:.2f}) | {st['tuned']:.2f} ({st['prompt-only']:.2f}) | "
             f"{p[0]}→{p[1]} | {r['train_s']:.0f} | {r['score_s']:.0f} | {r.get('repetition_penalty', 1.0):g}, "
-            f"{r.get('reply_tokens', 64)}{'+' if 'marker_variants' in r else ''} |")
+            f"{r.get('reply_tokens', 64)}{'+' if 'marker_variants' in r else ''} | {r.get('host', '?')} |")
     return "\n".join(lines)
 
 
@@ -190,11 +190,9 @@ def main() -> int:
                 if done.returncode:
                     print(f"cell {voice}:{setting} failed ({done.returncode}); going on", file=sys.stderr)
     rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
-    from voicetune import models
-
     out = table(rows)
     print(out)
-    (RESULTS / f"sweep-{models.cpu_kind()}.md").write_text(out + "\n", encoding="utf-8")
+    (RESULTS / "sweep.md").write_text(out + "\n", encoding="utf-8")  # every saved cell; each row names its host
     return 0
 
 

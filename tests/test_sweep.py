@@ -30,12 +30,14 @@ def test_table_row():
            "score_s": 81.2}
     lines = table([row]).splitlines()
     assert lines[2] == ("| cosmo-coffee | auto | 0.001 | 3 | 16/32 | 33 (33) | 27/27 | 0/27 | 0/27 | 0/27 | "
-                        "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 | 1, 64 |")
+                        "2.54 (3.66) | 0.10 (0.54) | 15→14 | 128 | 81 | 1, 64 | ? |")
     assert lines[1].count("---") == lines[0].count("|") - 1
     # A row scored since the scorecard took the Compare tab's decoding says so (older rows: penalty 1, 64 tokens)
-    assert table([{**row, "repetition_penalty": 1.1, "reply_tokens": 96}]).endswith("| 1.1, 96 |")
+    assert table([{**row, "repetition_penalty": 1.1, "reply_tokens": 96}]).endswith("| 1.1, 96 | ? |")
     # ... and one whose markers also matched the other runs of their phrase is marked +
-    assert table([{**row, "reply_tokens": 96, "marker_variants": {}}]).endswith("| 1, 96+ |")
+    assert table([{**row, "reply_tokens": 96, "marker_variants": {}}]).endswith("| 1, 96+ | ? |")
+    # ... and every row names the CPU kind it ran on (hosts train different adapters from the same seed)
+    assert table([{**row, "host": "amx"}]).endswith("| 1, 64 | amx |")
 
 
 def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):

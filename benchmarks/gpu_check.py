@@ -1,4 +1,4 @@
-"""`make gpu-check`: QLoRA on a real GPU, five checks with one PASS/FAIL line each, in under 8 minutes on an H100.
+"""`make gpu-check`: QLoRA on a real GPU, six checks with one PASS/FAIL line each, in under 8 minutes on an H100.
 
 No network: the model is a random one of SmolLM2-1.7B's shape (benchmarks/configs/), built directly in bf16 on
 the GPU, with the embedded tokenizer; the conversations are benchmarks/data/mixed-lengths.jsonl.
@@ -7,8 +7,9 @@ the GPU, with the embedded tokenizer; the conversations are benchmarks/data/mixe
 2. The same with the precision forced to fp16, as on a T4 (TRL's bf16 cast of the adapter used to crash here).
 3. Chat on the 4-bit base: base + both adapters in one mixed batch, greedy equal to one arm at a time; time to
    first token and tokens/s.
-4. Merge of the QLoRA adapter into the full-precision base (voicetune.export.merge).
-5. Training bench against plain TRL QLoRA, each arm in its own process: warm-up steps excluded, the same
+4. The same chat on the 16-bit base, which a model that fits the GPU gets.
+5. Merge of the QLoRA adapter into the full-precision base (voicetune.export.merge).
+6. Training bench against plain TRL QLoRA, each arm in its own process: warm-up steps excluded, the same
    conversations for both, peak memory as the driver sees it (CUDA context and paged optimizer state included),
    MFU without embedding parameters against voicetune.gpus' table.
 
@@ -194,11 +195,13 @@ def check_training(name: str, base: Path, data: Path, out: Path, steps: int, fp1
                            f"{losses[-1]:.3f}", figures)
 
 
-def check_chat(base: Path, adapters: list[Path], device: str) -> Check:
+def check_chat(base: Path, adapters: list[Path], four_bit: bool) -> Check:
+    """The mixed batch on the 4-bit base (what a model too big for 16-bit chat gets) or on the 16-bit base (what
+    a model that fits gets: bf16 on a GPU, fp32 on a CPU): the same rule and the same figures for both."""
     from voicetune.config import GenConfig
     from voicetune.generate import ChatModel, Request
 
-    chat = ChatModel(str(base), four_bit=True)
+    chat = ChatModel(str(base), four_bit=four_bit)
     names = [chat.load_adapter(a, name=f"arm{i}") for i, a in enumerate(adapters)]
     msgs = [{"role": "user", "content": "Where is my order? It has been a week."}]
     requests = [Request(msgs, None)] + [Request(msgs, n) for n in names]
@@ -222,12 +225,15 @@ def check_chat(base: Path, adapters: list[Path], device: str) -> Check:
                "plain_generate_base_tokens_per_s": round(plain_generate_rate(chat, msgs, gen.max_new_tokens), 1)}
     figures["base_row_purity"] = purity
     ttft = f"{batched[0].first_token_s:.3f} s" if batched[0].first_token_s else "n/a"
-    return Check("chat: base + 2 adapters in one mixed batch on the 4-bit base",
-                 all(same) and pure and chat.precision.qlora,
+    return Check(chat_check_name(four_bit), all(same) and pure and chat.precision.qlora == four_bit,
                  f"base row {'the base model' if pure else 'MOVED BY AN ADAPTER'} (logits "
                  f"{purity['mixed_vs_all_base_batch']:.1e} from an all-base batch); greedy equal one-at-a-time, or "
                  f"parting at a tie under {tie:.3f}, for {sum(same)}/{len(same)} arms; first token {ttft}, "
                  f"{tps:.1f} tokens/s for the batch", figures)
+
+
+def chat_check_name(four_bit: bool) -> str:
+    return f"chat: base + 2 adapters in one mixed batch on the {'4-bit' if four_bit else '16-bit'} base"
 
 
 def base_row_purity(chat: Any, msgs: list[dict], names: list[str]) -> dict[str, float]:
@@ -449,7 +455,9 @@ def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch:
     fp16 = run(lambda: check_training(fp16_name, base, data, work / "fp16", steps, fp16=cuda, seed=7), fp16_name)
     adapters = [work / "bf16", work / "fp16"]
     if bf16 and fp16:
-        run(lambda: check_chat(base, adapters, device), "chat")
+        for four_bit in (True, False):
+            run(lambda: check_chat(base, adapters, four_bit), chat_check_name(four_bit))
+            release()
     if bf16:
         run(lambda: check_merge(adapters[0], work / "merged"), "merge")
     release()  # the arms run in their own processes; this one keeps nothing on the GPU meanwhile

@@ -92,8 +92,8 @@ def test_a_reply_that_ran_to_the_token_limit_is_counted_and_shown_as_cut(scripte
     arms = [base_arm(), prompt_only_arm("", []), run_arm("r")]
     limit = evaluate.REPLY_GEN.max_new_tokens
     long = " ".join(["word"] * limit)  # the fake counts a word as a token
-    # one held-out prompt (3 arms), one unseen prompt (3 arms), no marker prompts, in request order
-    scripted_chat.enqueue("a", "b", "c", long, "Short. Stay caffeinated!", long + " Stay caffeinated!")
+    # one batch per arm (base, prompt-only, tuned): its held-out reply, then its unseen one; no marker prompts
+    scripted_chat.enqueue("a", long, "b", "Short. Stay caffeinated!", "c", long + " Stay caffeinated!")
     unseen = [("test prompt", [{"role": "user", "content": "Hi"}])]
     answers = evaluate.answer_all(scripted_chat, arms, [[{"role": "user", "content": "Q"}]], unseen, [])
     assert answers.unseen_cut == {"base": [True], "prompt-only": [False], "tuned": [True]}

@@ -256,12 +256,14 @@ def probe_passed(probe: dict[str, Any], reply: str) -> bool:
 def forgetting(chat: ChatModel, tuned: Arm) -> dict[str, Any]:
     probes = load_probes()
     msgs = [[{"role": "user", "content": p["prompt"]}] for p in probes]
-    replies = chat.generate([Request(m, None) for m in msgs] + [Request(m, tuned.adapter) for m in msgs], PROBE_GEN)
-    base_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[: len(probes)])]
-    tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, replies[len(probes):])]
+    # Two batches, not one: the tuned arm's shorter answers then need not wait for the base's (see answer_all)
+    base_replies = chat.generate([Request(m, None) for m in msgs], PROBE_GEN)
+    tuned_replies = chat.generate([Request(m, tuned.adapter) for m in msgs], PROBE_GEN)
+    base_ok = [probe_passed(p, r.text) for p, r in zip(probes, base_replies)]
+    tuned_ok = [probe_passed(p, r.text) for p, r in zip(probes, tuned_replies)]
     # What the tuned model said instead of each answer it lost: a lost answer can be real forgetting, or a voice
     # whose preamble outran the probe's token budget, and only the reply tells them apart.
-    lost = {p["id"]: r.text for p, b, t, r in zip(probes, base_ok, tuned_ok, replies[len(probes):]) if b and not t}
+    lost = {p["id"]: r.text for p, b, t, r in zip(probes, base_ok, tuned_ok, tuned_replies) if b and not t}
     text = (RESOURCES / "neutral.txt").read_text(encoding="utf-8")
     ids = chat.tokenizer(text, add_special_tokens=False)["input_ids"]
     base_loss = chat.nll(ids, ids, None)
@@ -348,7 +350,7 @@ ARM_KEYS = ("base", "prompt-only", "tuned")  # the scorecard's arms, in the orde
 
 @dataclass
 class Answers:
-    """Every reply the scorecard needs, generated in one mixed batch and sorted back out by arm."""
+    """Every reply the scorecard needs, by arm."""
 
     replies: dict[str, list[str]]  # arm -> its replies to the held-out prompts, in order
     prompt_tokens: dict[str, float]  # arm -> mean prompt tokens (the few-shot arm pays for its examples)
@@ -359,21 +361,25 @@ class Answers:
 
 def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unseen: list[tuple[str, list[dict]]],
                marker_prompts: list[list[dict]]) -> Answers:
-    """Every prompt and every arm in one mixed batch: one pass of the model per generated token instead of one
-    batch per measure. Then the unseen first turns for adherence, then base's answers to training messages."""
-    requests = [Request(messages_for(a, list(p)), a.adapter) for p in prompts for a in arms]
-    requests += [Request(messages_for(a, m), a.adapter) for _, m in unseen for a in arms]
-    requests += [Request(m, None) for m in marker_prompts]
-    flat = chat.generate(requests, REPLY_GEN)
-    n_ref, n_new = len(prompts) * len(arms), len(unseen) * len(arms)
-    rows = [flat[i * len(arms):(i + 1) * len(arms)] for i in range(len(prompts))]
-    new = {k: [flat[n_ref + j * len(arms) + i] for j in range(len(unseen))] for i, k in enumerate(ARM_KEYS)}
+    """Each arm's replies to every prompt in one batch of its own: the held-out prompts, then the unseen first
+    turns for adherence; the base arm's batch also answers training messages (what the markers avoid).
+
+    One batch per arm, not one for all: transformers' generate keeps a finished row in the batch until the
+    longest row ends, so a voice's short replies would pay for every step of the base model's long ones. On a
+    2-core CPU this cut a scorecard's replies from 40.0 to 35.5 s (93 rows, pirate adapter), texts unchanged.
+    """
+    per_arm = [[Request(messages_for(a, list(p)), a.adapter) for p in prompts]
+               + [Request(messages_for(a, m), a.adapter) for _, m in unseen] for a in arms]
+    per_arm[ARM_KEYS.index("base")] += [Request(m, None) for m in marker_prompts]
+    out = dict(zip(ARM_KEYS, (chat.generate(requests, REPLY_GEN) for requests in per_arm)))
+    n_ref, n_new = len(prompts), len(unseen)
+    new = {k: rs[n_ref:n_ref + n_new] for k, rs in out.items()}
     return Answers(
-        replies={k: [row[i].text for row in rows] for i, k in enumerate(ARM_KEYS)},
-        prompt_tokens={k: sum(row[i].prompt_tokens for row in rows) / len(rows) for i, k in enumerate(ARM_KEYS)},
+        replies={k: [r.text for r in rs[:n_ref]] for k, rs in out.items()},
+        prompt_tokens={k: sum(r.prompt_tokens for r in rs[:n_ref]) / n_ref for k, rs in out.items()},
         unseen_replies={k: [r.text for r in rs] for k, rs in new.items()},
         unseen_cut={k: [r.hit_limit(REPLY_GEN.max_new_tokens) for r in rs] for k, rs in new.items()},
-        base_on_training=[r.text for r in flat[n_ref + n_new:]],
+        base_on_training=[r.text for r in out["base"][n_ref + n_new:]],
     )
 
 

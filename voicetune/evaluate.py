@@ -21,7 +21,7 @@ from typing import Any
 from voicetune import adherence, store
 from voicetune.arena import Arm, arm_messages, base_arm, prompt_only_arm, run_arm, win_rates
 from voicetune.config import CHAT_MAX_TOKENS, CHAT_REPETITION_PENALTY, GenConfig
-from voicetune.generate import ChatModel, Request
+from voicetune.generate import ChatModel, Reply, Request
 from voicetune.runs import FEWSHOT_FILE, HELDOUT_FILE, PROMPTS_FILE, SCORECARD_FILE  # noqa: F401 - SCORECARD_FILE re-exported
 from voicetune.runs import read as read_run
 from voicetune.templates import encode
@@ -359,6 +359,22 @@ class Answers:
     base_on_training: list[str]  # the base model's replies to training messages (what the markers avoid)
 
 
+def generate_once(chat: ChatModel, requests: list[Request], gen: GenConfig) -> list[Reply]:
+    """Replies to `requests` in one batch, generating each distinct request once.
+
+    Greedy decoding answers a prompt the same way every time, and a held-out conversation of one turn is both a
+    held-out prompt and an unseen one: most bundled conversations are.
+    """
+    if not gen.greedy:
+        return chat.generate(requests, gen)
+    distinct: dict[str, Request] = {}
+    keys = [json.dumps([r.adapter, r.messages], sort_keys=True) for r in requests]
+    for key, request in zip(keys, requests):
+        distinct.setdefault(key, request)
+    replies = dict(zip(distinct, chat.generate(list(distinct.values()), gen)))
+    return [replies[key] for key in keys]
+
+
 def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unseen: list[tuple[str, list[dict]]],
                marker_prompts: list[list[dict]]) -> Answers:
     """Each arm's replies to every prompt in one batch of its own: the held-out prompts, then the unseen first
@@ -371,7 +387,7 @@ def answer_all(chat: ChatModel, arms: list[Arm], prompts: list[list[dict]], unse
     per_arm = [[Request(messages_for(a, list(p)), a.adapter) for p in prompts]
                + [Request(messages_for(a, m), a.adapter) for _, m in unseen] for a in arms]
     per_arm[ARM_KEYS.index("base")] += [Request(m, None) for m in marker_prompts]
-    out = dict(zip(ARM_KEYS, (chat.generate(requests, REPLY_GEN) for requests in per_arm)))
+    out = dict(zip(ARM_KEYS, (generate_once(chat, requests, REPLY_GEN) for requests in per_arm)))
     n_ref, n_new = len(prompts), len(unseen)
     new = {k: rs[n_ref:n_ref + n_new] for k, rs in out.items()}
     return Answers(

@@ -52,7 +52,7 @@ def test_a_workspace_from_before_drafting_opens_with_an_empty_queue(tmp_path: Pa
     old.execute("INSERT INTO projects (name, created) VALUES ('before', 1)")
     old.commit()
     old.close()
-    assert store.MIGRATIONS[-1] is store._m009_drafts
+    assert store._m009_drafts in store.MIGRATIONS[7:]  # the migrations it is opened with include drafting
     conn = store.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store.MIGRATIONS)
     assert store.list_drafts(conn, 1) == [] and store.get_draft_endpoint(conn) is None

@@ -404,8 +404,24 @@ def _m009_drafts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m010_reply_cache(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- The base model's greedy scorecard replies, by a hash of all that decides them (voicetune/reply_cache.py)
+        CREATE TABLE reply_cache (
+            key TEXT PRIMARY KEY,
+            text TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            reply_tokens INTEGER NOT NULL,
+            used REAL NOT NULL                    -- last written or read: the oldest go first past the bound
+        );
+        CREATE INDEX reply_cache_by_use ON reply_cache (used);
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
-              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs, _m009_drafts]
+              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs, _m009_drafts, _m010_reply_cache]
 
 
 def _statements(script: str) -> list[str]:
@@ -878,6 +894,40 @@ def model_aliases(conn: sqlite3.Connection) -> dict[str, str]:
     """alias -> run id, by alias."""
     rows = conn.execute("SELECT alias, run_id FROM model_aliases ORDER BY alias").fetchall()
     return {r["alias"]: r["run_id"] for r in rows}
+
+
+# --- The scorecard's cache of base-model replies (migration m010; voicetune/reply_cache.py is its one user) ------
+
+REPLY_CACHE_ROWS = 20_000  # about 10 MB; a scorecard adds about 100
+
+
+def cached_replies(conn: sqlite3.Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The cached replies among `keys` (key -> text, prompt_tokens, reply_tokens), marked as used now."""
+    found: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
+        chunk = keys[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT key, text, prompt_tokens, reply_tokens FROM reply_cache WHERE key IN ({marks})",
+                            chunk).fetchall()
+        found.update({r["key"]: {k: r[k] for k in ("text", "prompt_tokens", "reply_tokens")} for r in rows})
+    hits = list(found)
+    for i in range(0, len(hits), 500):
+        chunk = hits[i:i + 500]
+        conn.execute(f"UPDATE reply_cache SET used = ? WHERE key IN ({','.join('?' * len(chunk))})",
+                     [time.time(), *chunk])
+    return found
+
+
+def cache_replies(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int]]) -> None:
+    """Keep (key, text, prompt_tokens, reply_tokens) rows, then drop the least recently used past the bound."""
+    if not rows:
+        return
+    now = time.time()
+    with immediate(conn):
+        conn.executemany("INSERT OR REPLACE INTO reply_cache (key, text, prompt_tokens, reply_tokens, used) "
+                         "VALUES (?, ?, ?, ?, ?)", [(*row, now) for row in rows])
+        conn.execute("DELETE FROM reply_cache WHERE key NOT IN "
+                     "(SELECT key FROM reply_cache ORDER BY used DESC LIMIT ?)", (REPLY_CACHE_ROWS,))
 
 
 # --- Votes ------------------------------------------------------------------------------------------------

@@ -42,3 +42,20 @@ def test_the_repetition_penalty_counts_the_reply_not_the_prompt():
     scores = penalty(ids, torch.ones(2, 10))
     assert scores[0].tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 0.5, 1]  # only the reply's token 8, not 5-7
     assert scores[1].tolist() == [1, 1, 1, 1, 1, 1, 1, 1, 1, 0.5]
+
+
+def test_the_one_arm_at_a_time_fallback_streams_each_arm_as_it_is_written(tiny_model) -> None:
+    """Where a mixed batch is impossible the arms are answered in turn; each pane still fills as it is written
+    instead of every pane waiting for the last arm."""
+    from voicetune.generate import ChatModel
+
+    chat = ChatModel(str(tiny_model))
+    chat.batch_arms = False
+    other = [{"role": "user", "content": "Can I change my address?"}]
+    updates = list(chat.stream([Request(MSGS, None), Request(other, None)], GenConfig(max_new_tokens=6)))
+    partial = [u.texts for u in updates if u.replies is None]
+    first_done = next(i for i, texts in enumerate(partial) if texts[1])  # the second arm's first text
+    assert first_done > 1 and all(texts[1] == "" for texts in partial[:first_done])
+    replies = updates[-1].replies
+    assert replies is not None and [r.text for r in replies] == [t.strip() for t in partial[-1]]
+    assert all(texts[0] == partial[-1][0] for texts in partial[first_done:])  # the first arm stays finished

@@ -22,7 +22,7 @@ from voicetune import models
 from voicetune.adapter_registry import AdapterError, AdapterRegistry
 from voicetune.config import GenConfig
 from voicetune.prompt_cache import PromptCache
-from voicetune.streaming import BatchStreamer, Reply, Update, final_replies
+from voicetune.streaming import BatchStreamer, Reply, Update
 from voicetune.templates import IGNORE, render
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,21 @@ class Decoder:
                     raise
                 log.warning("mixed-adapter batch failed (%s); answering the arms one at a time", e)
                 self.batch_arms = False
-        yield Update.finished(self._sequential(requests, gen))
+        yield from self._sequential(requests, gen)
 
-    def _sequential(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
-        """One arm at a time: the base arm with every adapter disabled, the others with theirs active."""
+    def _sequential(self, requests: list[Request], gen: GenConfig) -> Iterator[Update]:
+        """One arm at a time, each streamed as it is written (later arms' text empty until their turn): the base
+        arm with every adapter disabled, the others with theirs active."""
+        texts = [""] * len(requests)
         replies: list[Reply] = []
-        for r in requests:
-            replies.extend(final_replies(self._batch([r], gen, mixed=False)))
-        return replies
+        for i, r in enumerate(requests):
+            for update in self._batch([r], gen, mixed=False):
+                texts[i] = update.texts[0]
+                if update.replies is None:
+                    yield Update(list(texts))
+                else:
+                    replies.extend(update.replies)
+        yield Update.finished(replies)
 
     def _batch(self, requests: list[Request], gen: GenConfig, mixed: bool) -> Iterator[Update]:
         """One generate call for all `requests`, run in a worker thread and decoded here row by row."""

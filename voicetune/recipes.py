@@ -21,12 +21,13 @@ the way hosted fine-tuning APIs pick defaults. The rule, in words (`auto_setting
   4096), so nothing is refused or cut by the default.
 - general replay: the base model's own answers to general questions, half as many as the training
   conversations (at most 60), are trained on beside them (replay.py). Measured on the four bundled voices:
-  without it ByteDesk and Lantern Tales lost 2 and 6 of 15 probe answers to the persona; with it all four
+  without it ByteDesk and Lantern Tales lost 2 and 6 of 15 probe answers to the persona; with it (one seed) all four
   kept the probe within one answer of base (Lantern Tales 15→16). The price: about 40% more training time,
   and the voice on 2-3 fewer unseen replies of ByteDesk and Cosmo (23 of 26, 24 of 27). A quarter instead of
   a half, under three seeds on all four voices, put the voice on 98-100% of replies but cost Lantern Tales two
-  probe answers on average (its persona answered in their place again), so the share stays a half. Not in
-  Quick look, whose fixed step budget it would take from the voice.
+  probe answers on average (its persona answered in their place again); three quarters kept no more of the
+  probe on any voice and showed the voice less often; so the share stays a half. Not in Quick look, whose
+  fixed step budget it would take from the voice.
 
     settings = auto_settings([118, 240, 96])        # token lengths of three conversations
     estimate_seconds(settings, [118, 240, 96], "cpu")

@@ -159,6 +159,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scored_as_compare_plays(row: dict[str, Any]) -> bool:
+    """Rows the issue's targets are read from: the Compare tab's decoding and today's marker matching."""
+    return row.get("repetition_penalty") == 1.1 and row.get("reply_tokens") == 96 and "marker_variants" in row
+
+
+def targets(rows: list[dict[str, Any]], settings: list[str]) -> str:
+    """Issue 16's targets per voice, pooled over the runs of `settings` (one per setting and host: the latest),
+    with how many single runs meet each: adherence >= 90%, base <= 5%, probe within 1 answer, copying <= 10%."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["setting"] in settings and scored_as_compare_plays(r):
+            latest[(r["voice"], r["setting"], r.get("host", "?"))] = r
+    by_voice: dict[str, list[dict[str, Any]]] = {}
+    for (voice, _, _), r in sorted(latest.items()):
+        by_voice.setdefault(voice, []).append(r)
+    lines = ["| voice | runs | tuned adherence | base adherence | copying | probe change, mean | runs ≥ 90% "
+             "| runs base ≤ 5% | runs probe within 1 | runs copying ≤ 10% | train s |", "|" + "---|" * 11]
+    for voice, rs in by_voice.items():
+        def total(key: str, arm: str) -> tuple[int, int]:
+            return sum(r[key][arm][0] for r in rs), sum(r[key][arm][1] for r in rs)
+
+        (hits, of), (base, _), (copies, _) = total("adherence", "tuned"), total("adherence", "base"), \
+            total("copying", "tuned")
+        change = sum(r["probe"][1] - r["probe"][0] for r in rs) / len(rs)
+        held = [sum(test(r) for r in rs) for test in (
+            lambda r: r["adherence"]["tuned"][0] >= 0.9 * r["adherence"]["tuned"][1],
+            lambda r: r["adherence"]["base"][0] <= 0.05 * r["adherence"]["base"][1],
+            lambda r: r["probe"][1] >= r["probe"][0] - 1,
+            lambda r: r["copying"]["tuned"][0] <= 0.1 * r["copying"]["tuned"][1])]
+        train = [r["train_s"] for r in rs]
+        lines.append(f"| {voice} | {len(rs)} | {hits}/{of} ({hits / of:.0%}) | {base}/{of} | {copies}/{of} "
+                     f"| {change:+.2f} | " + " | ".join(f"{n}/{len(rs)}" for n in held)
+                     + f" | {min(train):.0f}-{max(train):.0f} |")
+    return "\n".join(lines)
+
+
 def cell_env() -> dict[str, str]:
     """Offline; the converted base model from the repo's cache; a workspace of the sweep's own (no user data)."""
     return {**os.environ, "HF_HUB_OFFLINE": "1",
@@ -172,6 +208,8 @@ def main() -> int:
     ap.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"of: {', '.join(SETTINGS)}")
     ap.add_argument("--lines", default=str(RESULTS / "sweep.jsonl"), help="JSON lines, appended per cell")
     ap.add_argument("--report", action="store_true", help="only print the table of the saved lines")
+    ap.add_argument("--targets", metavar="SETTINGS",
+                    help="only print issue 16's targets pooled per voice over these settings' saved runs")
     ap.add_argument("--cell", help=argparse.SUPPRESS)  # voice:setting, run in this process (the child)
     a = ap.parse_args()
     lines = Path(a.lines)
@@ -181,6 +219,10 @@ def main() -> int:
         with open(lines, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
+        return 0
+    if a.targets:
+        rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
+        print(targets(rows, a.targets.split(",")))
         return 0
     if not a.report:
         for voice in a.voices.split(","):

@@ -40,6 +40,26 @@ def test_table_row():
     assert table([{**row, "host": "amx"}]).endswith("| 1, 64 | amx |")
 
 
+def test_targets_pool_each_voices_latest_run_per_setting_and_host():
+    """docs/recipes.md's targets table comes from this: the latest run of each setting on each host, scored as
+    Compare plays, pooled per voice, with how many single runs meet each of the issue's targets."""
+    from benchmarks.sweep import targets
+
+    def run(setting: str, host: str, tuned: int, base: int, probe: int, train_s: float, **extra) -> dict:
+        return {"voice": "byte-desk", "setting": setting, "host": host, "repetition_penalty": 1.1,
+                "reply_tokens": 96, "marker_variants": {}, "adherence": {"tuned": [tuned, 26], "base": [base, 26]},
+                "copying": {"tuned": [0, 26]}, "probe": [17, probe, 22], "train_s": train_s, **extra}
+
+    rows = [run("auto", "amx", 20, 0, 10, 100.0),  # replaced by the later run of the same setting and host
+            run("auto", "amx", 26, 0, 15, 120.0), run("auto", "avx512-bf16", 23, 2, 17, 60.0),
+            run("seed2", "amx", 26, 0, 16, 110.0),
+            run("seed3", "amx", 26, 0, 17, 90.0, reply_tokens=64),  # scored before the Compare decoding: left out
+            run("replay25", "amx", 26, 0, 17, 50.0)]  # a setting not asked for
+    lines = targets(rows, ["auto", "seed2", "seed3"]).splitlines()
+    assert lines[0].count("|") - 1 == lines[1].count("---") == 11
+    assert lines[2] == ("| byte-desk | 3 | 75/78 (96%) | 2/78 | 0/78 | -1.00 | 2/3 | 2/3 | 2/3 | 3/3 | 60-120 |")
+
+
 def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):
     from voicetune.cli import _train_config, build_parser
 

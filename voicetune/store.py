@@ -910,11 +910,7 @@ def cached_replies(conn: sqlite3.Connection, keys: list[str]) -> dict[str, dict[
         rows = conn.execute(f"SELECT key, text, prompt_tokens, reply_tokens FROM reply_cache WHERE key IN ({marks})",
                             chunk).fetchall()
         found.update({r["key"]: {k: r[k] for k in ("text", "prompt_tokens", "reply_tokens")} for r in rows})
-    hits = list(found)
-    for i in range(0, len(hits), 500):
-        chunk = hits[i:i + 500]
-        conn.execute(f"UPDATE reply_cache SET used = ? WHERE key IN ({','.join('?' * len(chunk))})",
-                     [time.time(), *chunk])
+        conn.execute(f"UPDATE reply_cache SET used = ? WHERE key IN ({marks})", [time.time(), *chunk])
     return found
 
 

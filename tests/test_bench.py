@@ -7,6 +7,7 @@ No wall-clock thresholds here: speed is what `make bench` measures, side by side
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -222,6 +223,23 @@ def test_bf16_baselines_are_measured_in_full_only_where_the_cpu_has_bf16() -> No
         for label in ("trl, bf16 autocast, use_cpu=True", "trl, defaults with use_cpu=True"):
             assert arms[label][1] is native
             assert ("--max-steps" in arms[label][0]) is not native
+
+
+def test_the_cpu_kind_is_capped_at_what_torch_dispatches_to() -> None:
+    """An AVX2 host is emulated for timing with ATEN_CPU_CAPABILITY=avx2: the kind (so precision and levers)
+    must then be the AVX2 host's, never bf16 on kernels torch has turned off, whatever this host really is."""
+    import subprocess
+
+    from voicetune import models
+
+    assert models.capped_kind("amx", "AVX2") == models.capped_kind("avx512-bf16", "AVX2") == "avx2"
+    assert models.capped_kind("avx2", "AVX2") == "avx2" and models.capped_kind("plain", "AVX2") == "plain"
+    assert models.capped_kind("avx512", "DEFAULT") == "plain"
+    assert all(models.capped_kind(k, "AVX512") == k for k in ("amx", "avx512-bf16", "avx512", "avx2", "plain"))
+    out = subprocess.run([sys.executable, "-c", "from voicetune import models; print(models.cpu_kind())"],
+                         env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()[-1]
+    assert out in ("avx2", "plain", "unknown") and out not in models.BF16_CPU_KINDS
 
 
 @pytest.mark.parametrize("kind", ["amx", "avx512-bf16", "avx512", "avx2", "plain"])

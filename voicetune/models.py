@@ -147,13 +147,27 @@ BF16_CPU_KINDS = ("amx", "avx512-bf16")
 def cpu_kind() -> str:
     """The CPU kind that decides which precision and speed levers pay: amx, avx512-bf16, avx512, avx2 or plain.
 
-    Read once from the CPU flags, since torch's own capability string says AVX512 for both AMX and plain AVX512.
+    Read once from the CPU flags, since torch's own capability string says AVX512 for both AMX and plain AVX512;
+    then capped at what torch will dispatch to, so a host run with ``ATEN_CPU_CAPABILITY=avx2`` (an AVX2 host
+    emulated for timing) gets the AVX2 host's fp32 choice rather than bf16 on kernels it has just turned off.
     """
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return "unknown"
-    return next((kind for flag, kind in CPU_KINDS if flag in flags), "plain")
+    import torch
+
+    return capped_kind(next((kind for flag, kind in CPU_KINDS if flag in flags), "plain"),
+                       torch.backends.cpu.get_cpu_capability())
+
+
+def capped_kind(kind: str, capability: str) -> str:
+    """The CPU kind no higher than torch's dispatch capability ("AVX512", "AVX2" or "DEFAULT")."""
+    order = ["plain", "avx2", "avx512", "avx512-bf16", "amx"]
+    ceiling = {"AVX2": "avx2", "DEFAULT": "plain"}.get(capability.upper())
+    if ceiling is None or kind not in order:
+        return kind
+    return order[min(order.index(kind), order.index(ceiling))]
 
 
 def cpu_has_bf16() -> bool:

@@ -62,6 +62,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "replay75": {"replay": 0.75},
     "replay75-seed2": {"replay": 0.75, "seed": 2},
     "replay75-seed3": {"replay": 0.75, "seed": 3},
+    # The same adapter scored at its trained strength and scaled down (lora_alpha x scale in a copy of the run):
+    # interpolating toward the base, as WiSE-FT does for full fine-tunes, against the probe answers lost. Paired:
+    # one training per seed, so the scales differ only by the scale. Rows are named "<setting>@<scale>".
+    "scales": {"scales": [1.0, 0.75, 0.5]},
+    "scales-seed2": {"scales": [1.0, 0.75, 0.5], "seed": 2},
+    "scales-seed3": {"scales": [1.0, 0.75, 0.5], "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
@@ -77,7 +83,7 @@ def cell_config(voice: str, setting: str, out: Path) -> Any:
     from voicetune.templates import encode
 
     data = list_examples()[voice]
-    change = dict(SETTINGS[setting])
+    change = {k: v for k, v in SETTINGS[setting].items() if k != "scales"}
     preset = change.pop("preset", recipes.BALANCED)
     tok = models.load_tokenizer(models.resolve_base_model(None))
     lengths = [len(encode(tok, c.messages).input_ids) for c in load_conversations(data)]
@@ -87,9 +93,10 @@ def cell_config(voice: str, setting: str, out: Path) -> Any:
     return TrainConfig(data=str(data), out=str(out), preset=preset, scorecard=False, **fields)
 
 
-def run_cell(voice: str, setting: str) -> dict[str, Any]:
-    """Train and score one cell in this process (the parent holds it under the CPU lock)."""
-    from voicetune import adherence, evaluate, models
+def run_cell(voice: str, setting: str) -> list[dict[str, Any]]:
+    """Train and score one cell in this process (the parent holds it under the CPU lock): one row, or one per
+    scale for a setting with "scales" (the same adapter, its lora_alpha scaled in a copy of the run folder)."""
+    from voicetune import evaluate
     from voicetune.data import list_examples
     from voicetune.generate import ChatModel
     from voicetune.train import run_sft
@@ -100,11 +107,40 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         record = run_sft(cfg)
         trained_s = time.time() - t0
         prompts = evaluate.read_prompts(list_examples()[voice].with_name(f"{voice}.prompts.txt").read_text())
-        t1 = time.time()
-        card = evaluate.scorecard(cfg.out, chat=ChatModel(record["base_model"]), save=False, test_prompts=prompts)
-        scored_s = time.time() - t1
         trained = [m["content"] for c in evaluate.load_inputs(Path(cfg.out), record).trained for m in c
                    if m["role"] == "assistant"]
+        chat = ChatModel(record["base_model"])
+        scales = SETTINGS[setting].get("scales")
+        rows = []
+        for scale in scales or [None]:
+            folder = scaled_copy(Path(cfg.out), scale) if scale not in (None, 1.0) else Path(cfg.out)
+            t1 = time.time()
+            card = evaluate.scorecard(folder, chat=chat, save=False, test_prompts=prompts)
+            row = cell_row(voice, setting if scale is None else f"{setting}@{scale:g}", cfg, record, card, trained)
+            rows.append({**row, "scale": scale or 1.0, "train_s": round(trained_s, 1),
+                         "score_s": round(time.time() - t1, 1)})
+    return rows
+
+
+def scaled_copy(run: Path, scale: float) -> Path:
+    """A copy of a run whose adapter weighs `scale` of its trained strength: PEFT scales LoRA by alpha / r."""
+    import shutil
+
+    from voicetune import runs
+
+    out = run.with_name(f"{run.name}-x{scale:g}")
+    shutil.copytree(run, out)
+    config = json.loads((out / runs.ADAPTER_CONFIG).read_text())
+    config["lora_alpha"] = config["lora_alpha"] * scale
+    (out / runs.ADAPTER_CONFIG).write_text(json.dumps(config))
+    return out
+
+
+def cell_row(voice: str, setting: str, cfg: Any, record: dict[str, Any], card: dict[str, Any],
+             trained: list[str]) -> dict[str, Any]:
+    """The saved line of one scored run (its times are added by the caller)."""
+    from voicetune import adherence, models
+
     adh, f = card["adherence"], card["forgetting"]
     grams, stock = adherence.training_runs(trained)
     return {
@@ -136,7 +172,7 @@ def run_cell(voice: str, setting: str) -> dict[str, Any]:
         "tuned_copies": [{"prompt": s["prompt"], "reply": s["tuned"]} for s in adh["samples"]
                          if adherence.copies(s["tuned"], grams, stock)],
         "under_trained": card["under_trained"],
-        "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h], "train_s": round(trained_s, 1), "score_s": round(scored_s, 1),
+        "evals": [round(h["eval_loss"], 4) for h in record["history"] if "eval_loss" in h],
         "verdict": card["verdict"],
     }
 
@@ -214,11 +250,11 @@ def main() -> int:
     a = ap.parse_args()
     lines = Path(a.lines)
     if a.cell:
-        row = run_cell(*a.cell.split(":"))
         lines.parent.mkdir(parents=True, exist_ok=True)
-        with open(lines, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        for row in run_cell(*a.cell.split(":")):
+            with open(lines, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
         return 0
     if a.targets:
         rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sweep import SETTINGS, cell_config, run_cell, table
+from benchmarks.sweep import SETTINGS, cell_config, run_cell, scaled_copy, table
 from voicetune.config import DEFAULT_REPLAY
 
 
@@ -60,6 +60,23 @@ def test_targets_pool_each_voices_latest_run_per_setting_and_host():
     assert lines[2] == ("| byte-desk | 3 | 75/78 (96%) | 2/78 | 0/78 | -1.00 | 2/3 | 2/3 | 2/3 | 3/3 | 60-120 |")
 
 
+def test_a_scaled_copy_weighs_the_same_adapter_less(base_path: str, tmp_path: Path):
+    """The scales cells train once and score copies whose lora_alpha is scaled: PEFT multiplies the LoRA update
+    by alpha / r, so the copy is the same weights at a fraction of their strength, and the run is untouched."""
+    import json
+
+    run = tmp_path / "cosmo-coffee-scales"
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32}))
+    (run / "adapter_model.safetensors").write_bytes(b"weights")
+    copy = scaled_copy(run, 0.75)
+    assert copy.name == "cosmo-coffee-scales-x0.75"
+    assert json.loads((copy / "adapter_config.json").read_text())["lora_alpha"] == 24
+    assert (copy / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert json.loads((run / "adapter_config.json").read_text())["lora_alpha"] == 32
+    assert cell_config("cosmo-coffee", "scales-seed2", tmp_path / "s").seed == 2  # "scales" is not a config field
+
+
 def test_cli_train_takes_the_auto_rate_unless_told(tmp_path: Path, tiny_model: Path):
     from voicetune.cli import _train_config, build_parser
 
@@ -83,7 +100,7 @@ def test_balanced_defaults_make_a_bundled_voice_take_without_forgetting(base_pat
     forgetting probe within one answer of base. Lantern Tales is the voice whose probe fell most without
     general replay (15→9 at 1e-3; 15→16 with it, docs/recipes.md): a change that breaks the voice, the rate or
     the replay breaks this."""
-    row = run_cell("lantern-tales", "auto")
+    [row] = run_cell("lantern-tales", "auto")
     hits, of = row["adherence"]["tuned"]
     base, tuned, _ = row["probe"]
     print(f"tuned adherence {hits}/{of}, probe {base}->{tuned}, lost {list(row['probe_lost'])}, "

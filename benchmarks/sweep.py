@@ -73,6 +73,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "dropout10": {"lora": {"dropout": 0.1}},
     "dropout10-seed2": {"lora": {"dropout": 0.1}, "seed": 2},
     "dropout10-seed3": {"lora": {"dropout": 0.1}, "seed": 3},
+    # Auto without early stopping or the best checkpoint (the last step's adapter is kept). A seed on one host
+    # trains the same steps, so against Auto's row only the cells where Auto kept an earlier checkpoint differ.
+    "noearly": {"early_stopping": False},
+    "noearly-seed2": {"early_stopping": False, "seed": 2},
+    "noearly-seed3": {"early_stopping": False, "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }

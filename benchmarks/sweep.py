@@ -78,6 +78,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "noearly": {"early_stopping": False},
     "noearly-seed2": {"early_stopping": False, "seed": 2},
     "noearly-seed3": {"early_stopping": False, "seed": 3},
+    # Patience 4 (Auto: 2) where Auto stopped early: the best checkpoint is still kept, so elsewhere nothing changes
+    "pat4-seed2": {"early_stopping_patience": 4, "seed": 2},
+    "pat4-seed3": {"early_stopping_patience": 4, "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }

@@ -123,9 +123,8 @@ def run_cell(voice: str, setting: str) -> list[dict[str, Any]]:
         trained = [m["content"] for c in evaluate.load_inputs(Path(cfg.out), record).trained for m in c
                    if m["role"] == "assistant"]
         chat = ChatModel(record["base_model"])
-        scales = SETTINGS[setting].get("scales")
         rows = []
-        for scale in scales or [None]:
+        for scale in SETTINGS[setting].get("scales", [None]):
             folder = scaled_copy(Path(cfg.out), scale) if scale not in (None, 1.0) else Path(cfg.out)
             t1 = time.time()
             card = evaluate.scorecard(folder, chat=chat, save=False, test_prompts=prompts)
@@ -244,6 +243,11 @@ def targets(rows: list[dict[str, Any]], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
+def saved_rows(lines: Path) -> list[dict[str, Any]]:
+    """Every cell saved so far, in the order they ran."""
+    return [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
+
+
 def cell_env() -> dict[str, str]:
     """Offline; the converted base model from the repo's cache; a workspace of the sweep's own (no user data)."""
     return {**os.environ, "HF_HUB_OFFLINE": "1",
@@ -270,8 +274,7 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         return 0
     if a.targets:
-        rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
-        print(targets(rows, a.targets.split(",")))
+        print(targets(saved_rows(lines), a.targets.split(",")))
         return 0
     if not a.report:
         for voice in a.voices.split(","):
@@ -284,8 +287,7 @@ def main() -> int:
                 done = subprocess.run(cmd, cwd=ROOT, env=cell_env())
                 if done.returncode:
                     print(f"cell {voice}:{setting} failed ({done.returncode}); going on", file=sys.stderr)
-    rows = [json.loads(x) for x in lines.read_text().splitlines() if x.strip()] if lines.exists() else []
-    out = table(rows)
+    out = table(saved_rows(lines))
     print(out)
     (RESULTS / "sweep.md").write_text(out + "\n", encoding="utf-8")  # every saved cell; each row names its host
     return 0

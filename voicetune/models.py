@@ -163,7 +163,7 @@ def cpu_kind() -> str:
 
 def capped_kind(kind: str, capability: str) -> str:
     """The CPU kind no higher than torch's dispatch capability ("AVX512", "AVX2" or "DEFAULT")."""
-    order = ["plain", "avx2", "avx512", "avx512-bf16", "amx"]
+    order = ["plain", *(k for _, k in reversed(CPU_KINDS))]  # lowest first
     ceiling = {"AVX2": "avx2", "DEFAULT": "plain"}.get(capability.upper())
     if ceiling is None or kind not in order:
         return kind

@@ -29,6 +29,7 @@ MAX_GRAD_ACCUM = 256  # steps per update; time grows with batch_size x grad_accu
 MAX_LENGTH = 32_768  # tokens; the context of the largest common small chat models
 MAX_RANK = 256  # adapter rank; 8-64 is the useful range for a voice
 MAX_PATIENCE = 100  # evaluations without improvement before early stopping
+WATCHES = ("voice", "voice+general")  # what early stopping may watch (TrainConfig.early_stopping_watch)
 # General replay's share (voicetune/replay.py), measured by the sweep (docs/recipes.md): at half the training
 # conversations the four bundled voices' forgetting probe averaged 0.7-1.3 answers below base over six runs;
 # without it two lost 2 and 6 answers; at a quarter, Lantern Tales lost 2 on average over three seeds; at three
@@ -82,6 +83,10 @@ class TrainConfig:
     lr_scheduler: str = "cosine"  # decays the rate smoothly to zero; "constant" and "linear" also work
     early_stopping: bool | None = None  # None: on below 500 training conversations (small data overfits fast)
     early_stopping_patience: int = 2  # evaluations in a row without a better validation loss before stopping
+    # What early stopping and the kept checkpoint watch. "voice": the held-out conversations' loss. "voice+general":
+    # that loss pooled with the loss on the base's own answers to general questions never trained on (replay.py),
+    # so a checkpoint drifting from the base on plain questions counts as worse. Measured in docs/recipes.md.
+    early_stopping_watch: str = "voice"
     checkpoint_dir: str = ""  # periodic checkpoints for resuming an interrupted job; "" keeps none
     preset: str = ""  # the preset or "Auto" the settings came from, for the record
     # Flatten each batch into one row with position_ids instead of padding it. transformers turns the
@@ -114,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"`lr_scheduler` must be cosine, linear or constant, got {self.lr_scheduler!r}")
         if not 0.0 <= self.replay <= 1.0:
             raise ValueError(f"`replay` must be a share in [0, 1], got {self.replay}")
+        if self.early_stopping_watch not in WATCHES:
+            raise ValueError(f"`early_stopping_watch` must be one of {', '.join(WATCHES)}, "
+                             f"got {self.early_stopping_watch!r}")
         if self.early_stopping_patience < 1:
             raise ValueError("`early_stopping_patience` must be at least 1")
         if self.max_length < 16:

@@ -11,6 +11,8 @@ own behaviour on general questions, like a penalty on drifting from the base, bu
 
 Replayed conversations are trained on and nothing else: they are never held out, scored, copied against or
 shown as the user's data. The run folder keeps them (replay.jsonl) so anyone can read what was mixed in.
+A run told to watch general answers too (TrainConfig.early_stopping_watch) also asks the base a few other
+general questions, never trained on, and pools the loss on its answers with the validation loss.
 No maintained library generates replay data from the model being tuned, so this module does it by hand with
 transformers' `generate`.
 """
@@ -44,6 +46,12 @@ def how_many(share: float, n_train: int) -> int:
 def choose(n: int, seed: int) -> list[str]:
     """A seeded choice of n prompts, so the same run settings replay the same questions."""
     return random.Random(seed).sample(prompts(), n) if n else []
+
+
+def choose_apart(n: int, seed: int, taken: list[str]) -> list[str]:
+    """A seeded choice of n prompts outside `taken`: general questions to watch the run on, never trained on."""
+    rest = [p for p in prompts() if p not in set(taken)]
+    return random.Random(seed + 1).sample(rest, min(n, len(rest))) if n else []
 
 
 def answer(model: Any, tokenizer: Any, questions: list[str]) -> list[list[dict[str, str]]]:

@@ -246,6 +246,7 @@ def record(cfg: Any, prepared: Any, *, base_path: str, tokenizer: Any, plan: Any
                  "val": len(val_rows), "trained_tokens": sum(r.n_trained for r in train_rows),
                  "drafted": sum(is_drafted(c) for c in prepared.train_convs),  # accepted drafts trained on
                  "replay": len(prepared.replay),  # the base's own general answers mixed in (replay.py)
+                 "general_val": len(prepared.general_val),  # ... and those pooled into the validation loss
                  "val_source": "held-out conversations" if cfg.heldout_data else f"{cfg.val_fraction:.0%} split",
                  "train_split_hash": split_hash(prepared.train_convs),
                  "val_split_hash": split_hash(prepared.val_convs)},

@@ -48,6 +48,7 @@ class Prepared:
     data_hash: str
     replay: list[Encoded] = field(default_factory=list)  # the base's own general answers (replay.py), trained on
     replay_convs: list[Conversation] = field(default_factory=list)  # ... and nothing else: never scored or shown
+    general_val: list[Encoded] = field(default_factory=list)  # other general answers, watched beside val, never trained
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
@@ -74,16 +75,31 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> Prepared:
 
 
 def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared, on_event: OnEvent) -> Prepared:
-    """Mix in the base model's own answers to general questions (replay.py); called before the adapter exists."""
+    """Mix in the base model's own answers to general questions (replay.py); called before the adapter exists.
+
+    A run that watches general answers too (early_stopping_watch) also gets as many other general answers as it
+    holds out conversations, to pool into its validation loss: the checkpoint kept is then the one that fits the
+    voice without drifting from the base on plain questions."""
     n = replay.how_many(cfg.replay, len(prepared.train))
-    if not n:
+    watch = len(prepared.val) if cfg.early_stopping_watch == "voice+general" and prepared.val else 0
+    if not n and not watch:
         return prepared
     on_event({"type": "status", "phase": "loading",
-              "message": f"asking the base model {n} general questions to keep its plain answers (replay)"})
-    convs = [Conversation(m, line=i + 1) for i, m in enumerate(replay.answer(model, tokenizer, replay.choose(n, cfg.seed)))]
-    encoded, problems = encode_all(tokenizer, convs, cfg.max_length)  # the encodings of the convs it accepted
-    convs = [c for c in convs if c.line not in {p.line for p in problems}]  # a replay too long is left out, not cut
-    return replace(prepared, replay=encoded, replay_convs=convs)
+              "message": f"asking the base model {n + watch} general questions to keep its plain answers (replay)"})
+    questions = replay.choose(n, cfg.seed)
+    convs, encoded = _base_answers(model, tokenizer, questions, cfg.max_length)
+    _, watched = _base_answers(model, tokenizer, replay.choose_apart(watch, cfg.seed, questions), cfg.max_length)
+    return replace(prepared, replay=encoded, replay_convs=convs, general_val=watched)
+
+
+def _base_answers(model: Any, tokenizer: Any, questions: list[str],
+                  max_length: int) -> tuple[list[Conversation], list[Encoded]]:
+    """The base's answers to `questions` as conversations and their encodings; one too long is left out, not cut."""
+    if not questions:
+        return [], []
+    convs = [Conversation(m, line=i + 1) for i, m in enumerate(replay.answer(model, tokenizer, questions))]
+    encoded, problems = encode_all(tokenizer, convs, max_length)  # the encodings of the convs it accepted
+    return [c for c in convs if c.line not in {p.line for p in problems}], encoded
 
 
 COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole
@@ -368,7 +384,7 @@ def build_trainer(cfg: TrainConfig, plan: Plan, model: Any, tokenizer: Any, prep
         model=model,
         args=_sft_args(run_cfg, work, plan.precision, total_steps, bool(prepared.val), early, plan.checkpointing),
         train_dataset=_to_dataset(prepared.train + prepared.replay),
-        eval_dataset=_to_dataset(prepared.val) if prepared.val else None,
+        eval_dataset=_to_dataset(prepared.val + prepared.general_val) if prepared.val else None,
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=callbacks,

@@ -81,6 +81,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # Patience 4 (Auto: 2) where Auto stopped early: the best checkpoint is still kept, so elsewhere nothing changes
     "pat4-seed2": {"early_stopping_patience": 4, "seed": 2},
     "pat4-seed3": {"early_stopping_patience": 4, "seed": 3},
+    # Early stopping and the kept checkpoint watching the validation loss pooled with the loss on as many general
+    # answers of the base's, never trained on: a checkpoint drifting from the base on plain questions counts worse
+    "watchgen": {"early_stopping_watch": "voice+general"},
+    "watchgen-seed2": {"early_stopping_watch": "voice+general", "seed": 2},
+    "watchgen-seed3": {"early_stopping_watch": "voice+general", "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }
@@ -166,6 +171,7 @@ def cell_row(voice: str, setting: str, cfg: Any, record: dict[str, Any], card: d
         "learning_rate": cfg.learning_rate, "epochs": cfg.epochs, "rank": cfg.lora.r, "alpha": cfg.lora.alpha,
         "targets": cfg.lora.target_modules,
         "early_stopping": cfg.early_stopping, "patience": cfg.early_stopping_patience,
+        "watch": cfg.early_stopping_watch, "general_val": record["data"].get("general_val", 0),
         "replay": record["data"].get("replay", 0),
         "train": record["data"]["train"], "steps": record["metrics"]["steps"],
         "planned_steps": record["metrics"]["planned_steps"], "best_step": record["metrics"]["best_step"],

@@ -39,7 +39,8 @@ chromium:
 # (9.4 on a 2-core AVX512-BF16 host, 10.8 on the same host run as an AVX2 one: make test-as-avx2),
 # since much of a test's time is a browser, a server or a training child starting up. Session fixtures that
 # cost minutes are built once (tests/conftest.py: built_once) and the longest files start first.
-# TEST_WORKERS=0 runs one process (plain `python -m pytest`); TEST_WORKERS=N runs N.
+# TEST_WORKERS=0 runs one process (plain `python -m pytest`); TEST_WORKERS=N runs N (three on two cores were
+# slower: 11.0 minutes against 10.5 run as AVX2, the longest test stretched from 226 s to 423 s).
 TEST_WORKERS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 0)
 TEST_THREADS = $(shell n=$$(( $$(nproc) / ($(TEST_WORKERS) > 0 ? $(TEST_WORKERS) : 1) )); echo $$(( n > 0 ? n : 1 )))
 # Nothing added for one process: torch picks its own threads, as it always has.

@@ -91,6 +91,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "watchgen": {"early_stopping_watch": "voice+general"},
     "watchgen-seed2": {"early_stopping_watch": "voice+general", "seed": 2},
     "watchgen-seed3": {"early_stopping_watch": "voice+general", "seed": 3},
+    # Half Auto's rate with Auto's replay (lr5e-4 ran before replay existed and forgot less, but showed the voice
+    # on 89% of Cosmo's replies): against the probe answers Auto loses, at the same three seeds
+    "lr5e-4-seed42": {"learning_rate": 5e-4, "seed": 42},
+    "lr5e-4-seed2": {"learning_rate": 5e-4, "seed": 2},
+    "lr5e-4-seed3": {"learning_rate": 5e-4, "seed": 3},
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }

@@ -31,7 +31,7 @@ MAX_RANK = 256  # adapter rank; 8-64 is the useful range for a voice
 MAX_PATIENCE = 100  # evaluations without improvement before early stopping
 WATCHES = ("voice", "voice+general")  # what early stopping may watch (TrainConfig.early_stopping_watch)
 # General replay's share (voicetune/replay.py), measured by the sweep (docs/recipes.md): at half the training
-# conversations the four bundled voices' forgetting probe averaged 0.7-1.3 answers below base over six runs;
+# conversations the four bundled voices' forgetting probe averaged 0.8-1.4 answers below base over nine runs;
 # without it two lost 2 and 6 answers; at a quarter, Lantern Tales lost 2 on average over three seeds; at three
 # quarters no voice kept more of the probe, and Cosmo Coffee lost 2.7 and showed the voice less often.
 DEFAULT_REPLAY = 0.5
@@ -85,7 +85,8 @@ class TrainConfig:
     early_stopping_patience: int = 2  # evaluations in a row without a better validation loss before stopping
     # What early stopping and the kept checkpoint watch. "voice": the held-out conversations' loss. "voice+general":
     # that loss pooled with the loss on the base's own answers to general questions never trained on (replay.py),
-    # so a checkpoint drifting from the base on plain questions counts as worse. Measured in docs/recipes.md.
+    # meant to count a checkpoint drifting from the base on plain questions as worse. Not Auto's: with replay on,
+    # that loss keeps falling, so it kept later checkpoints and fewer probe answers (docs/recipes.md).
     early_stopping_watch: str = "voice"
     checkpoint_dir: str = ""  # periodic checkpoints for resuming an interrupted job; "" keeps none
     preset: str = ""  # the preset or "Auto" the settings came from, for the record

@@ -78,8 +78,7 @@ def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared,
     """Mix in the base model's own answers to general questions (replay.py); called before the adapter exists.
 
     A run that watches general answers too (early_stopping_watch) also gets as many other general answers as it
-    holds out conversations, to pool into its validation loss: the checkpoint kept is then the one that fits the
-    voice without drifting from the base on plain questions."""
+    holds out conversations, to pool into its validation loss (measured and not Auto's: docs/recipes.md)."""
     n = replay.how_many(cfg.replay, len(prepared.train))
     watch = len(prepared.val) if cfg.early_stopping_watch == "voice+general" and prepared.val else 0
     if not n and not watch:

@@ -43,6 +43,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},
     "lr1e-3-r8": {"learning_rate": 1e-3, "lora": {"r": 8, "alpha": 16}},
     "lr1e-3-r32": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}},
+    "lr1e-3-r32-seed2": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}, "seed": 2},
+    "lr1e-3-r32-seed3": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}, "seed": 3},
     # Attention only: fewer adapted layers is the usual lever against forgetting (the MLPs hold more facts)
     "lr1e-3-attn": {"learning_rate": 1e-3, "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},

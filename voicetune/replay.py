@@ -50,7 +50,8 @@ def choose(n: int, seed: int) -> list[str]:
 
 def choose_apart(n: int, seed: int, taken: list[str]) -> list[str]:
     """A seeded choice of n prompts outside `taken`: general questions to watch the run on, never trained on."""
-    rest = [p for p in prompts() if p not in set(taken)]
+    skip = set(taken)
+    rest = [p for p in prompts() if p not in skip]
     return random.Random(seed + 1).sample(rest, min(n, len(rest))) if n else []
 
 

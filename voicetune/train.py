@@ -98,7 +98,8 @@ def _base_answers(model: Any, tokenizer: Any, questions: list[str],
         return [], []
     convs = [Conversation(m, line=i + 1) for i, m in enumerate(replay.answer(model, tokenizer, questions))]
     encoded, problems = encode_all(tokenizer, convs, max_length)  # the encodings of the convs it accepted
-    return [c for c in convs if c.line not in {p.line for p in problems}], encoded
+    refused = {p.line for p in problems}
+    return [c for c in convs if c.line not in refused], encoded
 
 
 COMPLETE_MARK = "voicetune-complete"  # written after the trainer's last checkpoint file: the checkpoint is whole

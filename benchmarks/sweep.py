@@ -30,6 +30,12 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 LOCK = "/tmp/voicetune-cpu.lock"
 
+
+def seeded(name: str, change: dict[str, Any], seeds: tuple[int, ...] = (2, 3)) -> dict[str, dict[str, Any]]:
+    """`name`'s change under other seeds, as settings named <name>-seed<N>: one setting's noise across runs."""
+    return {f"{name}-seed{seed}": {**change, "seed": seed} for seed in seeds}
+
+
 # name -> what it changes against the Balanced/Auto settings the app gives the voice. Ranges: learning rate
 # 1e-4..2e-3; epochs (examples seen = epochs x 43 training conversations); rank/alpha; early stopping.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -43,8 +49,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-3-ep6": {"learning_rate": 1e-3, "epochs": 6.0},
     "lr1e-3-r8": {"learning_rate": 1e-3, "lora": {"r": 8, "alpha": 16}},
     "lr1e-3-r32": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}},
-    "lr1e-3-r32-seed2": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}, "seed": 2},
-    "lr1e-3-r32-seed3": {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}, "seed": 3},
+    **seeded("lr1e-3-r32", {"learning_rate": 1e-3, "lora": {"r": 32, "alpha": 64}}),
     # Attention only: fewer adapted layers is the usual lever against forgetting (the MLPs hold more facts)
     "lr1e-3-attn": {"learning_rate": 1e-3, "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     "lr1e-3-noearly": {"learning_rate": 1e-3, "early_stopping": False},
@@ -55,49 +60,37 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "replay50-ep4": {"replay": 0.5, "epochs": 4.0},  # replay's steps back for the voice: a fourth pass
     "replay50-lr1.5e-3": {"replay": 0.5, "learning_rate": 1.5e-3},
     # Auto again under other seeds (initialisation, data order and the validation split): the noise of one cell
-    "seed2": {"seed": 2},
-    "seed3": {"seed": 3},
+    **{f"seed{seed}": {"seed": seed} for seed in (2, 3)},
     # Three more seeds on every voice, so the pooled probe mean rests on nine runs, not six (one run's probe moves
     # by up to five answers of 22): the figure is reported whatever it comes to
-    "seed4": {"seed": 4},
-    "seed5": {"seed": 5},
-    "seed6": {"seed": 6},
+    **{f"seed{seed}": {"seed": seed} for seed in (4, 5, 6)},
     # Less replay under seeds 2 and 3 too: measured on all four voices and not taken (docs/recipes.md)
-    "replay25-seed2": {"replay": 0.25, "seed": 2},
-    "replay25-seed3": {"replay": 0.25, "seed": 3},
+    **seeded("replay25", {"replay": 0.25}),
     # More replay, against the probe answers Auto still loses (ByteDesk's mean -1.3 over six runs)
     "replay75": {"replay": 0.75},
-    "replay75-seed2": {"replay": 0.75, "seed": 2},
-    "replay75-seed3": {"replay": 0.75, "seed": 3},
+    **seeded("replay75", {"replay": 0.75}),
     # The same adapter scored at its trained strength and scaled down (lora_alpha x scale in a copy of the run):
     # interpolating toward the base, as WiSE-FT does for full fine-tunes, against the probe answers lost. Paired:
     # one training per seed, so the scales differ only by the scale. Rows are named "<setting>@<scale>".
     "scales": {"scales": [1.0, 0.75, 0.5]},
-    "scales-seed2": {"scales": [1.0, 0.75, 0.5], "seed": 2},
-    "scales-seed3": {"scales": [1.0, 0.75, 0.5], "seed": 3},
+    **seeded("scales", {"scales": [1.0, 0.75, 0.5]}),
     # LoRA dropout, the usual regulariser of small-data LoRA (QLoRA's 0.1 for models up to 13B), off in Auto for
     # speed (about 1.2x on a CPU), against the probe answers lost
     "dropout10": {"lora": {"dropout": 0.1}},
-    "dropout10-seed2": {"lora": {"dropout": 0.1}, "seed": 2},
-    "dropout10-seed3": {"lora": {"dropout": 0.1}, "seed": 3},
+    **seeded("dropout10", {"lora": {"dropout": 0.1}}),
     # Auto without early stopping or the best checkpoint (the last step's adapter is kept). A seed on one host
     # trains the same steps, so against Auto's row only the cells where Auto kept an earlier checkpoint differ.
     "noearly": {"early_stopping": False},
-    "noearly-seed2": {"early_stopping": False, "seed": 2},
-    "noearly-seed3": {"early_stopping": False, "seed": 3},
+    **seeded("noearly", {"early_stopping": False}),
     # Patience 4 (Auto: 2) where Auto stopped early: the best checkpoint is still kept, so elsewhere nothing changes
-    "pat4-seed2": {"early_stopping_patience": 4, "seed": 2},
-    "pat4-seed3": {"early_stopping_patience": 4, "seed": 3},
+    **seeded("pat4", {"early_stopping_patience": 4}),
     # Early stopping and the kept checkpoint watching the validation loss pooled with the loss on as many general
     # answers of the base's, never trained on: a checkpoint drifting from the base on plain questions counts worse
     "watchgen": {"early_stopping_watch": "voice+general"},
-    "watchgen-seed2": {"early_stopping_watch": "voice+general", "seed": 2},
-    "watchgen-seed3": {"early_stopping_watch": "voice+general", "seed": 3},
+    **seeded("watchgen", {"early_stopping_watch": "voice+general"}),
     # Half Auto's rate with Auto's replay (lr5e-4 ran before replay existed and forgot less, but showed the voice
     # on 89% of Cosmo's replies): against the probe answers Auto loses, at the same three seeds
-    "lr5e-4-seed42": {"learning_rate": 5e-4, "seed": 42},
-    "lr5e-4-seed2": {"learning_rate": 5e-4, "seed": 2},
-    "lr5e-4-seed3": {"learning_rate": 5e-4, "seed": 3},
+    **seeded("lr5e-4", {"learning_rate": 5e-4}, (42, 2, 3)),  # "lr5e-4" itself is the rate's row before replay
     "quick": {"preset": "Quick look"},
     "quick-lr2e-3": {"preset": "Quick look", "learning_rate": 2e-3},
 }

@@ -65,13 +65,18 @@ def test_a_run_trains_on_the_bases_own_general_answers_and_keeps_them_out_of_the
     data = voice_data(tmp_path / "voice.jsonl", "Arr, the crew be on it. Yo ho ho!")
     common = dict(data=str(data), epochs=1.0, batch_size=4, val_fraction=0.25, scorecard=False, seed=3,
                   early_stopping=False)
+    events: list[dict] = []
     record = run_sft(TrainConfig(out=str(tmp_path / "with"), replay=1.0, early_stopping_watch="voice+general",
-                                 **common))
+                                 **common), events.append)
     plain = run_sft(TrainConfig(out=str(tmp_path / "without"), replay=0.0, **common))
 
     folder = tmp_path / "with"
     replayed = [json.loads(x)["messages"] for x in (folder / runs.REPLAY_FILE).read_text().splitlines()]
     assert 1 <= len(replayed) == record["data"]["replay"] <= replay.how_many(1.0, record["data"]["train"])
+    # The log says how many answers the base finished, so a replay that kept few is never silent
+    (said,) = [e for e in events if "replay_kept" in e]
+    assert (said["replay_kept"], said["replay_asked"]) == (len(replayed), replay.how_many(1.0, record["data"]["train"]))
+    assert said["phase"] == "loading" and f"finished {len(replayed)} of {said['replay_asked']}" in said["message"]
     # Watching general answers too: up to as many others as conversations held out (unfinished ones dropped)
     assert 1 <= record["data"]["general_val"] <= record["data"]["val"] and plain["data"]["general_val"] == 0
     assert plain["data"]["replay"] == 0 and not (tmp_path / "without" / runs.REPLAY_FILE).exists()

@@ -88,6 +88,9 @@ def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared,
     questions = replay.choose(n, cfg.seed)
     convs, encoded = _base_answers(model, tokenizer, questions, cfg.max_length)
     _, watched = _base_answers(model, tokenizer, replay.choose_apart(watch, cfg.seed, questions), cfg.max_length)
+    # Said, not silent: an answer the base did not finish in replay.MAX_NEW_TOKENS is dropped, never cut
+    on_event({"type": "status", "phase": "loading", "replay_asked": n, "replay_kept": len(encoded),
+              "message": f"replay: the base finished {len(encoded)} of {n} general answers; those are trained on"})
     return replace(prepared, replay=encoded, replay_convs=convs, general_val=watched)
 
 

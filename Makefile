@@ -74,9 +74,9 @@ bench: setup
 sweep: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.sweep $(SWEEP_ARGS)
 
-# QLoRA on a real GPU: six checks (bf16 and fp16 training, mixed-batch chat on the 4-bit and 16-bit base, merge,
-# bench against plain TRL), one PASS/FAIL line each, under 8 minutes on one H100, no network; results in
-# benchmarks/results/.
+# QLoRA on a real GPU: seven checks (bf16 and fp16 training, mixed-batch chat on the 4-bit and 16-bit base, merge,
+# a voice trained and scored through the CLI's defaults, bench against plain TRL), one PASS/FAIL line each, no
+# network; results in benchmarks/results/.
 gpu-check: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 

@@ -1,7 +1,8 @@
-"""`make gpu-check`: QLoRA on a real GPU, six checks with one PASS/FAIL line each, in under 8 minutes on an H100.
+"""`make gpu-check`: QLoRA on a real GPU, seven checks with one PASS/FAIL line each (figures: benchmarks/results/).
 
 No network: the model is a random one of SmolLM2-1.7B's shape (benchmarks/configs/), built directly in bf16 on
-the GPU, with the embedded tokenizer; the conversations are benchmarks/data/mixed-lengths.jsonl.
+the GPU, with the embedded tokenizer; the conversations are benchmarks/data/mixed-lengths.jsonl (check 6: a
+bundled voice, examples/cosmo-coffee.jsonl).
 
 1. QLoRA training in bf16, a few dozen steps, through voicetune's run_sft.
 2. The same with the precision forced to fp16, as on a T4 (TRL's bf16 cast of the adapter used to crash here).
@@ -9,7 +10,11 @@ the GPU, with the embedded tokenizer; the conversations are benchmarks/data/mixe
    first token and tokens/s.
 4. The same chat on the 16-bit base, which a model that fits the GPU gets.
 5. Merge of the QLoRA adapter into the full-precision base (voicetune.export.merge).
-6. Training bench against plain TRL QLoRA, each arm in its own process: warm-up steps excluded, the same
+6. A voice as a user trains it: `python -m voicetune train` with only --data, --out and the base, in its own
+   process as the app's jobs run: the Auto rate and general replay, validation with early stopping, then the
+   scorecard and the model card, with each phase's seconds. The weights are random, so the scorecard's
+   adherence means nothing here; what is checked is that the default path runs whole on the device.
+7. Training bench against plain TRL QLoRA, each arm in its own process: warm-up steps excluded, the same
    conversations for both, peak memory as the driver sees it (CUDA context and paged optimizer state included),
    MFU without embedding parameters against voicetune.gpus' table.
 
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from voicetune import gpus  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "mixed-lengths.jsonl"
+VOICE = ROOT / "examples" / "cosmo-coffee.jsonl"  # a bundled voice, with its test prompts beside it
 RESULTS = ROOT / "benchmarks" / "results"
 TINY_CONFIG = {"vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
@@ -208,17 +214,18 @@ def check_chat(base: Path, adapters: list[Path], four_bit: bool) -> Check:
     gen = GenConfig(max_new_tokens=16)
     chat.generate(requests, GenConfig(max_new_tokens=2))  # warm-up: kernels and the allocator
     batched = chat.generate(requests, gen)
+    all_base = chat.generate([Request(msgs, None)] * len(requests), gen)  # same shape, same path, no adapter
     chat.batch_arms = False
     alone = chat.generate(requests, gen)
     gaps = [None if b.text == a.text else divergence_gap(chat, msgs, r.adapter, b.text, a.text)
             for r, b, a in zip(requests, batched, alone)]
     purity = base_row_purity(chat, msgs, names)
-    # Two candidates whose logits are within twice the measured batch-shape rounding can swap places, no fewer
-    tie = max(TIE, 2 * purity["all_base_batch_vs_alone"])
-    same = [b.text == a.text or (g is not None and g < tie) for b, a, g in zip(batched, alone, gaps)]
+    same, tie = rows_right(batched, all_base, alone, gaps, purity)
     pure = purity["mixed_vs_all_base_batch"] < PURE
     tps = sum(r.reply_tokens for r in batched) / max(r.seconds for r in batched)
-    figures = {"four_bit": chat.precision.qlora, "same_greedy": same, "first_token_s": batched[0].first_token_s,
+    figures = {"four_bit": chat.precision.qlora, "rows_right": same, "first_token_s": batched[0].first_token_s,
+               "base_row_same_as_all_base_batch": batched[0].text == all_base[0].text,
+               "same_greedy_as_one_at_a_time": [b.text == a.text for b, a in zip(batched, alone)],
                "logit_gap_where_they_part": gaps, "batch_tokens_per_s": round(tps, 1),
                "alone_tokens_per_s": [round(r.tokens_per_second, 1) for r in alone],
                "alone_first_token_s": [r.first_token_s for r in alone],
@@ -227,9 +234,27 @@ def check_chat(base: Path, adapters: list[Path], four_bit: bool) -> Check:
     ttft = f"{batched[0].first_token_s:.3f} s" if batched[0].first_token_s else "n/a"
     return Check(chat_check_name(four_bit), all(same) and pure and chat.precision.qlora == four_bit,
                  f"base row {'the base model' if pure else 'MOVED BY AN ADAPTER'} (logits "
-                 f"{purity['mixed_vs_all_base_batch']:.1e} from an all-base batch); greedy equal one-at-a-time, or "
-                 f"parting at a tie under {tie:.3f}, for {sum(same)}/{len(same)} arms; first token {ttft}, "
+                 f"{purity['mixed_vs_all_base_batch']:.1e} from an all-base batch, reply "
+                 f"{'the same' if same[0] else 'DIFFERENT'} as that batch's); adapters' greedy equal one-at-a-time, "
+                 f"or parting at a tie under {tie:.3f}, for {sum(same[1:])}/{len(same) - 1}; first token {ttft}, "
                  f"{tps:.1f} tokens/s for the batch", figures)
+
+
+def rows_right(batched: list[Any], all_base: list[Any], alone: list[Any], gaps: list[float | None],
+               purity: dict[str, float]) -> tuple[list[bool], float]:
+    """Whether each row of a mixed batch was answered by its own arm, and the tie allowed to adapter rows.
+
+    The base row is held to the exact reply of the same batch with every row on the base: the same shape and
+    the same decode path, so any difference is an adapter or a cache reaching it. Against the base alone it may
+    part at a near-tie, since a 3-row batch rounds differently from a 1-row one (that gap is a figure, not the
+    rule). An adapter row has no same-shape reference without the other adapters, so it is held to its reply
+    alone, parting only where its two candidates are within twice the measured batch-shape rounding.
+    """
+    tie = max(TIE, 2 * purity["all_base_batch_vs_alone"])
+    base_row = batched[0].text == all_base[0].text and purity["mixed_vs_all_base_batch"] < PURE
+    adapter_rows = [b.text == a.text or (g is not None and g < tie)
+                    for b, a, g in zip(batched[1:], alone[1:], gaps[1:])]
+    return [base_row, *adapter_rows], tie
 
 
 def chat_check_name(four_bit: bool) -> str:
@@ -320,6 +345,80 @@ def check_merge(adapter: Path, dest: Path) -> Check:
     return Check("merge into the full-precision base", no_lora and diff < 1e-3,
                  f"plain model (no LoRA layers: {no_lora}); logits within {diff:.1e} of base + adapter",
                  {"max_logit_diff": diff})
+
+
+def check_user_run(base: Path, work: Path, cpu_smoke: bool) -> Check:
+    """Check 6: the CLI's defaults end to end in a child process, as a job runs them (see the module docstring).
+
+    PASS needs the adapter, the scorecard and the model card written, the base's general replay mixed in, a
+    validation loss watched, and the phases reported as data in the order the app's job view expects.
+    """
+    out, events = work / "voice", work / "voice-events.jsonl"
+    cmd = [sys.executable, "-m", "voicetune", "train", "--data", str(VOICE), "--out", str(out),
+           "--base-model", str(base), "--events", str(events)]
+    if cpu_smoke:  # a few steps: the smoke checks the path, not the voice
+        cmd += ["--max-steps", "4"]
+    proc, seconds, phases = run_watching_phases(cmd, events)
+    if proc.returncode != 0:
+        return Check(USER_RUN, False, f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    card_path = out / "scorecard.json"
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
+    m, data = record["metrics"], record["data"]
+    asked = next((e["replay_asked"] for e in read_events(events) if "replay_asked" in e), 0)
+    # A random model seldom ends an answer in time, so its replay may keep none: asking is what is checked
+    ok = (bool(card) and (out / "README.md").exists() and asked > 0 and data["val"] > 0
+          and m["best_step"] is not None and list(phases) == ["loading", "training", "saving", "scoring"])
+    figures = {"precision": record["precision"], "learning_rate": record["config"]["learning_rate"],
+               "replay_asked": asked, "replay_kept": data["replay"], "train": data["train"], "val": data["val"], "steps": m["steps"],
+               "planned_steps": m["planned_steps"], "best_step": m["best_step"],
+               "early_stopped": m["early_stopped"], "peak_allocated_mb": m["peak_memory_mb"],
+               "estimated_memory_mb": record["estimated_memory_mb"], "phase_seconds": phases,
+               "total_seconds": round(seconds, 1), "verdict": card.get("verdict"),
+               "adherence": {k: v.get("rate") for k, v in card["adherence"]["arms"].items()}
+               if card.get("adherence") else None}
+    return Check(USER_RUN, ok, f"{record['precision']}, rate {record['config']['learning_rate']:g}, "
+                               f"replay kept {data['replay']} of {asked} answers, {m['steps']} of {m['planned_steps']} steps "
+                               f"(best {m['best_step']}), scorecard {'written' if card else 'MISSING'}; "
+                               + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+                               + f", {seconds:.0f} s in all", figures)
+
+
+USER_RUN = "a voice as a user trains it (CLI defaults, scorecard included)"
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The job's events file; a line cut short by a write in progress is skipped."""
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
+
+
+def run_watching_phases(cmd: list[str], events: Path) -> tuple[subprocess.CompletedProcess, float,
+                                                                 dict[str, float]]:
+    """Run the CLI and time each phase as the app's job view sees it: from the first event naming a phase to
+    the next phase's first (the last ends with the process). The events carry no clock of their own, so the
+    file is read as it grows, every 0.2 s. Also returns the whole run's seconds."""
+    start = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+    seen = 0
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        reader = threading.Thread(target=lambda: setattr(child, "captured", child.communicate()), daemon=True)
+        reader.start()
+        while reader.is_alive():
+            for e in read_events(events)[seen:]:
+                seen += 1
+                if e.get("phase") and (not marks or marks[-1][0] != e["phase"]):
+                    marks.append((e["phase"], time.perf_counter()))
+            reader.join(0.2)
+    end = time.perf_counter()
+    stdout, stderr = getattr(child, "captured", ("", ""))
+    phases: dict[str, float] = {}
+    for (phase, t), (_, t_next) in zip(marks, marks[1:] + [("", end)]):
+        phases[phase] = round(phases.get(phase, 0.0) + t_next - t, 1)
+    return subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr), end - start, phases
 
 
 def arm_main(arm: str, base: Path, data: Path, out: Path, steps: int, batch: int, warmup: int, baseline: int,
@@ -421,7 +520,10 @@ def release() -> None:
 
 
 def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch: int, warmup: int,
-               report: Callable[[Check], None]) -> tuple[str, dict[str, Any], list[Check]]:
+               report: Callable[[Check], None], out_root: Path, skip: frozenset[str] = frozenset(),
+               ) -> tuple[Path, list[Check]]:
+    """Every check in turn; the results file is written again after each one, so a run cut short by the
+    device's time limit still leaves what it measured."""
     import torch
 
     from benchmarks.gpu import random_model
@@ -439,13 +541,18 @@ def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch:
     data = subset(16 if cpu_smoke else 64, work / "data.jsonl")
     checks: list[Check] = []
 
+    path = results_path(time.strftime("%Y-%m-%d"), device_name, out_root)
+
     def run(make: Callable[[], Check], name: str) -> Check | None:
+        started = time.perf_counter()
         try:
             check = make()
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others
             check = Check(name, False, f"{type(e).__name__}: {str(e)[:300]}")
+        check.figures["check_seconds"] = round(time.perf_counter() - started, 1)
         checks.append(check)
         report(check)
+        write_results(path, device_name, info, checks)
         return check if check.passed else None
 
     bf16 = run(lambda: check_training("QLoRA training, bf16" if cuda else "QLoRA training (CPU smoke, fp32)",
@@ -460,12 +567,15 @@ def run_checks(work: Path, cpu_smoke: bool, steps: int, bench_steps: int, batch:
             release()
     if bf16:
         run(lambda: check_merge(adapters[0], work / "merged"), "merge")
-    release()  # the arms run in their own processes; this one keeps nothing on the GPU meanwhile
-    # One epoch of exactly bench_steps x batch conversations, so both arms train on the same tokens
-    bench_data = subset(bench_steps * batch, work / "bench.jsonl")
-    run(lambda: check_bench(base, bench_data, work, bench_steps, batch, warmup, device_name,
-                            shape.non_embedding_params, cuda), "training bench vs plain TRL QLoRA")
-    return device_name, info, checks
+    release()  # the CLI and the bench arms run in their own processes; this one keeps nothing on the GPU meanwhile
+    if "user-run" not in skip:
+        run(lambda: check_user_run(base, work, cpu_smoke), USER_RUN)
+    if "bench" not in skip:
+        # One epoch of exactly bench_steps x batch conversations, so both arms train on the same tokens
+        bench_data = subset(bench_steps * batch, work / "bench.jsonl")
+        run(lambda: check_bench(base, bench_data, work, bench_steps, batch, warmup, device_name,
+                                shape.non_embedding_params, cuda), "training bench vs plain TRL QLoRA")
+    return path, checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-steps", type=int, default=0, help="steps per bench arm (default 40; smoke 4)")
     p.add_argument("--warmup", type=int, default=-1, help="bench steps left out of the timing (default 5; smoke 1)")
     p.add_argument("--out", default="", help="results folder (default benchmarks/results)")
+    p.add_argument("--skip", action="append", default=[], choices=("user-run", "bench"),
+                   help="leave out the two longest checks (a rerun of the others inside a short device lease)")
     # One bench arm in a child process (used by check 5 itself)
     p.add_argument("--arm", choices=("voicetune", "trl"))
     p.add_argument("--base"), p.add_argument("--data"), p.add_argument("--result")
@@ -490,10 +602,9 @@ def main(argv: list[str] | None = None) -> int:
                  Path(a.result))
         return 0
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        device_name, info, checks = run_checks(Path(tmp), a.cpu_smoke, steps, bench_steps, a.batch, warmup,
-                                               lambda c: print(c.line(), flush=True))
-    path = write_results(results_path(time.strftime("%Y-%m-%d"), device_name, Path(a.out) if a.out else RESULTS),
-                         device_name, info, checks)
+        path, checks = run_checks(Path(tmp), a.cpu_smoke, steps, bench_steps, a.batch, warmup,
+                                  lambda c: print(c.line(), flush=True), Path(a.out) if a.out else RESULTS,
+                                  frozenset(a.skip))
     print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0 if checks and all(c.passed for c in checks) else 1
 

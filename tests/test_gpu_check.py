@@ -71,13 +71,16 @@ def test_results_file_names_the_gpu_and_lists_every_check(tmp_path: Path) -> Non
     assert '"x": 1' in text and text.startswith("# GPU check on NVIDIA H100 80GB HBM3\n")
 
 
-@pytest.mark.slow  # about a minute: six checks, two of them in child processes
+@pytest.mark.slow  # about 40 s: seven checks, three of them in child processes (one is the CLI's own training)
 def test_cpu_smoke_runs_every_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = gpu_check.main(["--cpu-smoke", "--out", str(tmp_path)])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert [line.split(":")[0] for line in lines] == [
         "PASS QLoRA training (CPU smoke, fp32)", "PASS QLoRA training, second adapter (CPU smoke)",
-        "PASS chat", "PASS chat", "PASS merge into the full-precision base", "PASS training bench vs plain TRL QLoRA"], lines
+        "PASS chat", "PASS chat", "PASS merge into the full-precision base",
+        f"PASS {gpu_check.USER_RUN}", "PASS training bench vs plain TRL QLoRA"], lines
     assert code == 0
     (result,) = tmp_path.glob("*-cpu-smoke.md")
-    assert result.read_text().count("- PASS ") == 6
+    text = result.read_text()
+    assert text.count("- PASS ") == 7
+    assert '"phase_seconds": {' in text and '"replay_asked": ' in text  # the user's run, timed phase by phase

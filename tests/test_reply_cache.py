@@ -89,3 +89,12 @@ def test_a_stand_in_model_without_a_base_folder_is_never_cached(scripted_chat) -
     scripted_chat.enqueue("One.", "Two.")
     assert [r.text for r in reply_cache.generate(scripted_chat, asks(PROMPTS[:1]), GEN)] == ["One."]
     assert [r.text for r in reply_cache.generate(scripted_chat, asks(PROMPTS[:1]), GEN)] == ["Two."]
+
+
+def test_the_decoding_lever_is_part_of_what_decides_a_reply(tiny_model: Path) -> None:
+    """The lever (levers.py) rounds the decoding matmuls another way, so a reply kept without it is not reused
+    with it: a host kind whose lever changes, or a flipped bench arm, generates afresh."""
+    chat = ChatModel(str(tiny_model))
+    kept = reply_cache.identity(chat)
+    chat.skinny_decode = not chat.skinny_decode
+    assert kept is not None and reply_cache.identity(chat) != kept

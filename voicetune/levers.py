@@ -7,16 +7,23 @@ below is what `make bench --levers` measured on a 2-core host of that kind (benc
 was never measured gets the plain path, never a guess.
 
 - `skinny_decode`: run a compare round's decoding matmuls (2-4 rows) as `weight @ x.T`. On AVX2 (AMD EPYC)
-  torch's default path makes 3 rows cost 2-3x one row, and the transposed product about one row. On AMX
-  (Intel Xeon) the default path already costs about one row and the transposed product is 3-4x slower
-  (the LM head, 3 rows: 3.1 ms plain, 11.7 ms transposed); a 3-arm round took 1.47x one arm with it and
-  1.14x without.
+  torch's default path makes 3 rows cost 2-3x one row, and the transposed product about one row. On
+  AVX512-BF16 without AMX (AMD EPYC) the same: a 3-arm round took 2.47 s with it against 4.54 s without,
+  0.95x one arm's time against 1.76x (2026-11-27-cpu-2core-avx512-bf16.md). On AMX (Intel Xeon) the default
+  path already costs about one row and the transposed product is 3-4x slower (the LM head, 3 rows: 3.1 ms
+  plain, 11.7 ms transposed); a 3-arm round took 1.47x one arm with it and 1.14x without. Both kinds that pay
+  were AMD chips and the one that costs an Intel one; an Intel chip of the avx512-bf16 kind (AVX512-BF16
+  without AMX, Cooper Lake) was never measured.
 - `one_per_pass`: train one conversation per forward pass (train.one_per_micro_batch). Measured to pay on
   AVX2 (padding is pure waste there); on AMX see the README's Performance table.
 - `bf16`: bf16 autocast in training, only with real bf16 instructions (models.cpu_has_bf16); without them
   it runs ~20x slower than fp32.
 - Not pulled anywhere: bf16 weights for the chat model. On AMX it made the 135M model's 3-arm round slower
-  (5.1 s against 4.1 s in fp32), so chat stays in fp32 on every CPU.
+  (5.1 s against 4.1 s in fp32). On AVX512-BF16 without AMX (AMD EPYC) it made the round 2.7x faster (1.78 s
+  against 4.82 s, benchmarks/chat_precision.py), but there the batched and in-turn greedy replies parted in
+  6 rounds of 6 (bf16 rounds differently for other batch shapes), where fp32 keeps them the same tokens. The
+  base pane must answer as the base does alone, so chat stays in fp32 on every CPU until the mixed batch is
+  held to a same-shape rule on a CPU too (benchmarks/gpu_check.rows_right holds it so on a GPU).
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ from typing import Any
 from voicetune import models
 
 # Kinds on which the transposed decoding product was measured to pay. AVX512 without bf16 was never measured,
-# and AVX512/AMX hosts take the same fast default path that made the lever cost on AMX, so it stays off there.
-SKINNY_DECODE_KINDS = ("avx2", "plain")
+# so it keeps the plain path; AMX was measured to lose by it.
+SKINNY_DECODE_KINDS = ("avx2", "plain", "avx512-bf16")
 
 
 @dataclass(frozen=True)

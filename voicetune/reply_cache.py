@@ -5,11 +5,11 @@ with instructions and examples), the base's answers to training messages and its
 next run, a re-score and a DPO child's card ask for the same replies again. Only greedy replies are kept: on
 one machine they are the same every time.
 
-A reply's key hashes everything that decides it: the base's weight files (path, size and modification time),
-its chat template's rendering of the prompt, the precision and device (a bf16 CPU rounds otherwise than an
-AVX2 one), the torch, transformers and PEFT versions, and the decoding settings. The rows live in the
-workspace's own database, so one user's prompts are never another's hits. A kept reply came from one batch: a
-batch of another shape may round a near-tie the other way, so a fresh reply can differ from it by a token
+A reply's key hashes everything that decides it: the base's weight files (path, size and modification time), its
+chat template's rendering of the prompt, the precision and device (a bf16 CPU rounds otherwise than an AVX2 one)
+with the decoding lever, the torch, transformers and PEFT versions, and the decoding settings. The rows live in
+the workspace's own database, so one user's prompts are never another's hits. A kept reply came from one batch:
+a batch of another shape may round a near-tie the other way, so a fresh reply can differ from it by a token
 there; both are replies this base gave to this prompt on this machine.
 
     replies = reply_cache.generate(chat, requests, REPLY_GEN)   # base rows from the cache where it has them
@@ -43,8 +43,10 @@ def identity(chat: Any) -> str | None:
     files = sorted(f for pattern in WEIGHT_FILES for f in folder.glob(pattern)) if folder.is_dir() else []
     weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     device = torch.cuda.get_device_name(0) if precision.device == "cuda" else f"cpu:{models.cpu_kind()}"
+    # The decoding lever changes how the matmuls round (levers.py), so a reply made without it is another reply
+    skinny = bool(getattr(chat, "skinny_decode", False))
     return json.dumps([str(folder.resolve()) if folder.is_dir() else path, weights, repr(precision), device,
-                       torch.__version__, transformers.__version__, peft.__version__])
+                       torch.__version__, transformers.__version__, peft.__version__, skinny])
 
 
 def key(base: str, prompt: str, gen: GenConfig) -> str:

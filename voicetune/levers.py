@@ -19,9 +19,10 @@ was never measured gets the plain path, never a guess.
 - `bf16`: bf16 autocast in training, only with real bf16 instructions (models.cpu_has_bf16); without them
   it runs ~20x slower than fp32.
 - Not pulled anywhere: bf16 weights for the chat model. On AMX it made the 135M model's 3-arm round slower
-  (5.1 s against 4.1 s in fp32). On AVX512-BF16 without AMX (AMD EPYC) it made the round 2.7x faster (1.78 s
-  against 4.82 s, benchmarks/chat_precision.py), but there the batched and in-turn greedy replies parted in
-  6 rounds of 6 (bf16 rounds differently for other batch shapes), where fp32 keeps them the same tokens. The
+  (5.1 s against 4.1 s in fp32). On AVX512-BF16 without AMX (AMD EPYC), before `skinny_decode` was on there,
+  it made the round 2.7x faster (1.78 s against 4.82 s, benchmarks/chat_precision.py); with it on, fp32 takes
+  2.37 s and bf16 weights 2.40 s. And there the batched and in-turn greedy replies parted in 6 rounds of 6
+  (bf16 rounds differently for other batch shapes), where fp32 keeps them the same tokens. The
   base pane must answer as the base does alone, so chat stays in fp32 on every CPU until the mixed batch is
   held to a same-shape rule on a CPU too (benchmarks/gpu_check.rows_right holds it so on a GPU).
 """

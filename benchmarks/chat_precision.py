@@ -36,8 +36,11 @@ def measure(adapter: str, bf16_weights: bool) -> dict[str, Any]:
 
     if bf16_weights:  # the training loader's choice (bf16 weights where bf16 computes), in eval mode
         real = models.load_model
-        models.load_model = lambda path, precision, for_training=True, attn_implementation=None: real(  # type: ignore[assignment]
-            path, precision, precision.bf16 or for_training, attn_implementation).eval()
+
+        def bf16_loader(path: str, precision: Any, for_training: bool = True, attn_implementation: Any = None) -> Any:
+            return real(path, precision, precision.bf16 or for_training, attn_implementation).eval()
+
+        models.load_model = bf16_loader  # type: ignore[assignment]
     chat = ChatModel()
     name = chat.load_adapter(adapter)
     gen = GenConfig(max_new_tokens=48, repetition_penalty=1.1)

@@ -347,10 +347,13 @@ def check_merge(adapter: Path, dest: Path) -> Check:
                  {"max_logit_diff": diff})
 
 
+USER_RUN = "a voice as a user trains it (CLI defaults, scorecard included)"
+
+
 def check_user_run(base: Path, work: Path, cpu_smoke: bool) -> Check:
     """Check 6: the CLI's defaults end to end in a child process, as a job runs them (see the module docstring).
 
-    PASS needs the adapter, the scorecard and the model card written, the base's general replay mixed in, a
+    PASS needs the adapter, the scorecard and the model card written, the base asked for general replay, a
     validation loss watched, and the phases reported as data in the order the app's job view expects.
     """
     out, events = work / "voice", work / "voice-events.jsonl"
@@ -370,21 +373,18 @@ def check_user_run(base: Path, work: Path, cpu_smoke: bool) -> Check:
     ok = (bool(card) and (out / "README.md").exists() and asked > 0 and data["val"] > 0
           and m["best_step"] is not None and list(phases) == ["loading", "training", "saving", "scoring"])
     figures = {"precision": record["precision"], "learning_rate": record["config"]["learning_rate"],
-               "replay_asked": asked, "replay_kept": data["replay"], "train": data["train"], "val": data["val"], "steps": m["steps"],
-               "planned_steps": m["planned_steps"], "best_step": m["best_step"],
+               "replay_asked": asked, "replay_kept": data["replay"], "train": data["train"], "val": data["val"],
+               "steps": m["steps"], "planned_steps": m["planned_steps"], "best_step": m["best_step"],
                "early_stopped": m["early_stopped"], "peak_allocated_mb": m["peak_memory_mb"],
                "estimated_memory_mb": record["estimated_memory_mb"], "phase_seconds": phases,
                "total_seconds": round(seconds, 1), "verdict": card.get("verdict"),
                "adherence": {k: v.get("rate") for k, v in card["adherence"]["arms"].items()}
                if card.get("adherence") else None}
-    return Check(USER_RUN, ok, f"{record['precision']}, rate {record['config']['learning_rate']:g}, "
-                               f"replay kept {data['replay']} of {asked} answers, {m['steps']} of {m['planned_steps']} steps "
-                               f"(best {m['best_step']}), scorecard {'written' if card else 'MISSING'}; "
-                               + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
-                               + f", {seconds:.0f} s in all", figures)
-
-
-USER_RUN = "a voice as a user trains it (CLI defaults, scorecard included)"
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+    return Check(USER_RUN, ok, f"{record['precision']}, rate {record['config']['learning_rate']:g}, replay kept "
+                               f"{data['replay']} of {asked} answers, {m['steps']} of {m['planned_steps']} steps "
+                               f"(best {m['best_step']}), scorecard {'written' if card else 'MISSING'}; {timing}, "
+                               f"{seconds:.0f} s in all", figures)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

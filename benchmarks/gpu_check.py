@@ -368,6 +368,8 @@ def check_user_run(base: Path, work: Path, cpu_smoke: bool) -> Check:
     card_path = out / "scorecard.json"
     card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
     m, data = record["metrics"], record["data"]
+    from voicetune.jobs import read_events
+
     asked = next((e["replay_asked"] for e in read_events(events) if "replay_asked" in e), 0)
     # A random model seldom ends an answer in time, so its replay may keep none: asking is what is checked
     ok = (bool(card) and (out / "README.md").exists() and asked > 0 and data["val"] > 0
@@ -387,38 +389,35 @@ def check_user_run(base: Path, work: Path, cpu_smoke: bool) -> Check:
                                f"{seconds:.0f} s in all", figures)
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """The job's events file; a line cut short by a write in progress is skipped."""
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        with contextlib.suppress(ValueError):
-            events.append(json.loads(line))
-    return events
-
-
 def run_watching_phases(cmd: list[str], events: Path) -> tuple[subprocess.CompletedProcess, float,
                                                                  dict[str, float]]:
     """Run the CLI and time each phase as the app's job view sees it: from the first event naming a phase to
     the next phase's first (the last ends with the process). The events carry no clock of their own, so the
-    file is read as it grows, every 0.2 s. Also returns the whole run's seconds."""
+    file is read as it grows, every 0.2 s; the child's output goes to a log beside it, so no pipe can fill.
+    Also returns the whole run's seconds."""
+    from voicetune.jobs import read_events
+
+    log = events.with_suffix(".log")
     start = time.perf_counter()
     marks: list[tuple[str, float]] = []
     seen = 0
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
-        reader = threading.Thread(target=lambda: setattr(child, "captured", child.communicate()), daemon=True)
-        reader.start()
-        while reader.is_alive():
+    with open(log, "w", encoding="utf-8") as out:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        while True:
+            done = child.poll() is not None  # read once more after it ends: its last events
             for e in read_events(events)[seen:]:
                 seen += 1
                 if e.get("phase") and (not marks or marks[-1][0] != e["phase"]):
                     marks.append((e["phase"], time.perf_counter()))
-            reader.join(0.2)
+            if done:
+                break
+            time.sleep(0.2)
     end = time.perf_counter()
-    stdout, stderr = getattr(child, "captured", ("", ""))
     phases: dict[str, float] = {}
     for (phase, t), (_, t_next) in zip(marks, marks[1:] + [("", end)]):
         phases[phase] = round(phases.get(phase, 0.0) + t_next - t, 1)
-    return subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr), end - start, phases
+    output = log.read_text(encoding="utf-8", errors="replace")
+    return subprocess.CompletedProcess(cmd, child.returncode, output, output), end - start, phases
 
 
 def arm_main(arm: str, base: Path, data: Path, out: Path, steps: int, batch: int, warmup: int, baseline: int,

@@ -135,6 +135,19 @@ class Progress:
         return FIXES.get(self.code or "", "")
 
 
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """A training child's progress events (cli --events) as written so far, in order."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # the child is mid-write on the last line; it is read on the next poll
+    return out
+
+
 @dataclass
 class Job:
     id: str
@@ -167,16 +180,7 @@ class Job:
         return Path(self.home) / "runs" / self.id
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.folder / "events.jsonl"
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # the child is mid-write on the last line; it is read on the next poll
-        return out
+        return read_events(self.folder / "events.jsonl")
 
     def log(self) -> str:
         path = self.folder / "log.txt"

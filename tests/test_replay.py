@@ -73,10 +73,12 @@ def test_a_run_trains_on_the_bases_own_general_answers_and_keeps_them_out_of_the
     folder = tmp_path / "with"
     replayed = [json.loads(x)["messages"] for x in (folder / runs.REPLAY_FILE).read_text().splitlines()]
     assert 1 <= len(replayed) == record["data"]["replay"] <= replay.how_many(1.0, record["data"]["train"])
-    # The log says how many answers the base finished, so a replay that kept few is never silent
+    # The log says how many of the base's answers were kept, so a replay that kept few is never silent
     (said,) = [e for e in events if "replay_kept" in e]
-    assert (said["replay_kept"], said["replay_asked"]) == (len(replayed), replay.how_many(1.0, record["data"]["train"]))
-    assert said["phase"] == "loading" and f"finished {len(replayed)} of {said['replay_asked']}" in said["message"]
+    asked = replay.how_many(1.0, record["data"]["train"])
+    assert (said["replay_kept"], said["replay_asked"]) == (len(replayed), asked)
+    assert said["phase"] == "loading"
+    assert f"{len(replayed)} of the base's {asked} general answers kept" in said["message"]
     # Watching general answers too: up to as many others as conversations held out (unfinished ones dropped)
     assert 1 <= record["data"]["general_val"] <= record["data"]["val"] and plain["data"]["general_val"] == 0
     assert plain["data"]["replay"] == 0 and not (tmp_path / "without" / runs.REPLAY_FILE).exists()

@@ -88,9 +88,10 @@ def add_replay(cfg: TrainConfig, model: Any, tokenizer: Any, prepared: Prepared,
     questions = replay.choose(n, cfg.seed)
     convs, encoded = _base_answers(model, tokenizer, questions, cfg.max_length)
     _, watched = _base_answers(model, tokenizer, replay.choose_apart(watch, cfg.seed, questions), cfg.max_length)
-    # Said, not silent: an answer the base did not finish in replay.MAX_NEW_TOKENS is dropped, never cut
-    on_event({"type": "status", "phase": "loading", "replay_asked": n, "replay_kept": len(encoded),
-              "message": f"replay: the base finished {len(encoded)} of {n} general answers; those are trained on"})
+    if n:  # said, not silent: an answer the base did not finish, or one too long to train on, is left out
+        on_event({"type": "status", "phase": "loading", "replay_asked": n, "replay_kept": len(encoded),
+                  "message": f"replay: {len(encoded)} of the base's {n} general answers kept and trained on "
+                             f"(one it did not finish, or too long to train on, is left out, never cut)"})
     return replace(prepared, replay=encoded, replay_convs=convs, general_val=watched)
 
 

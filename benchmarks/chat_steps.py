@@ -72,12 +72,16 @@ def build(cpu: bool, work: Path) -> tuple[ChatModel, list[str]]:
 
 
 def plain_generate(chat: ChatModel, streamer: Any) -> None:
-    """transformers' own greedy generate, every adapter off, exactly TOKENS new tokens."""
+    """transformers' own greedy generate, every adapter off (a model with none loaded too), exactly TOKENS new
+    tokens."""
+    import contextlib
+
     import torch
 
     tok = chat.tokenizer
     ids = tok(render(tok, MESSAGES, add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
-    with chat.lock, torch.inference_mode(), chat.model.disable_adapter():
+    off = chat.model.disable_adapter() if hasattr(chat.model, "disable_adapter") else contextlib.nullcontext()
+    with chat.lock, torch.inference_mode(), off:
         chat.model.generate(**ids.to(chat.model.device), max_new_tokens=TOKENS, min_new_tokens=TOKENS,
                             do_sample=False, pad_token_id=tok.pad_token_id, streamer=streamer)
 

@@ -92,32 +92,17 @@ def polled(streamer: BatchStreamer) -> Iterator[Any]:
             return
 
 
-def plain_generate(chat: ChatModel, streamer: Any) -> None:
-    """transformers' own greedy generate on the loaded base (no adapter here), exactly TOKENS new tokens."""
-    import torch
-
-    from voicetune.templates import render
-
-    tok = chat.tokenizer
-    ids = tok(render(tok, chat_steps.MESSAGES, add_generation_prompt=True), return_tensors="pt",
-              add_special_tokens=False)
-    with chat.lock, torch.inference_mode():
-        chat.model.generate(**ids.to(chat.model.device), max_new_tokens=chat_steps.TOKENS,
-                            min_new_tokens=chat_steps.TOKENS, do_sample=False, pad_token_id=tok.pad_token_id,
-                            streamer=streamer)
-
-
 def one_variant(chat: ChatModel, name: str) -> float | None:
     """Median ms per decode step over REPEATS calls of one way of running plain generate."""
     medians = []
     for _ in range(REPEATS):
         if name == "main":
             clock = chat_steps.StepClock()
-            plain_generate(chat, clock)
+            chat_steps.plain_generate(chat, clock)
             times = clock.times
         else:
             streamer = StampedStreamer(1)
-            streamer.start(lambda s=streamer: plain_generate(chat, s))
+            streamer.start(lambda s=streamer: chat_steps.plain_generate(chat, s))
             if name == "worker-every-step":
                 for _ in every_step(streamer):
                     pass
@@ -157,7 +142,7 @@ def main(argv: list[str]) -> None:
               else json.loads((ROOT / "benchmarks/configs/smollm2-1.7b.json").read_text()))
     base, _ = random_model(config, models.resolve_base_model(None), work / "base", device="cpu" if cpu else "cuda")
     chat = ChatModel(str(base), four_bit=False)  # no adapter: the question is the thread, not the arms
-    plain_generate(chat, chat_steps.StepClock())  # warm-up
+    chat_steps.plain_generate(chat, chat_steps.StepClock())  # warm-up
     results: dict[str, Any] = {"poll_s": POLL_S, "switch_interval_s": sys.getswitchinterval(),
                                "tokens": chat_steps.TOKENS, "repeats": REPEATS}
     for name in ("main", "worker-join", "worker-every-step", "worker-polled"):

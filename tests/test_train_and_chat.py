@@ -167,6 +167,54 @@ def test_a_later_round_reuses_the_start_it_shares_and_answers_the_same(trained: 
 
 
 @pytest.mark.slow
+def test_a_scorecard_sized_batch_prefills_each_shared_start_once_and_holds_what_each_row_alone_computes(
+        trained: Path):
+    """More rows of one arm than a compare round has (a scorecard's): the base and prompt-only rows, which
+    start with different instructions, are prefilled as two groups, and every row's cache holds what its own
+    prefill computes."""
+    from voicetune import models
+    from voicetune.arena import base_arm, prompt_only_arm, run_arm
+    from voicetune.config import GenConfig
+    from voicetune.decoding import sharing_starts
+    from voicetune.evaluate import messages_for
+    from voicetune.generate import BASE, Request
+
+    chat_model = _chat_with(trained)
+    arms = [base_arm(), prompt_only_arm("Talk like a pirate. Mention the parrot in every reply.", []),
+            run_arm(trained.name)]
+    questions = [f"{q} (order {n})" for n, q in enumerate(QUESTIONS * 3)][:models.SMALL_BATCH_ROWS // 2 + 1]
+    requests = [Request(messages_for(a, [{"role": "user", "content": q}]), a.adapter) for a in arms
+                for q in questions]
+    decoder = chat_model.decoder
+    batch, _ = decoder.inputs(requests, GenConfig(max_new_tokens=8))
+    mask = batch["attention_mask"].bool()
+    rows = [batch["input_ids"][i][mask[i]][:-1].tolist() for i in range(len(requests))]
+    names = [n or BASE for n in decoder.registry.peft_names([r.adapter for r in requests])]
+    base_rows = [i for i, n in enumerate(names) if n == BASE]
+    assert len(base_rows) > models.SMALL_BATCH_ROWS  # base and prompt-only both run without an adapter
+    assert sorted(map(sorted, sharing_starts(base_rows, rows))) == [base_rows[:len(questions)],
+                                                                   base_rows[len(questions):]]
+    n = len(questions)
+    with torch.inference_mode():
+        together = decoder.row_caches(rows, names)
+        for i in (0, n - 1, n, 2 * n - 1, 2 * n):  # each group's first and last, and a tuned row (one by one)
+            row, name, cache = rows[i], names[i], together[i]
+            alone = chat_model.model(input_ids=torch.tensor([row]), use_cache=True,
+                                     adapter_names=[name]).past_key_values
+            for a, b in zip(cache.layers, alone.layers):
+                assert a.keys.shape == b.keys.shape
+                assert torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
+
+
+def test_rows_are_grouped_by_the_start_they_share() -> None:
+    from voicetune.decoding import sharing_starts
+
+    rows = [[1, 2, 3, 4, 5], [9, 9, 9, 9, 1], [1, 2, 3, 4, 6, 7], [9, 9, 9, 9, 2], [1, 7, 7, 7, 7]]
+    assert sharing_starts([0, 1, 2, 3, 4], rows) == [[0, 2], [4], [1, 3]]
+    assert sharing_starts([4], rows) == [[4]]
+
+
+@pytest.mark.slow
 def test_same_seed_same_sampled_replies(trained: Path):
     from voicetune.config import GenConfig
     from voicetune.generate import Request

@@ -3,7 +3,8 @@
 Each request names its arm; PEFT's mixed-adapter batches (`adapter_names`, "__base__" for none) run every
 arm in a single `generate` call. The base arm runs with no adapter applied at all, never "the adapter at
 scale zero", so the base pane really is the base model. Each row's prompt is prefilled on its own, reusing
-what the prompt cache holds, and the rows' caches are stacked for one decode.
+what the prompt cache holds (an arm with many rows, a scorecard's, prefills their shared start once and the
+rest as one batch), and the rows' caches are stacked for one decode.
 
     decoder = Decoder(registry, tokenizer, PromptCache())
     for update in decoder.stream([Request(msgs, None), Request(msgs, "demo")], GenConfig()):
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,9 @@ from voicetune.templates import IGNORE, render
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+# How a batch's prompts are prefilled; the reply cache keys on it, since another way rounds otherwise
+PREFILL = "rows alone; an arm's many rows by shared start"
+PREFILL_TOKENS = 8192  # new prompt tokens one prefill batch may hold (group_caches): bounds its activations
 
 
 @dataclass
@@ -45,6 +50,22 @@ def reply_only_penalty(penalty: float, prompt_width: int) -> Any:
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
     return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty), prompt_ignore_length=prompt_width)])
+
+
+def sharing_starts(idx: list[int], rows: list[list[int]]) -> list[list[int]]:
+    """`idx` split into groups of rows that share at least half of the shorter prompt with the group's first
+    (in sorted order, so rows with one start sit together): a scorecard's base and prompt-only rows run under
+    one arm but start with different instructions, and padding one to the other's length would waste the
+    batch. Plain code: no library groups prompts by a shared start."""
+    groups: list[list[int]] = []
+    for i in sorted(idx, key=lambda i: rows[i]):
+        if groups:
+            first = rows[groups[-1][0]]
+            if 2 * len(os.path.commonprefix([first, rows[i]])) >= min(len(first), len(rows[i])):
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    return groups
 
 
 class Decoder:
@@ -198,7 +219,7 @@ class Decoder:
         cache = StaticCache(config=self.model.config, max_cache_len=width + 1 + max_new_tokens)
         if not all(type(layer) is StaticLayer for layer in cache.layers):
             return None  # sliding-window or other special layers: leave the batch to generate
-        caches = [self.row_cache(ids[i, mask[i]][:-1].tolist(), arm) for i, arm in enumerate(arms)]
+        caches = self.row_caches([ids[i, mask[i]][:-1].tolist() for i in range(len(arms))], arms)
         if not all(type(layer) is DynamicLayer for c in caches for layer in c.layers):
             return None
 
@@ -209,6 +230,59 @@ class Decoder:
             layer.update(stacked([c.layers[n].keys for c in caches]), stacked([c.layers[n].values for c in caches]))
         return cache
 
+    def row_caches(self, rows: list[list[int]], arms: list[str]) -> list[Any]:
+        """Each row's prompt cache. A few rows of an arm (a compare round has one) go one by one through
+        row_cache, so a round answers exactly as its arms would alone. An arm with more rows than a decode
+        step multiplies the skinny way (a scorecard's or a replay's dozens) prefills them together
+        (group_caches): one by one, each row paid a full read of the weights for a handful of new tokens."""
+        caches: list[Any] = [None] * len(rows)
+        for arm in dict.fromkeys(arms):
+            idx = [i for i, a in enumerate(arms) if a == arm]
+            if len(idx) > models.SMALL_BATCH_ROWS:
+                for group in sharing_starts(idx, rows):
+                    for i, cache in zip(group, self.group_caches([rows[i] for i in group], arm)):
+                        caches[i] = cache
+            else:
+                for i in idx:
+                    caches[i] = self.row_cache(rows[i], arm)
+        return caches
+
+    def group_caches(self, rows: list[list[int]], arm: str) -> list[Any]:
+        """Many prompts' caches under one arm: their shared start once (through row_cache, so the prompt cache
+        serves and keeps it), then the rest of every prompt as right-padded batches of at most PREFILL_TOKENS.
+        Causal attention keeps a row's real tokens from seeing its padding, whose cache entries are cut off.
+        transformers' generate prefills a left-padded batch from scratch, with no shared start; hence this."""
+        import torch
+        from transformers import DynamicCache
+
+        shared = min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
+        start = self.row_cache(rows[0][:shared], arm).layers if shared > 0 else None
+        width = max(len(r) for r in rows) - shared
+        per_batch = max(1, PREFILL_TOKENS // width)
+        caches = []
+        for b in range(0, len(rows), per_batch):
+            chunk = rows[b:b + per_batch]
+            past = None if start is None else DynamicCache(ddp_cache_data=[
+                (layer.keys.expand(len(chunk), -1, -1, -1), layer.values.expand(len(chunk), -1, -1, -1))
+                for layer in start])
+            pad = self.tokenizer.pad_token_id
+            rest = torch.tensor([r[shared:] + [pad] * (width - len(r) + shared) for r in chunk],
+                                device=self.model.device)
+            extra = {"adapter_names": [arm] * len(chunk)} if self.registry.any_loaded else {}
+            layers = self.model(input_ids=rest, past_key_values=past, use_cache=True, **self._cache_only(),
+                                **extra).past_key_values.layers
+            caches += [DynamicCache(ddp_cache_data=[(layer.keys[j:j + 1, :, :len(r)], layer.values[j:j + 1, :, :len(r)])
+                                                    for layer in layers]) for j, r in enumerate(chunk)]
+        return caches
+
+    def _cache_only(self) -> dict[str, Any]:
+        """A prefill wants only the cache: where the model takes `logits_to_keep`, its LM head (a fifth of the
+        embedded model's work on a prompt) runs on the last position alone."""
+        import inspect
+
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
     def row_cache(self, ids: list[int], arm: str) -> Any:
         """One prompt's cache under one arm, computing only what follows the start it shares with a recent
         prompt of that arm (see PromptCache), and remembering the result for the next round."""
@@ -217,7 +291,7 @@ class Decoder:
         shared, cache = self.prompts.longest_start(arm, ids)
         extra = {"adapter_names": [arm]} if self.registry.any_loaded else {}
         out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.model.device), past_key_values=cache,
-                         use_cache=True, **extra)
+                         use_cache=True, **self._cache_only(), **extra)
         self.prompts.remember(arm, ids, out.past_key_values)
         return out.past_key_values
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from voicetune import models, store
 from voicetune.config import GenConfig
+from voicetune.decoding import PREFILL
 from voicetune.generate import ChatModel, Reply, Request
 from voicetune.templates import render
 
@@ -46,7 +47,7 @@ def identity(chat: Any) -> str | None:
     # The decoding lever changes how the matmuls round (levers.py), so a reply made without it is another reply
     skinny = bool(getattr(chat, "skinny_decode", False))
     return json.dumps([str(folder.resolve()) if folder.is_dir() else path, weights, repr(precision), device,
-                       torch.__version__, transformers.__version__, peft.__version__, skinny])
+                       torch.__version__, transformers.__version__, peft.__version__, skinny, PREFILL])
 
 
 def key(base: str, prompt: str, gen: GenConfig) -> str:

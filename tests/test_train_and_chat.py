@@ -206,6 +206,32 @@ def test_a_scorecard_sized_batch_prefills_each_shared_start_once_and_holds_what_
                 assert torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_a_scorecard_sized_greedy_batch_decoded_in_legs_answers_as_one_generate_call(
+        trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large greedy batch drops its ended rows every few tokens (decoding._generate_in_legs): each row keeps its
+    own cache, adapter and place, so the replies are one generate call's. (Fewer rows round the matmuls
+    otherwise, so a reply may part at a near-tie; at most one row of 18 is allowed to.)"""
+    from voicetune import decoding, models
+    from voicetune.config import GenConfig
+    from voicetune.generate import Request
+
+    chat_model = _chat_with(trained)
+    questions = [f"{q} (order {n})" for n, q in enumerate(QUESTIONS * 3)][:models.SMALL_BATCH_ROWS // 2 + 1]
+    requests = [Request([{"role": "user", "content": q}], a) for a in (None, trained.name) for q in questions]
+    gen = GenConfig(max_new_tokens=24)
+    monkeypatch.setattr(decoding, "LEG_TOKENS", 10**6)
+    whole = chat_model.generate(requests, gen)
+    monkeypatch.setattr(decoding, "LEG_TOKENS", 4)
+    updates = list(chat_model.stream(requests, gen))
+    legs = updates[-1].replies
+    assert len(updates) > 2 and [u.texts for u in updates][-1] == [r.text for r in legs]
+    ended_early = [r for r in whole if r.reply_tokens < gen.max_new_tokens]
+    assert ended_early and len(ended_early) < len(whole)  # some rows ended before others: legs dropped rows
+    assert sum(a.text == b.text and a.reply_tokens == b.reply_tokens for a, b in zip(legs, whole)) >= len(whole) - 1
+    assert all(SIGN_OFF in r.text for r in legs[len(questions):] if r.reply_tokens < gen.max_new_tokens)
+
+
 def test_rows_are_grouped_by_the_start_they_share() -> None:
     from voicetune.decoding import sharing_starts
 

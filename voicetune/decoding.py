@@ -33,6 +33,7 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 # How a batch's prompts are prefilled; the reply cache keys on it, since another way rounds otherwise
 PREFILL = "rows alone; an arm's many rows by shared start"
 PREFILL_TOKENS = 8192  # new prompt tokens one prefill batch may hold (group_caches): bounds its activations
+LEG_TOKENS = 16  # a large greedy batch drops its ended rows this often (Decoder._generate_in_legs)
 
 
 @dataclass
@@ -66,6 +67,37 @@ def sharing_starts(idx: list[int], rows: list[list[int]]) -> list[list[int]]:
                 continue
         groups.append([i])
     return groups
+
+
+def keep_rows(cache: Any, keep: Any) -> Any:
+    """The static cache cut to the rows `keep` (indices), in place. transformers' `batch_select_indices` does
+    this for a dynamic cache; a static layer has none (transformers 5.23), so its tensors are cut here."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        layer.batch_size = len(keep)
+    return cache
+
+
+class LegStreamer:
+    """One leg's tokens (Decoder._generate_in_legs) handed on as the whole batch's: the rows that ended earlier
+    get padding, as generate itself gives them. The streamer protocol: `put` (first the prompt), then `end`."""
+
+    def __init__(self, streamer: Any, rows: Any, size: int, pad: int):
+        self.streamer, self.rows, self.size, self.pad = streamer, rows, size, pad
+        self.seen_prompt = False
+
+    def put(self, value: Any) -> None:
+        import torch
+
+        if not self.seen_prompt:  # this leg's prompt: the batch's streamer was handed its own prompt already
+            self.seen_prompt = True
+            return
+        full = torch.full((self.size, 1), self.pad, dtype=value.dtype, device=value.device)
+        full[self.rows] = value.reshape(len(self.rows), -1)
+        self.streamer.put(full)
+
+    def end(self) -> None:
+        """A leg ended, not the batch: the batch's streamer is ended by its own thread when generation is done."""
 
 
 class Decoder:
@@ -141,7 +173,44 @@ class Decoder:
                 kwargs["past_key_values"] = cache
             with contextlib.nullcontext() if mixed else self._arm(peft_names[0]):
                 torch.manual_seed(gen.seed)
+                if cache is not None and gen.greedy and len(requests) > models.SMALL_BATCH_ROWS:
+                    return self._generate_in_legs(batch, kwargs)
                 return self.model.generate(**batch, **kwargs)
+
+    def _generate_in_legs(self, batch: Any, kwargs: dict[str, Any]) -> Any:
+        """A large greedy batch (a scorecard's) decoded LEG_TOKENS at a time, each leg only over the rows still
+        going: generate keeps computing a row that has ended until every row has, and a scorecard's replies end
+        anywhere from a few tokens to the limit. Between legs the cache keeps the rows still going
+        (keep_rows). Returns what one generate call would: every row's prompt and
+        reply, padded. Greedy only, since a leg with fewer rows would draw other random numbers; and a large
+        batch only, since fewer rows round the matmuls otherwise (a round's few rows keep one call)."""
+        import torch
+
+        streamer, cache, total = kwargs.pop("streamer"), kwargs.pop("past_key_values"), kwargs.pop("max_new_tokens")
+        names = kwargs.pop("adapter_names", None)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        width, pad = ids.shape[1], self.tokenizer.pad_token_id
+        out = torch.cat([ids, torch.full((ids.shape[0], total), pad, dtype=ids.dtype, device=ids.device)], dim=1)
+        ends = torch.tensor(kwargs["eos_token_id"], device=ids.device)
+        streamer.put(ids)  # the prompt, which a streamer is handed first and skips
+        rows, done = torch.arange(ids.shape[0], device=ids.device), 0
+        while done < total and len(rows):
+            leg = min(LEG_TOKENS, total - done)
+            ones = torch.ones(len(rows), done, dtype=mask.dtype, device=mask.device)
+            extra = {"adapter_names": [names[i] for i in rows.tolist()]} if names else {}
+            res = self.model.generate(input_ids=out[rows, :width + done],
+                                      attention_mask=torch.cat([mask[rows], ones], 1), past_key_values=cache,
+                                      max_new_tokens=leg, return_dict_in_generate=True,
+                                      streamer=LegStreamer(streamer, rows, ids.shape[0], pad), **kwargs, **extra)
+            new = res.sequences[:, width + done:]
+            out[rows, width + done:width + done + new.shape[1]] = new
+            done += leg
+            going = ~torch.isin(new, ends).any(dim=1)
+            if new.shape[1] < leg or not going.any():
+                break  # every row of the leg ended
+            cache = keep_rows(res.past_key_values, going.nonzero().flatten())
+            rows = rows[going]
+        return out
 
     def _arm(self, peft_name: str | None) -> Any:
         """The model set up for one arm alone (lock held): its adapter active, or every adapter off for the base."""

@@ -30,8 +30,8 @@ from voicetune.templates import IGNORE, render
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-# How a batch's prompts are prefilled; the reply cache keys on it, since another way rounds otherwise
-PREFILL = "rows alone; an arm's many rows by shared start"
+# How a batch is prefilled and decoded; the reply cache keys on it, since another way rounds otherwise
+PREFILL = "rows alone; an arm's many rows by shared start; a large greedy batch in legs"
 PREFILL_TOKENS = 8192  # new prompt tokens one prefill batch may hold (group_caches): bounds its activations
 LEG_TOKENS = 16  # a large greedy batch drops its ended rows this often (Decoder._generate_in_legs)
 

@@ -180,10 +180,10 @@ class Decoder:
     def _generate_in_legs(self, batch: Any, kwargs: dict[str, Any]) -> Any:
         """A large greedy batch (a scorecard's) decoded LEG_TOKENS at a time, each leg only over the rows still
         going: generate keeps computing a row that has ended until every row has, and a scorecard's replies end
-        anywhere from a few tokens to the limit. Between legs the cache keeps the rows still going
-        (keep_rows). Returns what one generate call would: every row's prompt and
-        reply, padded. Greedy only, since a leg with fewer rows would draw other random numbers; and a large
-        batch only, since fewer rows round the matmuls otherwise (a round's few rows keep one call)."""
+        anywhere from a few tokens to the limit. Between legs the cache keeps the rows still going (keep_rows).
+        Returns what one generate call would: every row's prompt and reply, padded. Greedy only, since a leg with
+        fewer rows would draw other random numbers; and a large batch only, since fewer rows round the matmuls
+        otherwise (a round's few rows keep one call)."""
         import torch
 
         streamer, cache, total = kwargs.pop("streamer"), kwargs.pop("past_key_values"), kwargs.pop("max_new_tokens")
@@ -327,14 +327,13 @@ class Decoder:
         shared = min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
         start = self.row_cache(rows[0][:shared], arm).layers if shared > 0 else None
         width = max(len(r) for r in rows) - shared
-        per_batch = max(1, PREFILL_TOKENS // width)
+        per_batch, pad = max(1, PREFILL_TOKENS // width), self.tokenizer.pad_token_id
         caches = []
         for b in range(0, len(rows), per_batch):
             chunk = rows[b:b + per_batch]
             past = None if start is None else DynamicCache(ddp_cache_data=[
                 (layer.keys.expand(len(chunk), -1, -1, -1), layer.values.expand(len(chunk), -1, -1, -1))
                 for layer in start])
-            pad = self.tokenizer.pad_token_id
             rest = torch.tensor([r[shared:] + [pad] * (width - len(r) + shared) for r in chunk],
                                 device=self.model.device)
             extra = {"adapter_names": [arm] * len(chunk)} if self.registry.any_loaded else {}

@@ -7,7 +7,8 @@ one machine they are the same every time.
 
 A reply's key hashes everything that decides it: the base's weight files (path, size and modification time), its
 chat template's rendering of the prompt, the precision and device (a bf16 CPU rounds otherwise than an AVX2 one)
-with the decoding lever, the torch, transformers and PEFT versions, and the decoding settings. The rows live in
+with the decoding lever, how a batch is prefilled and decoded (decoding.PREFILL), the torch, transformers and
+PEFT versions, and the decoding settings. The rows live in
 the workspace's own database, so one user's prompts are never another's hits. A kept reply came from one batch:
 a batch of another shape may round a near-tie the other way, so a fresh reply can differ from it by a token
 there; both are replies this base gave to this prompt on this machine.

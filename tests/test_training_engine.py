@@ -96,6 +96,27 @@ def _losses(record: dict) -> list[float]:
     return [h["loss"] for h in record["history"] if "loss" in h]
 
 
+def test_the_final_evaluation_is_read_from_the_log_when_these_weights_were_already_evaluated() -> None:
+    """A run ends with one evaluation of the weights it keeps; when the last step, or the best checkpoint early
+    stopping reloaded, was an evaluation step, that logged evaluation is those weights' and is not run again."""
+    from types import SimpleNamespace
+
+    from voicetune.train import logged_evaluation
+
+    log = [{"loss": 2.0, "step": 4}, {"eval_loss": 1.5, "eval_rewards/margins": 0.3, "epoch": 1.0, "step": 4},
+           {"loss": 1.0, "step": 8}, {"eval_loss": 1.7, "step": 8}, {"loss": 0.9, "step": 9}]
+
+    def trainer(step: int, best: str | None = None, reload: bool = False) -> SimpleNamespace:
+        state = SimpleNamespace(global_step=step, log_history=log, best_model_checkpoint=best)
+        return SimpleNamespace(state=state, args=SimpleNamespace(load_best_model_at_end=reload))
+
+    assert logged_evaluation(trainer(8)) == {"eval_loss": 1.7}
+    assert logged_evaluation(trainer(9)) == {}  # the last step was not evaluated: evaluate
+    assert logged_evaluation(trainer(9, "/w/checkpoint-4", reload=True)) == {"eval_loss": 1.5,
+                                                                           "eval_rewards/margins": 0.3}
+    assert logged_evaluation(trainer(8, "/w/checkpoint-4", reload=False)) == {"eval_loss": 1.7}  # not reloaded
+
+
 @pytest.mark.slow
 def test_same_data_seed_and_settings_give_the_same_loss_curve(tiny_model: Path, tmp_path: Path) -> None:
     from voicetune.train import run_sft
@@ -115,6 +136,9 @@ def test_same_data_seed_and_settings_give_the_same_loss_curve(tiny_model: Path, 
 @pytest.mark.slow
 def test_early_stopping_stops_on_rising_validation_loss_and_keeps_the_best(tmp_path: Path, base_path: str) -> None:
     """Trained on one voice and validated on a contradicting one, validation loss rises after the first steps."""
+    import torch
+    from safetensors.torch import load_file
+
     from voicetune.train import run_sft
 
     def convs(reply: str, questions: list[str]) -> list[str]:
@@ -125,13 +149,20 @@ def test_early_stopping_stops_on_rising_validation_loss_and_keeps_the_best(tmp_p
     held = write_jsonl(tmp_path / "held.jsonl",
                        convs("Good day. Kindly allow us a moment to look into this.", QUESTIONS[:4]))
     record = run_sft(TrainConfig(data=str(train), heldout_data=str(held), out=str(tmp_path / "out"), epochs=10,
-                                 learning_rate=2e-3, scorecard=False, early_stopping_patience=1))
+                                 learning_rate=2e-3, scorecard=False, early_stopping_patience=1,
+                                 checkpoint_dir=str(tmp_path / "checkpoints")))  # kept, to compare with below
     m = record["metrics"]
-    evals = [h["eval_loss"] for h in record["history"] if "eval_loss" in h]
+    evals = {h["step"]: h["eval_loss"] for h in record["history"] if "eval_loss" in h}
     assert record["config"]["early_stopping"] is None  # on by default for a small dataset
     assert m["early_stopped"] and m["steps"] < m["planned_steps"]
-    assert evals[-1] > min(evals)  # it stopped because validation loss rose
-    assert m["eval_loss"] == pytest.approx(m["best_eval_loss"], rel=1e-4)  # the adapter kept is the best one
+    best = min(evals, key=evals.get)
+    assert max(evals) != best and evals[max(evals)] > evals[best]  # it stopped because validation loss rose
+    assert m["eval_loss"] == pytest.approx(m["best_eval_loss"], rel=1e-4)
+    # The adapter kept is the best checkpoint's, not the last one's
+    saved = load_file(tmp_path / "out" / runs.ADAPTER_WEIGHTS)
+    for step, same in ((best, True), (max(evals), False)):
+        kept = load_file(tmp_path / "checkpoints" / f"checkpoint-{step}" / runs.ADAPTER_WEIGHTS)
+        assert all(torch.equal(saved[k], kept[k]) for k in saved) is same, step
     assert record["data"]["val"] == 4 and record["data"]["val_source"] == "held-out conversations"
 
 

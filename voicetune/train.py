@@ -437,8 +437,22 @@ def train_and_evaluate(trainer: Any, checkpoint: Path | None, has_val: bool,
         on_event({"type": "status", "message": f"resuming from {checkpoint.name}"})
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     history = [dict(h) for h in trainer.state.log_history]
-    final_eval = trainer.evaluate() if has_val else {}
+    final_eval = (logged_evaluation(trainer) or trainer.evaluate()) if has_val else {}
     return result, history, final_eval
+
+
+def logged_evaluation(trainer: Any) -> dict[str, Any]:
+    """The evaluation already logged for the weights the model holds now, or {} when there is none.
+
+    A run whose last step is an evaluation step (every run of fewer than ten steps, and any whose steps divide
+    by the interval), or whose early stopping reloaded the best checkpoint, was already evaluated on exactly these
+    weights: evaluating again costs a pass over the validation set (and, for DPO, the reference's too) for the
+    same numbers. Eval mode has no dropout, so the logged numbers are the ones a new pass would give."""
+    state = trainer.state
+    reloaded = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None  # as Trainer decides
+    step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1]) if reloaded else state.global_step
+    logged = [h for h in state.log_history if h.get("step") == step and "eval_loss" in h]
+    return {k: v for k, v in logged[-1].items() if k.startswith("eval_")} if logged else {}
 
 
 def done_event(out: Path, result: Any, final_eval: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class ScriptedChatModel:
                 raise AdapterError(f"no adapter called {r.adapter!r} is loaded")
         self.requests.extend(requests)
         self.gens.append(gen)
-        texts = [self._next() for _ in requests]
+        # Cut at the token limit as a model is (a word a token here), so a reply that runs to it shows as cut
+        texts = [" ".join(self._next().split(" ")[:gen.max_new_tokens]) for _ in requests]
         words = [t.split() for t in texts]
         for n in range(1, max(len(w) for w in words)):
             yield Update([" ".join(w[:n]) for w in words])

@@ -45,6 +45,18 @@ def test_bad_data_is_reported_with_its_line(client):
     assert "1 accepted, 0 rejected" in report and "**Warnings**" in report and "nmae" in report and "line 1" in report
 
 
+def test_a_pane_says_when_its_reply_was_cut_at_the_token_limit() -> None:
+    """A reply that ran to Max reply tokens ends mid-sentence; its pane says so instead of leaving it silent."""
+    from voicetune.streaming import Reply
+    from voicetune.ui.compare_tab import stats_line
+
+    cut = stats_line(Reply(text="Two drinks: a mocha and", prompt_tokens=39, reply_tokens=96, seconds=9.6), 96)
+    assert cut == ("10.0 tok/s · prompt 39 tok · reply 96 tok · cut at the 96-token limit "
+                   "(Sampling › Max reply tokens)")
+    ended = stats_line(Reply(text="We do!", prompt_tokens=39, reply_tokens=33, seconds=3.3), 96)
+    assert "cut" not in ended
+
+
 @pytest.mark.slow  # a training job in a child process, with its scorecard
 def test_train_then_compare_in_the_app(client, scripted_chat, tiny_model):
     from voicetune import projects, store

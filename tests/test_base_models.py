@@ -120,7 +120,7 @@ def test_a_compare_round_mixing_two_bases_answers_each_run_with_its_own_base(
     final = out[-1]
     panes, stats = final[1:4], final[5:8]
     assert [p["label"] for p in panes] == ["Base model", f"Tuned: {qwen_run}", f"Tuned: {llama_run}"]
-    assert [s["value"].split(" · ")[-1] for s in stats] == [
+    assert [next(x for x in s["value"].split(" · ") if x.startswith("answered by")) for s in stats] == [
         f"answered by {tiny_qwen.name}", f"answered by {tiny_qwen.name}", f"answered by {tiny_model.name}"]
     # Each reply is exactly what its own base (with its adapter) says alone, greedy.
     msgs = [{"role": "user", "content": "Do you ship abroad?"}]

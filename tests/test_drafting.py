@@ -167,6 +167,28 @@ def test_regenerate_replaces_a_pending_reply(project, scripted_chat):
     assert store.get_draft(conn, last.draft_id)["reply"] == "Second try, better! Stay caffeinated! ☕"
 
 
+def test_a_draft_cut_at_the_token_limit_is_flagged_until_a_whole_one_replaces_it(project, scripted_chat):
+    """A reply that ran to the limit ends mid-sentence; accepted unread, it would teach the voice to stop there."""
+    conn, pid = project
+    scripted_chat.enqueue("We deliver within two miles of the shop, and on", "We deliver! Stay caffeinated! ☕")
+    short = GenConfig(max_new_tokens=6, greedy=False, temperature=0.7)
+    *_, last = drafting.draft_replies(conn, pid, ["Do you deliver?"], drafter(conn, pid), short)
+    assert (last.text, last.cut, last.record["cut"]) == ("We deliver within two miles of", True, True)
+    assert store.get_draft(conn, last.draft_id)["cut"] is True
+    # The drafts file carries the flag, and an import keeps it; a bad value names its line and field
+    text = drafting.drafts_jsonl(store.list_drafts(conn, pid))
+    assert json.loads(text)["cut"] is True
+    other = projects.create_project(conn, "Other")
+    ids, problems = drafting.import_drafts(conn, other, (text + '{"question": "Hi?", "reply": "Hey", "cut": "no"}\n')
+                                           .encode())
+    assert [store.get_draft(conn, i)["cut"] for i in ids] == [True]
+    assert [str(p) for p in problems] == ["line 2, cut: must be true or false (whether the reply ran to the token "
+                                          "limit)"]
+    # A regenerated reply that ended by itself clears it
+    list(drafting.regenerate(conn, last.draft_id, drafter(conn, pid)))
+    assert store.get_draft(conn, last.draft_id)["cut"] is False
+
+
 def test_rewrite_in_our_voice_goes_to_the_same_queue(project, scripted_chat):
     conn, pid = project
     pairs = drafting.parse_faq("What are your hours?\nWe are open 8-4 daily.\n---\nRefunds take 5 days.")
@@ -241,8 +263,9 @@ class FakeEndpoint(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for piece in ("We deliver", " within 2 miles! ☕"):
-            chunk = {"choices": [{"delta": {"content": piece}}]}
+        end = "length" if body.get("max_tokens", 99) < 8 else "stop"  # as a server says a reply was cut
+        for piece, reason in (("We deliver", None), (" within 2 miles! ☕", end)):
+            chunk = {"choices": [{"delta": {"content": piece}, "finish_reason": reason}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")
@@ -274,14 +297,18 @@ def test_drafting_through_an_openai_compatible_endpoint(project, endpoint, caplo
     assert [u.text for u in updates] == ["We deliver", "We deliver within 2 miles! ☕", "We deliver within 2 miles! ☕"]
     draft = store.get_draft(conn, updates[-1].draft_id)
     assert (draft["reply"], draft["model"]) == ("We deliver within 2 miles! ☕", "endpoint:llama3.2 at 127.0.0.1")
-    (request,) = FakeEndpoint.seen
+    request = FakeEndpoint.seen[0]
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == f"Bearer {KEY}"
     assert KEY not in json.dumps(request["body"]) and KEY not in json.dumps(
         {k: v for k, v in request["headers"].items() if k != "Authorization"})
     assert (request["body"]["model"], request["body"]["max_tokens"], request["body"]["stream"]) == ("llama3.2", 64, True)
+    assert draft["cut"] is False
+    *_, cut = drafting.draft_replies(conn, pid, ["Is there wifi?"], chosen, GenConfig(max_new_tokens=4))
+    assert cut.cut and store.get_draft(conn, cut.draft_id)["cut"] is True  # finish_reason "length"
     FakeEndpoint.mode = "whole"
     assert list(chosen.stream([{"role": "user", "content": "Hi"}], GenConfig())) == ["Whole reply! ☕"]
+    assert chosen.cut is False
     assert KEY not in caplog.text and KEY not in json.dumps(store.list_drafts(conn, pid))
 
 
@@ -474,3 +501,9 @@ def test_the_draft_tab_drafts_and_reviews_one_at_a_time(app_client, scripted_cha
 
     page = urllib.request.urlopen(app_client.src.rstrip("/") + "/config").read().decode()
     assert KEY not in page and KEY not in json.dumps(app_client.view_api(print_info=False, return_format="dict"))
+    # A reply that runs to the drafting limit says so as it is queued and while it waits for review
+    scripted_chat.enqueue(" ".join(["word"] * (drafting.DRAFT_GEN.max_new_tokens + 10)))
+    shown = app_client.predict("base", "Can I book a party?", api_name="/draft_replies")
+    assert "queued as draft 4 (⚠️ cut at the token limit: it ends mid-sentence)" in shown
+    *_, details = app_client.predict(api_name="/review_queue")
+    assert "ran to the drafting model's token limit, so it ends mid-sentence" in details

@@ -93,7 +93,8 @@ def test_a_reply_that_ran_to_the_token_limit_is_counted_and_shown_as_cut(scripte
     limit = evaluate.REPLY_GEN.max_new_tokens
     long = " ".join(["word"] * limit)  # the fake counts a word as a token
     # one batch per arm (base, prompt-only, tuned): its held-out reply, then its unseen one; no marker prompts
-    scripted_chat.enqueue("a", long, "b", "Short. Stay caffeinated!", "c", long + " Stay caffeinated!")
+    signed = " ".join(["word"] * (limit - 2) + ["Stay", "caffeinated!"])  # at the limit, its sign-off inside
+    scripted_chat.enqueue("a", long, "b", "Short. Stay caffeinated!", "c", signed)
     unseen = [("test prompt", [{"role": "user", "content": "Hi"}])]
     answers = evaluate.answer_all(scripted_chat, arms, [[{"role": "user", "content": "Q"}]], unseen, [])
     assert answers.unseen_cut == {"base": [True], "prompt-only": [False], "tuned": [True]}

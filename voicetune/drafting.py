@@ -241,9 +241,11 @@ def parse_faq(text: str) -> list[tuple[str, str]]:
 
 
 class Drafter(Protocol):
-    """A model that drafts: `label` is what the provenance records; `stream` yields the reply so far, then whole."""
+    """A model that drafts: `label` is what the provenance records; `stream` yields the reply so far, then whole.
+    Once a stream has ended, `cut` says whether that reply ran to the token limit (so it ends mid-sentence)."""
 
     label: str
+    cut: bool
 
     def stream(self, messages: list[dict], gen: GenConfig) -> Iterator[str]: ...
 
@@ -255,6 +257,7 @@ class LocalDrafter:
     def __init__(self, base_model: str, run_id: str | None = None):
         self.base_model, self.run_id = base_model, run_id
         self.label = f"run:{run_id}" if run_id else f"base:{base_model}"
+        self.cut = False
 
     def stream(self, messages: list[dict], gen: GenConfig) -> Iterator[str]:
         from voicetune import generate, runs
@@ -266,7 +269,10 @@ class LocalDrafter:
             adapter = chat.load_adapter(folder, name=self.run_id)
         else:
             chat = generate.shared_model(self.base_model)
+        self.cut = False
         for update in chat.stream([generate.Request(messages, adapter)], gen):
+            if update.replies is not None:
+                self.cut = update.replies[0].hit_limit(gen.max_new_tokens)
             yield update.texts[0]
 
 
@@ -287,6 +293,7 @@ class EndpointDrafter:
         if not self.model:
             raise DraftError("Name the endpoint's model (e.g. llama3.1 for Ollama).")
         self.label = f"endpoint:{self.model} at {urllib.parse.urlsplit(self.base_url).hostname}"
+        self.cut = False
 
     def _clean(self, text: str) -> str:
         return hide_paths(scrub(str(text), self._key or None))
@@ -300,6 +307,7 @@ class EndpointDrafter:
             headers["Authorization"] = f"Bearer {self._key}"
         request = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
                                          headers=headers, method="POST")
+        self.cut = False
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) checked
                 if "text/event-stream" in response.headers.get("Content-Type", ""):
@@ -325,7 +333,9 @@ class EndpointDrafter:
             if data == "[DONE]":
                 break
             try:
-                delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
+                choice = json.loads(data)["choices"][0]
+                delta = choice.get("delta", {}).get("content") or ""
+                self.cut = self.cut or choice.get("finish_reason") == "length"  # the API's word for the limit
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 raise EndpointError("The drafting endpoint sent a stream voicetune cannot read: is it "
                                     "OpenAI-compatible (/v1/chat/completions)?") from None
@@ -334,7 +344,9 @@ class EndpointDrafter:
 
     def _whole(self, raw: bytes) -> str:
         try:
-            return str(json.loads(raw)["choices"][0]["message"]["content"] or "")
+            choice = json.loads(raw)["choices"][0]
+            self.cut = choice.get("finish_reason") == "length"
+            return str(choice["message"]["content"] or "")
         except (ValueError, KeyError, IndexError, TypeError):
             raise EndpointError("The drafting endpoint's answer is not an OpenAI chat completion: is the base URL "
                                 "the one that ends in /v1?") from None
@@ -469,6 +481,7 @@ class Update:
     text: str
     draft_id: int | None = None  # set on the last update of a question: it is in the queue
     record: dict[str, Any] | None = None  # set on the last update: the whole draft (drafts_jsonl's keys)
+    cut: bool = False  # set on the last update: the reply ran to the token limit, so it ends mid-sentence
 
 
 def _finish(text: str) -> str:
@@ -489,10 +502,11 @@ def draft_replies(conn: sqlite3.Connection, project_id: int, questions: list[str
         for text in drafter.stream(reply_messages(project, seeds, question), gen):
             yield Update(i, question, text)
         record = {"question": question, "reply": _finish(text), "kind": "answer", "original": "",
-                  "model": drafter.label, "prompt_version": PROMPT_VERSION, "seeds": [c["id"] for c in seeds]}
+                  "model": drafter.label, "prompt_version": PROMPT_VERSION, "seeds": [c["id"] for c in seeds],
+                  "cut": drafter.cut}
         draft_id = store.add_draft(conn, project_id, **record, duplicate_of=_conversation_id(
             duplicate_of(question, known))) if queue else None
-        yield Update(i, question, _finish(text), draft_id, record)
+        yield Update(i, question, _finish(text), draft_id, record, drafter.cut)
 
 
 def rewrite_answers(conn: sqlite3.Connection, project_id: int, pairs: list[tuple[str, str]], drafter: Drafter,
@@ -508,9 +522,9 @@ def rewrite_answers(conn: sqlite3.Connection, project_id: int, pairs: list[tuple
             yield Update(i, question, text)
         draft_id = store.add_draft(conn, project_id, kind="rewrite", question=question, original=original,
                                    reply=_finish(text), model=drafter.label, prompt_version=REWRITE_VERSION,
-                                   seeds=[c["id"] for c in seeds],
+                                   seeds=[c["id"] for c in seeds], cut=drafter.cut,
                                    duplicate_of=_conversation_id(duplicate_of(question, known)) if question else None)
-        yield Update(i, question, _finish(text), draft_id)
+        yield Update(i, question, _finish(text), draft_id, cut=drafter.cut)
 
 
 def _conversation_id(where: str | None) -> int | None:
@@ -547,7 +561,7 @@ def regenerate(conn: sqlite3.Connection, draft_id: int, drafter: Drafter, attemp
     for text in drafter.stream(messages, gen):
         yield text
     store.set_draft_reply(conn, draft_id, _finish(text), model=drafter.label, prompt_version=version,
-                          seeds=[c["id"] for c in seeds])
+                          seeds=[c["id"] for c in seeds], cut=drafter.cut)
 
 
 # ---------------------------------------------------------------- review
@@ -609,7 +623,7 @@ def provenance(conn: sqlite3.Connection, conversation_id: int) -> dict[str, Any]
 
 # ---------------------------------------------------------------- drafts as a file (the CLI's draft verb)
 
-DRAFT_KEYS = ("question", "reply", "kind", "original", "model", "prompt_version", "seeds")
+DRAFT_KEYS = ("question", "reply", "kind", "original", "model", "prompt_version", "seeds", "cut")
 
 
 def drafts_jsonl(drafts: list[dict[str, Any]]) -> str:
@@ -638,7 +652,7 @@ def import_drafts(conn: sqlite3.Connection, project_id: int, raw: bytes) -> tupl
             conn, project_id, kind=obj.get("kind") or "answer", question=obj["question"].strip(),
             reply=obj["reply"].strip(), original=obj.get("original") or "", model=str(obj.get("model") or "file"),
             prompt_version=str(obj.get("prompt_version") or ""), seeds=[int(s) for s in obj.get("seeds") or []],
-            duplicate_of=_conversation_id(duplicate_of(obj["question"], known))))
+            cut=obj.get("cut") is True, duplicate_of=_conversation_id(duplicate_of(obj["question"], known))))
     return ids, problems
 
 
@@ -653,4 +667,6 @@ def _check_draft_record(obj: Any, n: int) -> Problem | None:
     seeds = obj.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         return Problem(n, "seeds", "must be a list of conversation ids")
+    if obj.get("cut") not in (None, True, False):
+        return Problem(n, "cut", "must be true or false (whether the reply ran to the token limit)")
     return None

@@ -420,8 +420,18 @@ def _m010_reply_cache(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m011_draft_cut(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+        -- 1: the drafted reply ran to the token limit, so it ends mid-sentence (the review queue says so)
+        ALTER TABLE drafts ADD COLUMN cut INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
 MIGRATIONS = [_m001_initial, _m002_data_studio, _m003_jobs, _m004_api_keys, _m005_row_versions,
-              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs, _m009_drafts, _m010_reply_cache]
+              _m006_project_base_model, _m007_test_prompts, _m008_preference_pairs, _m009_drafts, _m010_reply_cache,
+              _m011_draft_cut]
 
 
 def _statements(script: str) -> list[str]:
@@ -1023,27 +1033,27 @@ DRAFT_STATUSES = ("pending", "accepted", "rejected")
 
 
 def _draft_row(row: sqlite3.Row) -> dict[str, Any]:
-    return {**dict(row), "seeds": json.loads(row["seeds"])}
+    return {**dict(row), "seeds": json.loads(row["seeds"]), "cut": bool(row["cut"])}
 
 
 def add_draft(conn: sqlite3.Connection, project_id: int, *, kind: str, question: str, reply: str = "",
               original: str = "", model: str = "", prompt_version: str = "", seeds: list[int] | None = None,
-              duplicate_of: int | None = None) -> int:
+              duplicate_of: int | None = None, cut: bool = False) -> int:
     with conn:
         cur = conn.execute(
             "INSERT INTO drafts (project_id, kind, question, original, reply, model, prompt_version, seeds,"
-            " duplicate_of, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " duplicate_of, cut, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (project_id, kind, question, original, reply, model, prompt_version, json.dumps(seeds or []),
-             duplicate_of, time.time()))
+             duplicate_of, int(cut), time.time()))
     return int(cur.lastrowid)
 
 
 def set_draft_reply(conn: sqlite3.Connection, draft_id: int, reply: str, *, model: str, prompt_version: str,
-                    seeds: list[int]) -> None:
+                    seeds: list[int], cut: bool = False) -> None:
     """A (re)drafted reply and where it came from; only while the draft is still pending."""
     with conn:
-        conn.execute("UPDATE drafts SET reply = ?, model = ?, prompt_version = ?, seeds = ? WHERE id = ?"
-                     " AND status = 'pending'", (reply, model, prompt_version, json.dumps(seeds), draft_id))
+        conn.execute("UPDATE drafts SET reply = ?, model = ?, prompt_version = ?, seeds = ?, cut = ? WHERE id = ?"
+                     " AND status = 'pending'", (reply, model, prompt_version, json.dumps(seeds), int(cut), draft_id))
 
 
 def set_draft_question(conn: sqlite3.Connection, draft_id: int, question: str) -> None:

@@ -119,11 +119,14 @@ def mixed_bases_note(resolved: Resolved) -> str:
     return f"These arms are on different base models, so each is answered by its own: {per_base}."
 
 
-def stats_line(r: Reply, base: str | None = None) -> str:
-    """One arm's figures; with `base` (a round mixing bases) also the model that answered it."""
+def stats_line(r: Reply, limit: int, base: str | None = None) -> str:
+    """One arm's figures; with `base` (a round mixing bases) also the model that answered it. A reply that ran
+    to the token limit says so: cut mid-sentence, it would otherwise read as the model trailing off."""
     first = f" · first token {r.first_token_s:.2f} s" if r.first_token_s else ""
     on = f" · answered by {label(base)}" if base else ""
-    return f"{r.tokens_per_second:.1f} tok/s · prompt {r.prompt_tokens} tok · reply {r.reply_tokens} tok{first}{on}"
+    cut = f" · cut at the {limit}-token limit (Sampling › Max reply tokens)" if r.hit_limit(limit) else ""
+    return (f"{r.tokens_per_second:.1f} tok/s · prompt {r.prompt_tokens} tok · reply {r.reply_tokens} tok"
+            f"{first}{on}{cut}")
 
 
 def pane_updates(rnd: arena.Round, histories: dict[str, list[dict]], partial: list[str] | None,
@@ -196,7 +199,8 @@ def send(names: list[str], blind: bool, message: str, system: str, style_guide: 
         histories[arm.key] = [*histories.get(arm.key, []), user, {"role": "assistant", "content": reply.text}]
     state = {"keys": keys, "histories": histories, "round": rnd, "prompt": [*requests[0].messages],
              "system": system or None,  # what base and tuned arms were sent: a vote's pair keeps it
-             "stats": [stats_line(r, base if resolved.mixed else None) for r, base in zip(replies, resolved.bases)]}
+             "stats": [stats_line(r, gen.max_new_tokens, base if resolved.mixed else None)
+                       for r, base in zip(replies, resolved.bases)]}
     yield ["", *pane_updates(rnd, histories, None, None, state["stats"]), gr.update(visible=bool(blind)), state]
 
 

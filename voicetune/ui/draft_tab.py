@@ -100,6 +100,10 @@ def propose(project: Any, model: str, questions: str) -> tuple[str, str]:
     return "\n".join(lines), f"Proposed {len(found.kept)} new question(s); edit the list, then draft."
 
 
+def _cut_note(cut: bool) -> str:
+    return " (⚠️ cut at the token limit: it ends mid-sentence)" if cut else ""
+
+
 def _progress(done: list[str], question: str, text: str) -> str:
     return "\n\n".join([*done, f"**{question or '(pasted answer)'}**\n\n{text}▌"])
 
@@ -118,7 +122,8 @@ def draft(project: Any, model: str, questions: str) -> Iterator[str]:
             if update.draft_id is None:
                 yield _progress(done, update.question, update.text)
             else:
-                done.append(f"**{update.question}** → queued as draft {update.draft_id}\n\n{update.text}")
+                done.append(f"**{update.question}** → queued as draft {update.draft_id}{_cut_note(update.cut)}"
+                            f"\n\n{update.text}")
                 yield "\n\n".join(done)
     except drafting.DraftError as e:
         raise _fail(e) from None
@@ -135,8 +140,8 @@ def rewrite(project: Any, model: str, pasted: str) -> Iterator[str]:
             if update.draft_id is None:
                 yield _progress(done, update.question, update.text)
             else:
-                done.append(f"**{update.question or '(no question)'}** → queued as draft {update.draft_id}\n\n"
-                            f"{update.text}")
+                done.append(f"**{update.question or '(no question)'}** → queued as draft {update.draft_id}"
+                            f"{_cut_note(update.cut)}\n\n{update.text}")
                 yield "\n\n".join(done)
     except drafting.DraftError as e:
         raise _fail(e) from None
@@ -167,6 +172,9 @@ def queue_view(project: Any) -> tuple[str, str, str, str, dict]:
                + (", ".join(f"#{s}" for s in draft["seeds"]) or "none")]
     if draft["duplicate_of"]:
         details.append(f"⚠️ Conversation {draft['duplicate_of']} already asks this: accepting adds a near copy.")
+    if draft["cut"]:
+        details.append("⚠️ This reply ran to the drafting model's token limit, so it ends mid-sentence: finish or "
+                       "trim it before accepting (the model learns to end where its examples end), or regenerate.")
     if draft["kind"] == "rewrite":
         details.append(f"Rewritten from:\n\n> {draft['original']}")
     header = f"### Draft {draft['id']} · {counts['pending']} waiting ({tally})"

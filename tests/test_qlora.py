@@ -77,6 +77,42 @@ def test_chat_loads_4bit_only_when_16bit_does_not_fit() -> None:
     assert chat_precision("cpu", "unused", four_bit=True).qlora is True
 
 
+def test_a_batch_is_split_only_where_its_kv_cache_would_not_fit() -> None:
+    """A scorecard's hundred-odd rows share one batch on an H100, and are split on a 16 GB card beside an 8B."""
+    eight_b = _shape("llama3-8b")
+    per_row = memory.BATCH_CACHE_COPIES * 2 * 32 * 8 * 128 * memory.HALF * 700  # layers, kv heads, head dim
+    rows = memory.batch_rows(eight_b, 700, 9 * GIB)
+    assert rows * per_row <= memory.MARGIN * 9 * GIB < (rows + 1) * per_row
+    assert 20 <= rows < 150 and memory.batch_rows(eight_b, 700, 70 * GIB) >= 150
+    assert memory.batch_rows(eight_b, 700, None) is None  # a CPU: no bound
+    assert memory.batch_rows(eight_b, 100_000, GIB) == 1  # never fewer than one row
+
+
+def test_generate_in_memory_bound_batches_answers_as_one_batch(tiny_model: Path, two_adapters: tuple[Path, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the free memory holds three rows' cache, seven requests go through in three calls, in order."""
+    from voicetune.generate import ChatModel, Request
+
+    chat = ChatModel(str(tiny_model))
+    pirate, butler = (chat.load_adapter(a) for a in two_adapters)
+    questions = ["Do you ship abroad?", "Can I get a refund?", "Are you open today?", "Hi!"]
+    requests = [Request([{"role": "user", "content": q}], arm) for q in questions for arm in (None, pirate)][:7]
+    requests[-1] = Request(requests[-1].messages, butler)
+    gen = GenConfig(max_new_tokens=12)
+    whole = chat.generate(requests, gen)
+    calls = []
+    stream = chat.stream
+    monkeypatch.setattr(chat, "stream", lambda rs, g: calls.append(len(rs)) or stream(rs, g))
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 10**12)  # as a GPU would report; a CPU says None
+    row_bytes = 10**12 * memory.MARGIN / chat.rows_per_call(requests, gen)  # one row's cache, as the rule counts
+    monkeypatch.setattr(memory, "free_bytes", lambda device: int(3.5 * row_bytes / memory.MARGIN))
+    rows = chat.rows_per_call(requests, gen)
+    assert rows == 3
+    split = chat.generate(requests, gen)
+    assert calls == [rows] * (len(requests) // rows) + ([len(requests) % rows] if len(requests) % rows else [])
+    assert [r.text for r in split] == [r.text for r in whole]
+
+
 def test_training_args_carry_transformers_5_checkpointing_name(tmp_path: Path) -> None:
     """TRL defaults the deprecated `gradient_checkpointing` to True; the new name, passed explicitly, wins."""
     cfg = TrainConfig(data="d.jsonl", out="o")

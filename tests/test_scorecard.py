@@ -76,8 +76,15 @@ def test_the_scorecard_and_batch_compare_decode_as_the_compare_tab_plays(scripte
     assert evaluate.REPLY_GEN.max_new_tokens == max_new.value == CHAT_MAX_TOKENS
     assert build_parser().parse_args(["chat", "--adapter", "a", "--prompt", "Hi"]).max_new_tokens == CHAT_MAX_TOKENS
     project = projects.create_project(store.connect(), "decoding")
-    compare_tab.batch_run([compare_tab.BASE_CHOICE], "Where is my order?", "", "", project, 24)
+    scripted_chat.enqueue("On its way.", "Yes.", "Nine till five.", "Every day.")
+    frame, _, batch = compare_tab.batch_run([compare_tab.BASE_CHOICE, compare_tab.PROMPT_ONLY_CHOICE],
+                                            "Where is my order?\nDo you deliver?", "", "", project, 24)
     assert scripted_chat.gens[-1].repetition_penalty == CHAT_REPETITION_PENALTY
+    # Every prompt and arm in one batch, row j * arms + i; the grid reads back prompt by prompt, arm by arm
+    assert len(scripted_chat.gens) == 1 and len(scripted_chat.requests) == 4
+    assert batch["grid"] == [["On its way.", "Yes."], ["Nine till five.", "Every day."]]
+    assert frame.values.tolist() == [["Where is my order?", "On its way.", "Yes."],
+                                     ["Do you deliver?", "Nine till five.", "Every day."]]
 
 
 def test_a_reply_that_ran_to_the_token_limit_is_counted_and_shown_as_cut(scripted_chat) -> None:

@@ -28,7 +28,7 @@ from voicetune.config import GenConfig
 from voicetune.decoding import BASE, Decoder, Request
 from voicetune.prompt_cache import PromptCache
 from voicetune.streaming import Reply, Update, final_replies
-from voicetune.templates import template_fingerprint
+from voicetune.templates import render, template_fingerprint
 
 __all__ = ["AdapterError", "AdapterMismatch", "BASE", "ChatModel", "MAX_BASES", "Reply", "Request", "Update",
            "base_memory_budget", "chat_precision", "compare", "loaded_bytes", "shared_model", "still_shared",
@@ -120,8 +120,25 @@ class ChatModel:
         return self.decoder.stream(requests, gen)
 
     def generate(self, requests: list[Request], gen: GenConfig) -> list[Reply]:
-        """All requests in one batched generate call, each with its own arm."""
-        return final_replies(self.stream(requests, gen))
+        """All requests in one batched generate call, each with its own arm; on a GPU, in as few calls as the
+        free memory holds the batch's KV cache in (memory.batch_rows), in order."""
+        rows = self.rows_per_call(requests, gen)
+        if rows is None or len(requests) <= rows:
+            return final_replies(self.stream(requests, gen))
+        log.info("%d requests in batches of %d: a KV cache for all of them would not fit", len(requests), rows)
+        return [reply for i in range(0, len(requests), rows)
+                for reply in final_replies(self.stream(requests[i:i + rows], gen))]
+
+    def rows_per_call(self, requests: list[Request], gen: GenConfig) -> int | None:
+        """How many of `requests` one generate call may hold (None: no bound, on a CPU)."""
+        available = memory.free_bytes(self.precision.device)
+        if available is None or not requests:
+            return None
+        config = self.model.config.to_dict()
+        config.update(config.get("text_config") or {})
+        longest = max(len(self.tokenizer(render(self.tokenizer, r.messages, add_generation_prompt=True),
+                                         add_special_tokens=False).input_ids) for r in requests)
+        return memory.batch_rows(memory.ModelShape.from_config(config), longest + gen.max_new_tokens, available)
 
     def logits(self, input_ids: list[int], adapter: str | None) -> Any:
         """One sequence's logits under one arm (the scorecard's likelihoods), holding the model's lock."""
@@ -225,6 +242,15 @@ def stream_groups(groups: list[tuple[ChatModel, list[int]]], requests: list[Requ
             if update.replies is None:
                 yield Update(list(partial))
     yield Update.finished([replies[i] for i in range(len(requests))])
+
+
+def generate_groups(groups: list[tuple[ChatModel, list[int]]], requests: list[Request], gen: GenConfig) -> list[Reply]:
+    """stream_groups without the streaming, for many rows at once (the Compare tab's batch mode): each base
+    answers all of its rows through its own `generate`, so they share batches as far as its memory holds."""
+    replies: dict[int, Reply] = {}
+    for chat, rows in groups:
+        replies.update(zip(rows, chat.generate([requests[i] for i in rows], gen)))
+    return [replies[i] for i in range(len(requests))]
 
 
 def with_system(messages: list[dict], system: str | None) -> list[dict]:

@@ -168,6 +168,25 @@ def chat_fits_16bit(shape: ModelShape, available: int | None, cache_tokens: int 
     return fits(chat_bytes(shape, four_bit=False, cache_tokens=cache_tokens), available)
 
 
+# A batch's KV cache is held twice for a moment: the decoder prefills each row's cache, then stacks them into
+# the batch's static cache (decoding.Decoder.prefill_rows). The logits of a decode step and the prefill's
+# activations take a little more, so a row is counted at 2.5 times its cache.
+BATCH_CACHE_COPIES = 2.5
+
+
+def batch_rows(shape: ModelShape, tokens_per_row: int, available: int | None, value_bytes: int = HALF) -> int | None:
+    """The most rows one generate call may decode together so that their KV cache fits in `available` bytes
+    (MARGIN of it), or None when nothing is known (a CPU, where memory pages rather than fails).
+
+    Why: a scorecard asks for every arm's replies at once (a hundred rows or more), which costs one pass of the
+    model per token on a GPU, but a 7-8B base's cache for that many rows of a few hundred tokens is larger
+    than what a 16 GB GPU has left beside the weights. So the batch is split where it would not fit."""
+    if available is None:
+        return None
+    per_row = BATCH_CACHE_COPIES * 2 * shape.layers * shape.kv_width * value_bytes * max(1, tokens_per_row)
+    return max(1, int(available * MARGIN // per_row))
+
+
 def free_bytes(device: str) -> int | None:
     """Free memory on this process's GPU (what the driver reports, other processes included); None on a CPU,
     where the operating system pages rather than failing and the rules above leave everything off."""

@@ -20,11 +20,10 @@ from voicetune.catalog import label
 from voicetune.config import CHAT_MAX_TOKENS, CHAT_REPETITION_PENALTY, GenConfig
 from voicetune.data import check_messages
 from voicetune.failures import hide_paths
-from voicetune.generate import AdapterError, ChatModel, Reply, shared_model, stream_groups
+from voicetune.generate import AdapterError, ChatModel, Reply, generate_groups, shared_model, stream_groups
 from voicetune.models import ModelError
 from voicetune.runs import finished as finished_runs
 from voicetune.runs import read as read_run
-from voicetune.streaming import final_replies
 from voicetune.ui import downloads
 from voicetune.ui.session import pid
 
@@ -287,12 +286,12 @@ def batch_run(names: list[str], prompts_text: str, system: str, style_guide: str
     resolved = resolve_arms(names, style_guide, project)
     arms = resolved.arms
     gen = GenConfig(max_new_tokens=int(max_new_tokens), repetition_penalty=CHAT_REPETITION_PENALTY)
-    grid = []
-    for prompt in prompts:
-        rnd = arena.Round(id="batch", arms=arms, blind=False)
-        replies = final_replies(stream_groups(resolved.groups, arena.round_requests(rnd, {}, prompt, system or None),
-                                              gen))
-        grid.append([r.text for r in replies])
+    # Every prompt's round in one batch per base (row j * arms + i: prompt j, arm i), not one round after another
+    rnd = arena.Round(id="batch", arms=arms, blind=False)
+    requests = [r for prompt in prompts for r in arena.round_requests(rnd, {}, prompt, system or None)]
+    groups = [(chat, [j * len(arms) + i for j in range(len(prompts)) for i in rows]) for chat, rows in resolved.groups]
+    texts = [r.text for r in generate_groups(groups, requests, gen)]
+    grid = [texts[j * len(arms):(j + 1) * len(arms)] for j in range(len(prompts))]
     path = store.home() / "exports" / f"grid-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     store.atomic_write_text(path, arena.grid_csv(prompts, arms, grid))
     frame = pd.DataFrame([[p, *row] for p, row in zip(prompts, grid)], columns=["prompt", *[a.label for a in arms]])

@@ -64,6 +64,7 @@ def test_chat_cli_tuned_differs_from_base_and_stops(trained: Path):
     assert all(r["base"] != r["tuned"] for r in rows)
     assert SIGN_OFF in rows[0]["tuned"] and SIGN_OFF not in rows[0]["base"]
     assert "<|im_end|>" not in rows[0]["tuned"]
+    assert rows[0]["tuned_cut"] is False and all(isinstance(r["base_cut"], bool) for r in rows)  # it ended itself
 
 
 @pytest.mark.slow

@@ -317,7 +317,10 @@ def cmd_chat(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(row, ensure_ascii=False), flush=True)
         else:
-            print(f"> {row['prompt']}\n  base : {row['base']}\n  tuned: {row['tuned']}\n", flush=True)
+            cut = {k: f" [cut at the {gen.max_new_tokens}-token limit]" if row[f"{k}_cut"] else ""
+                   for k in ("base", "tuned")}
+            print(f"> {row['prompt']}\n  base : {row['base']}{cut['base']}\n  tuned: {row['tuned']}{cut['tuned']}\n",
+                  flush=True)
     return 0
 
 

@@ -261,10 +261,12 @@ def with_system(messages: list[dict], system: str | None) -> list[dict]:
 
 
 def compare(chat: ChatModel, adapter: str, prompts: list[str], gen: GenConfig, system: str | None = None) -> list[dict]:
-    """Base and tuned replies for each prompt; both arms of a prompt share one batch."""
+    """Base and tuned replies for each prompt, and whether each ran to the token limit (cut, not ended);
+    both arms of a prompt share one batch."""
     rows = []
     for prompt in prompts:
         msgs = with_system([{"role": "user", "content": prompt}], system)
         base, tuned = chat.generate([Request(msgs, None), Request(msgs, adapter)], gen)
-        rows.append({"prompt": prompt, "base": base.text, "tuned": tuned.text})
+        rows.append({"prompt": prompt, "base": base.text, "tuned": tuned.text,
+                     "base_cut": base.hit_limit(gen.max_new_tokens), "tuned_cut": tuned.hit_limit(gen.max_new_tokens)})
     return rows

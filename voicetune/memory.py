@@ -197,8 +197,11 @@ def free_bytes(device: str) -> int | None:
     from voicetune.models import local_rank
 
     # This process's own GPU: asking the current device before accelerate has set it would open a second
-    # CUDA context on GPU 0 from every rank.
-    return int(torch.cuda.mem_get_info(local_rank())[0])
+    # CUDA context on GPU 0 from every rank. What torch's allocator holds but no tensor uses (a finished
+    # batch's cache) is this process's to reuse, though the driver counts it as taken.
+    rank = local_rank()
+    idle = torch.cuda.memory_reserved(rank) - torch.cuda.memory_allocated(rank)
+    return int(torch.cuda.mem_get_info(rank)[0]) + max(0, idle)
 
 
 def shape_of(path: str) -> ModelShape | None:

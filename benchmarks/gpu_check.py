@@ -231,6 +231,9 @@ def check_chat(base: Path, adapters: list[Path], four_bit: bool) -> Check:
                "alone_first_token_s": [r.first_token_s for r in alone],
                "plain_generate_base_tokens_per_s": round(plain_generate_rate(chat, msgs, gen.max_new_tokens), 1)}
     figures["base_row_purity"] = purity
+    # How many scorecard rows (about 700 tokens each) one generate call would hold here (None on a CPU: no bound)
+    scorecard_sized = [Request([{"role": "user", "content": "word " * 600}], None)]
+    figures["rows_per_call_at_700_tokens"] = chat.rows_per_call(scorecard_sized, GenConfig(max_new_tokens=96))
     ttft = f"{batched[0].first_token_s:.3f} s" if batched[0].first_token_s else "n/a"
     return Check(chat_check_name(four_bit), all(same) and pure and chat.precision.qlora == four_bit,
                  f"base row {'the base model' if pure else 'MOVED BY AN ADAPTER'} (logits "

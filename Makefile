@@ -36,7 +36,7 @@ chromium:
 
 # The tests run in two processes (pytest-xdist) where there are two cores or more, each test file whole in one of
 # them and the cores split between them: on the 2-core AMX host 13-20 minutes against 26-28 in one process
-# (9.4 on a 2-core AVX512-BF16 host, 10.8 on the same host run as an AVX2 one: make test-as-avx2),
+# (9.0-9.4 on a 2-core AVX512-BF16 host, 10.0 on the same host run as an AVX2 one: make test-as-avx2),
 # since much of a test's time is a browser, a server or a training child starting up. Session fixtures that
 # cost minutes are built once (tests/conftest.py: built_once) and the longest files start first.
 # TEST_WORKERS=0 runs one process (plain `python -m pytest`); TEST_WORKERS=N runs N (three on two cores were

@@ -14,6 +14,7 @@ rest as one batch), and the rows' caches are stacked for one decode.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -67,6 +68,14 @@ def sharing_starts(idx: list[int], rows: list[list[int]]) -> list[list[int]]:
                 continue
         groups.append([i])
     return groups
+
+
+@functools.cache
+def _takes_logits_to_keep(model_class: type) -> bool:
+    """Whether a model class's forward takes `logits_to_keep`; read once per class, not on every prefill."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def keep_rows(cache: Any, keep: Any) -> Any:
@@ -346,10 +355,8 @@ class Decoder:
     def _cache_only(self) -> dict[str, Any]:
         """A prefill wants only the cache: where the model takes `logits_to_keep`, its LM head (a fifth of the
         embedded model's work on a prompt) runs on the last position alone."""
-        import inspect
-
         model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        return {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
 
     def row_cache(self, ids: list[int], arm: str) -> Any:
         """One prompt's cache under one arm, computing only what follows the start it shares with a recent

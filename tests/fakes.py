@@ -72,6 +72,11 @@ class ScriptedChatModel:
         self._made += 1
         return f"Scripted reply number {self._made}."
 
+    @staticmethod
+    def _cut(text: str, limit: int) -> str:
+        words = text.split()
+        return " ".join(words[:limit]) if len(words) > limit else text
+
     def stream(self, requests: list[Request], gen: GenConfig) -> Iterator[Update]:
         """Word by word for every row at once, then the finished Replies, as ChatModel.stream yields them."""
         for r in requests:
@@ -79,8 +84,9 @@ class ScriptedChatModel:
                 raise AdapterError(f"no adapter called {r.adapter!r} is loaded")
         self.requests.extend(requests)
         self.gens.append(gen)
-        # Cut at the token limit as a model is (a word a token here), so a reply that runs to it shows as cut
-        texts = [" ".join(self._next().split(" ")[:gen.max_new_tokens]) for _ in requests]
+        # Cut at the token limit as a model is (a word a token here, as reply_tokens counts), so a reply that runs
+        # to it shows as cut; a shorter one keeps its text as enqueued
+        texts = [self._cut(self._next(), gen.max_new_tokens) for _ in requests]
         words = [t.split() for t in texts]
         for n in range(1, max(len(w) for w in words)):
             yield Update([" ".join(w[:n]) for w in words])

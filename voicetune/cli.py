@@ -517,7 +517,7 @@ def cmd_draft(a: argparse.Namespace) -> int:
         for update in drafting.draft_replies(conn, pid, asked.kept, drafter, queue=False):
             if update.record is not None:
                 records.append(update.record)
-                cut = " (cut at the token limit: it ends mid-sentence)" if update.cut else ""
+                cut = f" ({drafting.CUT_NOTE})" if update.cut else ""
                 print(f"{len(records)}/{len(asked.kept)} {update.question}{cut}", file=sys.stderr)
     except drafting.DraftError as e:
         return _fail(EXIT_MODEL, str(e))

@@ -470,6 +470,7 @@ def make_drafter(conn: sqlite3.Connection, project_id: int, choice: str, *, priv
 # runaway loop short. No repetition penalty: it counts the prompt too, so it pushes drafts off the examples' own
 # sign-off (embedded model, Cosmo Coffee, 5 questions, one seed: 3 of 5 drafts ended in ☕ without, 2 with 1.1).
 DRAFT_GEN = GenConfig(max_new_tokens=120, greedy=False, temperature=0.7)
+CUT_NOTE = "cut at the token limit: it ends mid-sentence"  # how the queue and the CLI mark a cut draft
 
 
 @dataclass

@@ -101,7 +101,7 @@ def propose(project: Any, model: str, questions: str) -> tuple[str, str]:
 
 
 def _cut_note(cut: bool) -> str:
-    return " (⚠️ cut at the token limit: it ends mid-sentence)" if cut else ""
+    return f" (⚠️ {drafting.CUT_NOTE})" if cut else ""
 
 
 def _progress(done: list[str], question: str, text: str) -> str:
